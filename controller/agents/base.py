@@ -1,0 +1,83 @@
+"""The one small interface every agent implements.
+
+The controller hands an agent a ProposalContext; the agent edits the single file
+`context.train_py` in place (nothing else: the controller refuses commits that touch anything but
+train.py) and returns a Proposal. The controller then checks, commits and runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class HistoryRow(BaseModel):
+    """One past experiment as the agent sees it (a row of results.tsv plus where its logs are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int  # experiment number within the tag, 0 = baseline
+    commit: str  # short sha
+    val_bpb: float | None
+    memory_gb: float
+    status: str  # keep | discard | crash | timeout | rejected
+    description: str
+    run_dir: Path  # folder with train.log, eval.log, score.json of that run
+
+
+class Failure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int
+    description: str
+    status: str
+    log_tail: str  # last lines of train.log / eval.log, capped
+
+
+class ProposalContext(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str
+    experiment: int  # number of the experiment being proposed
+    train_py: Path  # the file to edit, inside the experiment worktree
+    program_md: str  # the human's research directions (programs/<name>/program.md)
+    profile: str  # profile name; its constants are fixed and known to the agent via program.md
+    history: list[HistoryRow]  # compact history of this tag, oldest first
+    best_diff: str  # unified diff of the current best train.py against the seed
+    failures: list[Failure] = Field(default_factory=list)  # the last few failed experiments
+    fix_attempt: Failure | None = None  # set when asking the agent to fix the crash just seen
+    runs_dir: Path  # runs/<tag>: the agent's tools may read logs under it, nothing else
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float = 0.0
+    api_calls: int = 0
+    retries: int = 0
+
+
+class Proposal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str  # one short line for results.tsv (no tabs or newlines)
+    usage: Usage = Field(default_factory=Usage)
+    transcript: list[dict] = Field(default_factory=list)  # JSON-able messages, saved per run
+
+
+class Agent(Protocol):
+    name: str
+
+    def propose(self, context: ProposalContext) -> Proposal:
+        """Edit context.train_py in place and describe the change. May raise AgentError."""
+        ...
+
+
+class AgentError(RuntimeError):
+    """The agent could not produce a proposal (after its own retries); the loop waits and goes on."""
