@@ -8,7 +8,7 @@ from importlib import import_module
 from typing import Any
 
 _LAZY = {
-    "submit": "evaluator.submit",
+    "submit": "evaluator.submission",
     "train_batches": "evaluator.dataloader",
     "run_context": "evaluator.context",
     "RunContext": "evaluator.context",

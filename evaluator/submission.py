@@ -61,7 +61,7 @@ def submit(model: torch.nn.Module, out_dir: Path | None = None) -> Path:
         exported = torch.export.export(model, (example,), strict=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / layout.ARTIFACT_NAME
-    partial = out_dir / f".{layout.ARTIFACT_NAME}.partial"
+    partial = out_dir / f".partial-{layout.ARTIFACT_NAME}"
     torch.export.save(exported, str(partial))
     os.replace(partial, final)
     size_mb = final.stat().st_size / 1e6
