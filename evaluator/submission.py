@@ -61,9 +61,12 @@ def submit(model: torch.nn.Module, out_dir: Path | None = None) -> Path:
         exported = torch.export.export(model, (example,), strict=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / layout.ARTIFACT_NAME
-    partial = out_dir / f".partial-{layout.ARTIFACT_NAME}"
+    staging = out_dir / ".partial"  # the archive's root folder is named after the file, so keep the name
+    staging.mkdir(exist_ok=True)
+    partial = staging / layout.ARTIFACT_NAME
     torch.export.save(exported, str(partial))
     os.replace(partial, final)
+    staging.rmdir()
     size_mb = final.stat().st_size / 1e6
     print(f"submitted: {final} ({size_mb:.1f} MB, exported in {time.perf_counter() - started:.1f}s)", flush=True)
     return final
