@@ -1,0 +1,358 @@
+"""The tools an LLM agent may call, and nothing else: view/edit/write train.py, read the history,
+read a past run's log, finish.
+
+Everything here treats files as hostile: train.py and the run logs were written by agent code.
+Files are opened with O_NOFOLLOW (and every folder under the runs folder walked one component at
+a time with O_NOFOLLOW), only regular files are read, reads and writes are size-capped, and the
+model never names a path: a log is asked for by run number and kind, and its folder comes from
+the controller's history, confined to `context.runs_dir`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller.agents.base import HistoryRow, ProposalContext
+
+MAX_TRAIN_PY_BYTES = 512_000  # cap on train.py, read or written
+MAX_VIEW_CHARS = 60_000  # one view_train_py result
+MAX_LOG_TAIL_BYTES = 32_000  # the most of a log one read_run_log returns
+MAX_DESCRIPTION_CHARS = 200
+SNIPPET_CONTEXT_LINES = 4
+
+
+class ToolError(Exception):
+    """A tool call that cannot be done; its message goes back to the model as an error result."""
+
+
+class UnsafeFileError(ToolError):
+    """A path that is a symlink, not a regular file, outside its folder, or too large."""
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    text: str
+    is_error: bool = False
+    finish_description: str | None = None  # set when `finish` succeeded
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def read_regular_file(path: Path, cap: int) -> str:
+    """Text of a regular file, not following a symlink at its last component, at most `cap` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafeFileError(f"cannot open {path.name}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError(f"{path.name} is not a regular file")
+        if st.st_size > cap:
+            raise UnsafeFileError(f"{path.name} is {st.st_size} bytes, over the {cap} byte cap")
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise UnsafeFileError(f"{path.name} is over the {cap} byte cap")
+    return data.decode("utf-8", errors="replace")
+
+
+def read_train_py(path: Path) -> str:
+    return read_regular_file(path, MAX_TRAIN_PY_BYTES)
+
+
+def write_train_py(path: Path, text: str) -> None:
+    """Replace train.py atomically (a new file renamed over it: a symlink there is replaced, not followed)."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_TRAIN_PY_BYTES:
+        raise ToolError(f"train.py would be {len(data)} bytes, over the {MAX_TRAIN_PY_BYTES} byte cap")
+    try:
+        st = os.lstat(path)
+        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".train.py.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def open_dir_under(root: Path, target: Path) -> int:
+    """A file descriptor of folder `target`, which must lie inside `root`, reached without following
+    any symlink below `root`. The caller closes it."""
+    if ".." in target.parts:
+        raise UnsafeFileError("a run folder with '..' in its path is refused")
+    abs_root = Path(os.path.abspath(root))
+    abs_target = Path(os.path.abspath(target))  # relative = to the working directory, as any path
+    try:
+        rel = abs_target.relative_to(abs_root)
+    except ValueError:
+        raise UnsafeFileError("that run's folder is outside the runs folder of this tag; refused") from None
+    try:
+        fd = os.open(abs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafeFileError(f"runs folder unavailable: {exc.strerror}") from None
+    for part in rel.parts:
+        try:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            reason = "is a symlink or not a folder" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
+            raise UnsafeFileError(f"run folder component {part!r} {reason}; refused") from None
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
+def read_tail_under(root: Path, folder: Path, name: str, cap: int) -> tuple[str, int]:
+    """The last `cap` bytes of regular file `folder/name` (folder inside `root`) and its full size."""
+    dir_fd = open_dir_under(root, folder)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise ToolError(f"{name} does not exist for that run") from None
+        except OSError as exc:
+            reason = "is a symlink; refused" if exc.errno == errno.ELOOP else exc.strerror
+            raise UnsafeFileError(f"{name} {reason}") from None
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError(f"{name} is not a regular file; refused")
+        f.seek(max(0, st.st_size - cap))
+        data = f.read(cap)
+    return data.decode("utf-8", errors="replace"), st.st_size
+
+
+# --- tool inputs -----------------------------------------------------------------------------
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ViewInput(_Input):
+    start_line: int | None = Field(default=None, ge=1)
+    end_line: int | None = Field(default=None, ge=1)
+
+
+class EditInput(_Input):
+    old_str: str = Field(min_length=1)
+    new_str: str
+
+
+class WriteInput(_Input):
+    content: str = Field(min_length=1)
+
+
+class HistoryInput(_Input):
+    pass
+
+
+class RunLogInput(_Input):
+    run: int = Field(ge=0)
+    log: Literal["train", "eval"] = "train"
+    lines: int = Field(default=80, ge=1, le=400)
+
+
+class FinishInput(_Input):
+    description: str = Field(min_length=1)
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+        if "anyOf" in prop:  # `int | None` -> integer (optional: simply not required)
+            kinds = [k for k in prop.pop("anyOf") if k.get("type") != "null"]
+            prop.update(kinds[0])
+            prop.pop("default", None)
+    schema["additionalProperties"] = False
+    return schema
+
+
+TOOL_DESCRIPTIONS: dict[str, tuple[str, type[_Input]]] = {
+    "view_train_py": (
+        "Show train.py with line numbers. Optional start_line/end_line (1-based, inclusive) to see a part.",
+        ViewInput,
+    ),
+    "edit_train_py": (
+        "Replace one exact occurrence of old_str in train.py by new_str. old_str must match exactly "
+        "(whitespace included) and be unique; include surrounding lines to make it unique. Returns the "
+        "edited region.",
+        EditInput,
+    ),
+    "write_train_py": (
+        f"Replace the whole of train.py with content (at most {MAX_TRAIN_PY_BYTES} bytes). Prefer "
+        "edit_train_py for local changes.",
+        WriteInput,
+    ),
+    "read_history": ("The results table of this tag so far: every experiment, its val_bpb and status.", HistoryInput),
+    "read_run_log": (
+        "The last lines of a past run's train.log (log='train') or eval.log (log='eval'), by experiment "
+        "number as listed in the history.",
+        RunLogInput,
+    ),
+    "finish": (
+        "End this proposal once train.py holds your change. description: one short line saying what "
+        "you changed (it goes into the results table).",
+        FinishInput,
+    ),
+}
+
+
+def tool_specs() -> list[dict[str, Any]]:
+    """Tool definitions for the Messages API, in a fixed order (so the prompt cache stays valid)."""
+    return [
+        {"name": name, "description": desc, "input_schema": _schema(model)}
+        for name, (desc, model) in TOOL_DESCRIPTIONS.items()
+    ]
+
+
+# --- the tools -------------------------------------------------------------------------------
+
+
+def one_line(text: str, cap: int = MAX_DESCRIPTION_CHARS) -> str:
+    """A description fit for results.tsv: no tabs or newlines, spaces collapsed, capped."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= cap else flat[: cap - 3].rstrip() + "..."
+
+
+def numbered(lines: list[str], first: int) -> str:
+    width = len(str(first + len(lines)))
+    return "\n".join(f"{i:>{width}}| {line}" for i, line in enumerate(lines, start=first))
+
+
+class TrainPyTools:
+    """The tool calls of one proposal, bound to its context."""
+
+    def __init__(self, context: ProposalContext) -> None:
+        self.context = context
+        self.path = context.train_py
+        self.original = read_train_py(self.path)
+
+    def changed(self) -> bool:
+        return read_train_py(self.path) != self.original
+
+    def restore(self) -> None:
+        write_train_py(self.path, self.original)
+
+    def run(self, name: str, raw_input: object) -> ToolOutcome:
+        entry = TOOL_DESCRIPTIONS.get(name)
+        if entry is None:
+            return ToolOutcome(f"unknown tool {name!r}; the tools are: {', '.join(TOOL_DESCRIPTIONS)}", is_error=True)
+        if not isinstance(raw_input, dict):
+            return ToolOutcome(f"bad input for {name}: expected a JSON object", is_error=True)
+        try:
+            args = entry[1].model_validate(raw_input)
+        except ValidationError as exc:
+            return ToolOutcome(f"bad input for {name}: {_validation_message(exc)}", is_error=True)
+        try:
+            return getattr(self, f"_{name}")(args)
+        except ToolError as exc:
+            return ToolOutcome(str(exc), is_error=True)
+
+    def _view_train_py(self, args: ViewInput) -> ToolOutcome:
+        lines = read_train_py(self.path).splitlines()
+        if not lines:
+            return ToolOutcome("train.py is empty")
+        start = args.start_line or 1
+        end = min(args.end_line or len(lines), len(lines))
+        if start > len(lines) or end < start:
+            raise ToolError(f"line range {start}-{args.end_line} is outside train.py (1-{len(lines)})")
+        text = numbered(lines[start - 1 : end], start)
+        if len(text) > MAX_VIEW_CHARS:
+            text = text[:MAX_VIEW_CHARS] + "\n[... cut: ask for a smaller line range]"
+        return ToolOutcome(text)
+
+    def _edit_train_py(self, args: EditInput) -> ToolOutcome:
+        text = read_train_py(self.path)
+        count = text.count(args.old_str)
+        if count == 0:
+            raise ToolError("old_str was not found in train.py; view the file and copy the exact text (whitespace matters)")
+        if count > 1:
+            raise ToolError(f"old_str occurs {count} times in train.py; include more surrounding lines to make it unique")
+        if args.old_str == args.new_str:
+            raise ToolError("old_str and new_str are the same; nothing to change")
+        at = text.index(args.old_str)
+        new_text = text[:at] + args.new_str + text[at + len(args.old_str) :]
+        write_train_py(self.path, new_text)
+        first = new_text.count("\n", 0, at) + 1
+        last = first + args.new_str.count("\n")
+        lines = new_text.splitlines()
+        lo = max(1, first - SNIPPET_CONTEXT_LINES)
+        hi = min(len(lines), last + SNIPPET_CONTEXT_LINES)
+        return ToolOutcome(f"edited train.py; lines {lo}-{hi} now read:\n{numbered(lines[lo - 1 : hi], lo)}")
+
+    def _write_train_py(self, args: WriteInput) -> ToolOutcome:
+        write_train_py(self.path, args.content)
+        return ToolOutcome(f"wrote train.py: {len(args.content.splitlines())} lines")
+
+    def _read_history(self, args: HistoryInput) -> ToolOutcome:
+        return ToolOutcome(history_table(self.context.history) or "no experiments yet")
+
+    def _read_run_log(self, args: RunLogInput) -> ToolOutcome:
+        rows = [row for row in self.context.history if row.n == args.run]
+        if not rows:
+            known = ", ".join(str(r.n) for r in self.context.history) or "none"
+            raise ToolError(f"no run {args.run} in the history; runs: {known}")
+        data, size = read_tail_under(self.context.runs_dir, rows[-1].run_dir, f"{args.log}.log", MAX_LOG_TAIL_BYTES)
+        lines = data.replace("\r\n", "\n").replace("\r", "\n").splitlines()[-args.lines :]
+        header = f"{args.log}.log of run {args.run} ({size} bytes), last {len(lines)} lines:"
+        return ToolOutcome(header + "\n" + "\n".join(lines))
+
+    def _finish(self, args: FinishInput) -> ToolOutcome:
+        description = one_line(args.description)
+        if not description:
+            raise ToolError("description is empty; say in one line what you changed")
+        text = read_train_py(self.path)
+        try:
+            compile(text, "train.py", "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise ToolError(f"train.py does not compile: line {exc.lineno}: {exc.msg}; fix it, then finish") from None
+        except (ValueError, RecursionError, MemoryError) as exc:
+            raise ToolError(f"train.py does not compile: {type(exc).__name__}; fix it, then finish") from None
+        if "submit(" not in text:
+            raise ToolError("train.py no longer calls submit(model); the run would produce nothing to score")
+        return ToolOutcome(f"finished: {description}", finish_description=description)
+
+
+def history_table(history: list[HistoryRow], max_rows: int = 200) -> str:
+    """The results table as the agent reads it (newest rows kept when there are many)."""
+    if not history:
+        return ""
+    scored = [r for r in history if r.val_bpb is not None and r.status == "keep"]
+    best = min(scored, key=lambda r: r.val_bpb or 0.0) if scored else None
+    rows = history[-max_rows:]
+    out = ["n\tcommit\tval_bpb\tmemory_gb\tstatus\tdescription"]
+    if len(history) > len(rows):
+        out.append(f"[{len(history) - len(rows)} older rows left out]")
+    for r in rows:
+        bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
+        mark = "  <- best" if best is not None and r is best else ""
+        out.append(f"{r.n}\t{r.commit}\t{bpb}\t{r.memory_gb:.1f}\t{r.status}\t{one_line(r.description)}{mark}")
+    return "\n".join(out)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "input"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
