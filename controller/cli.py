@@ -1,0 +1,410 @@
+"""`python -m controller overnight|replay|logs|status|report|cleanup|profile`.
+
+Errors meant for a person are one line on stderr (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from controller.ledger import Ledger, LedgerError, find_run, latest_tag
+from controller.records import RunRecord
+from controller.settings import Settings, SettingsError, load_settings
+from controller.status import ConsoleObserver
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# Flags of `overnight`, one per setting (values are validated by Settings, not argparse).
+OVERNIGHT_FLAGS: dict[str, str] = {
+    "tag": "name of the night: branch autoresearch/<tag>, runs/<tag>/ (default: today, e.g. nov23)",
+    "program": "programs/<program>/ holds train.py and program.md (default: default)",
+    "profile": "gpu | cpu | test (default: gpu with a GPU and the NVIDIA container runtime, else cpu)",
+    "agent": "anthropic | search (default: anthropic when ANTHROPIC_API_KEY is set, else search)",
+    "model": "model of the anthropic agent",
+    "gpus": "GPU indices, e.g. 0 or 0,1 (experiments use the first)",
+    "hours": "end the night after this many hours",
+    "until": "end the night at this local time, HH:MM",
+    "max_experiments": "end when the tag has this many experiments after the baseline",
+    "max_fix_attempts": "fix tries after a crash (and re-asks after a refused edit)",
+    "vram_cap_gb": "kill a run whose GPU memory passes this",
+    "memory_limit_gb": "RAM limit of each container",
+    "data_dir": "prepared data (default: data/<profile>)",
+    "runs_dir": "where results go (default: runs)",
+    "worktrees_dir": "where the experiment worktree goes (default: worktrees)",
+    "repo": "the project checkout the night starts from (default: .)",
+    "image": "evaluator image both containers start from",
+    "sandbox": "docker | bare (bare: plain processes, development only, no protection)",
+    "seed": "seed handed to train.py",
+}
+COMMON_FLAGS = ("runs_dir", "repo", "data_dir", "image", "sandbox")
+
+
+class UserError(RuntimeError):
+    pass
+
+
+def _add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | list[str]) -> None:
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X",
+                            help=OVERNIGHT_FLAGS[name])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m controller", description="overnight: autonomous ML research")
+    sub = p.add_subparsers(dest="command", required=True)
+    night = sub.add_parser("overnight", help="run the research loop until stopped or a limit is reached")
+    _add_flags(night, list(OVERNIGHT_FLAGS))
+    rp = sub.add_parser("replay", help="run a recorded commit again and compare val_bpb")
+    rp.add_argument("sha", help="commit (prefix) of the run to replay")
+    _add_flags(rp, COMMON_FLAGS)
+    lg = sub.add_parser("logs", help="print a run's train.log and eval.log")
+    lg.add_argument("run", help="experiment number (in --tag, default the latest tag) or commit prefix")
+    lg.add_argument("--tag", default=None)
+    lg.add_argument("--which", choices=("train", "eval", "both"), default="both")
+    _add_flags(lg, ("runs_dir",))
+    st = sub.add_parser("status", help="the ledger of a tag as a table")
+    st.add_argument("--tag", default=None, help="default: the latest tag")
+    _add_flags(st, ("runs_dir",))
+    rep = sub.add_parser("report", help="write runs/<tag>/progress.png")
+    rep.add_argument("--tag", default=None, help="default: the latest tag")
+    _add_flags(rep, ("runs_dir",))
+    cl = sub.add_parser("cleanup", help="remove containers an interrupted night left behind")
+    cl.add_argument("--tag", default=None, help="only this tag's containers (default: all of the sandbox's)")
+    _add_flags(cl, ("repo",))
+    sub.add_parser("profile", help="print the profile a night would use here (gpu or cpu)")
+    return p
+
+
+def _overrides(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+# -- sandbox adapters ------------------------------------------------------------------------
+
+
+def make_runner(settings: Settings) -> Callable:
+    if settings.sandbox == "bare":
+        from sandbox.bare import run_bare
+
+        return run_bare
+    from sandbox.experiment import run_experiment
+
+    return run_experiment
+
+
+def current_image_id(settings: Settings) -> str | None:
+    """The content id of the evaluator image (None for the bare runner); one-line errors."""
+    if settings.sandbox == "bare":
+        return None
+    from sandbox.engine import docker_client, image_id
+    from sandbox.errors import SandboxError
+
+    try:
+        return image_id(docker_client(), settings.image)
+    except SandboxError as exc:
+        raise UserError(str(exc)) from None
+
+
+def remove_tag_containers(tag: str | None) -> list[str]:
+    """Force-remove containers of `tag` (by the controller's overnight.tag label), or every
+    container of the sandbox when tag is None."""
+    from sandbox.cleanup import remove_orphans
+    from sandbox.engine import docker_client
+    from sandbox.specs import LABEL_RUN
+
+    client = docker_client()
+    if tag is None:
+        return remove_orphans(client=client)
+    removed: list[str] = []
+    found = client.containers.list(all=True, filters={"label": f"overnight.tag={tag}"})
+    for run_id in sorted({c.labels.get(LABEL_RUN) for c in found if c.labels.get(LABEL_RUN)}):
+        removed += remove_orphans(run_id, client=client)
+    return removed
+
+
+def data_manifest(settings: Settings) -> str:
+    from evaluator import layout
+    from evaluator.manifest import ManifestError, manifest_sha256
+
+    if not (Path(settings.data_dir) / layout.MANIFEST).is_file():
+        raise UserError(f"no prepared data in {settings.data_dir}: run `make prepare PROFILE={settings.profile}` first")
+    try:
+        return manifest_sha256(settings.data_dir)
+    except ManifestError as exc:
+        raise UserError(str(exc)) from None
+
+
+def make_agent_for(settings: Settings) -> Any:
+    from controller.agents import AgentConfigError, make_agent
+
+    repo = Path(settings.repo)
+    try:
+        if settings.agent == "anthropic":
+            key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+            return make_agent("anthropic", api_key=key, model=settings.model)
+        return make_agent("search", runs_dir=settings.tag_dir, seed_train_py=repo / "programs" / settings.program /
+                          "train.py", profile=settings.profile, seed=settings.seed)
+    except AgentConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+class ReportingObserver(ConsoleObserver):
+    """The console observer that also redraws progress.png after every experiment."""
+
+    def __init__(self, *args: Any, tag_dir: Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tag_dir = tag_dir
+
+    def finished(self, record: RunRecord, best: Any) -> None:
+        super().finished(record, best)
+        self.write_report()
+
+    def write_report(self) -> None:
+        from controller.report import write_report
+
+        try:
+            rows = Ledger(self.tag_dir).rows()
+            if rows:
+                write_report(self.tag_dir, rows)
+        except Exception as exc:  # a plot must never end the night
+            self.say(f"progress.png not written: {exc}", "warning")
+
+
+def resume_command(settings: Settings, argv: list[str]) -> list[str]:
+    """The exact commands that resume this night: the same flags, with --tag pinned."""
+    flags: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--tag":
+            skip = True
+            continue
+        if arg.startswith("--tag="):
+            continue
+        flags.append(arg)
+    python = ["python -m controller overnight " + shlex.join(["--tag", settings.tag, *flags])]
+    make = f"make overnight TAG={settings.tag}" + (f" ARGS={shlex.quote(shlex.join(flags))}" if flags else "")
+    return [make, *python]
+
+
+def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    from controller.logs import configure_logging
+    from controller.loop import AgentFatalError, LoopDeps, NightLoop, SetupError, StopFlag, agent_model, resume_settings
+    settings = load_settings(**_overrides(args, OVERNIGHT_FLAGS))
+    try:
+        settings = resume_settings(settings)
+    except SetupError as exc:
+        raise UserError(str(exc)) from None
+    manifest = data_manifest(settings)
+    image = current_image_id(settings)
+    log_path = configure_logging(settings.tag_dir)
+    agent = make_agent_for(settings)
+    runner = make_runner(settings)
+
+    if "profile" in settings.model_fields_set:
+        why_profile = "chosen explicitly"
+    elif settings.profile == "gpu":
+        why_profile = "GPU and NVIDIA container runtime found"
+    else:
+        why_profile = "no GPU with the NVIDIA container runtime found"
+    console.print(Text(f"overnight {settings.tag}: program {settings.program}, profile {settings.profile} "
+                       f"({why_profile}), data {settings.data_dir}", style="bold"))
+    model = agent_model(agent)
+    console.print(Text(settings.agent_reason() + (f", model {model}" if model else "")))
+    if settings.sandbox == "bare":
+        console.print(Text("sandbox: bare processes, NO containers and none of their protections", style="red"))
+    else:
+        console.print(Text(f"image {settings.image} ({image[:19] if image else '?'})"))
+    console.print(Text(f"results {settings.tag_dir}/results.tsv, log {log_path}"))
+
+    rows = Ledger(settings.tag_dir).rows() if Ledger(settings.tag_dir).exists() else []
+    deadline = settings.deadline(dt.datetime.now().astimezone())
+    stop = StopFlag()
+    observer = ReportingObserver(console, settings.tag, rows, deadline, settings.max_experiments,
+                                 tag_dir=settings.tag_dir)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.requested:
+            stop.request_now()
+            raise KeyboardInterrupt
+        stop.request()
+        observer.say("Ctrl-C: finishing the experiment in flight, then stopping (Ctrl-C again: stop now)", "warning")
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stop.request_now()
+        raise KeyboardInterrupt
+
+    remover = None if settings.sandbox == "bare" else remove_tag_containers
+    deps = LoopDeps(agent=agent, runner=runner, observer=observer, remove_orphans=remover,
+                    manifest_sha256=manifest, stop=stop)
+    loop = NightLoop(settings, deps)
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)  # the terminal went away: stop now, leave no container
+    resume = resume_command(settings, argv)
+    try:
+        with observer:
+            summary = loop.run()
+    except KeyboardInterrupt:
+        if remover is not None:
+            try:
+                remover(settings.tag)
+            except Exception:
+                pass
+        console.print(Text("stopped; the experiment in flight will be redone on resume. Resume with:", style="yellow"))
+        for line in resume:
+            console.print(Text("  " + line))
+        return EXIT_INTERRUPTED
+    except SetupError as exc:
+        raise UserError(str(exc)) from None
+    except AgentFatalError as exc:
+        console.print(Text(str(exc), style="red"))
+        console.print(Text("fix that, then resume with:"))
+        for line in resume:
+            console.print(Text("  " + line))
+        return EXIT_ERROR
+    observer.write_report()
+    ends = {"max-experiments": "reached --max-experiments", "deadline": "reached its end time",
+            "stopped": "stopped by Ctrl-C"}
+    best = summary.best
+    console.print(Text(f"night {settings.tag} {ends.get(summary.reason, summary.reason)}: "
+                       f"{len(summary.rows)} experiments" +
+                       (f", best val_bpb {best.val_bpb:.6f} ({best.commit})" if best else ""), style="bold"))
+    console.print(Text(f"results: {settings.tag_dir}/results.tsv, plot: {settings.tag_dir}/progress.png, "
+                       f"branch: autoresearch/{settings.tag}"))
+    if summary.reason == "stopped":
+        console.print(Text("resume with:"))
+        for line in resume:
+            console.print(Text("  " + line))
+    return 0
+
+
+def _tag_or_latest(runs_dir: Path, tag: str | None) -> str:
+    tag = tag or latest_tag(runs_dir)
+    if tag is None:
+        raise UserError(f"no runs in {runs_dir}/ yet: start a night with `make overnight`")
+    if not Ledger(runs_dir / tag).exists():
+        raise UserError(f"no ledger for tag {tag} in {runs_dir}/")
+    return tag
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from controller.status import ledger_table
+
+    runs_dir = Path(args.runs_dir or "runs")
+    tag = _tag_or_latest(runs_dir, args.tag)
+    console.print(ledger_table(tag, Ledger(runs_dir / tag).rows()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from controller.report import write_report
+
+    runs_dir = Path(args.runs_dir or "runs")
+    tag = _tag_or_latest(runs_dir, args.tag)
+    try:
+        plot = write_report(runs_dir / tag, Ledger(runs_dir / tag).rows())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    console.print(Text(f"wrote {plot.path}: {plot.points} experiments ({plot.kept} kept, "
+                       f"{plot.discarded} discarded, {plot.failed} failed)"))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    from controller.status import print_run_logs
+
+    runs_dir = Path(args.runs_dir or "runs")
+    try:
+        loc = find_run(runs_dir, args.run, tag=args.tag)
+    except LedgerError as exc:
+        raise UserError(str(exc)) from None
+    print_run_logs(console, loc, args.which)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, console: Console) -> int:
+    from controller.logs import configure_logging
+    from controller.replay import ReplayError, describe, locate, replay
+
+    settings = load_settings(**_overrides(args, COMMON_FLAGS))
+    try:
+        loc, _ = locate(settings, args.sha)
+        configure_logging(settings.runs_dir / loc.tag)
+        image = current_image_id(settings)
+        console.print(Text(f"replaying {loc.tag} #{loc.n} {loc.row.commit} ...", style="bold"))
+        outcome = replay(settings, args.sha, make_runner(settings), image)
+    except ReplayError as exc:
+        raise UserError(str(exc)) from None
+    for line in describe(outcome):
+        console.print(Text(line))
+    return 0 if outcome.equal is not False else 1
+
+
+def cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
+    from controller import git
+    from sandbox.errors import SandboxError
+
+    try:
+        removed = remove_tag_containers(args.tag)
+    except SandboxError as exc:
+        raise UserError(str(exc)) from None
+    console.print(Text(f"removed {len(removed)} container(s)" + (f": {', '.join(removed)}" if removed else "")))
+    try:
+        git.git(git.repo_root(Path(args.repo or ".")), "worktree", "prune")
+    except git.GitError:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    console = Console(highlight=False, soft_wrap=True)
+    from controller.git import GitError
+    from controller.logs import configure_quiet
+
+    if args.command != "overnight" and args.command != "replay":
+        configure_quiet()
+    try:
+        if args.command == "overnight":
+            return cmd_overnight(args, argv[1:], console)
+        if args.command == "replay":
+            return cmd_replay(args, console)
+        if args.command == "logs":
+            return cmd_logs(args, console)
+        if args.command == "status":
+            return cmd_status(args, console)
+        if args.command == "report":
+            return cmd_report(args, console)
+        if args.command == "cleanup":
+            return cmd_cleanup(args, console)
+        if args.command == "profile":
+            print(load_settings().profile)
+            return 0
+    except (UserError, SettingsError, GitError, LedgerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:  # before the night's own handlers are in place, or in another command
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

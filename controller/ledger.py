@@ -1,0 +1,241 @@
+"""The ledger of a tag: `runs/<tag>/results.tsv` in autoresearch's columns and format, append-only
+and fsynced, and the per-run folders `runs/<tag>/<n>-<short sha>/` with their run.json.
+
+results.tsv has no experiment-number column (as in autoresearch); a row's number is its position:
+row 0 is the baseline. Every run is a row."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from controller.records import Journal, RunRecord, TagRecord
+from controller.safefiles import atomic_write_model, atomic_write_text, fsync_dir, read_regular
+
+HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+STATUSES = ("keep", "discard", "crash", "timeout", "rejected")
+RESULTS = "results.tsv"
+RUN_JSON = "run.json"
+TAG_JSON = "tag.json"
+STATE_JSON = "state.json"
+MAX_DESCRIPTION = 200
+SHORT = 7
+
+
+class LedgerError(RuntimeError):
+    """The ledger or a run folder cannot be read as written; one line for a person."""
+
+
+def clean_description(text: str) -> str:
+    """One line for the TSV: no tabs or newlines, bounded length."""
+    line = " ".join(str(text).split())
+    return (line[: MAX_DESCRIPTION - 1] + "…") if len(line) > MAX_DESCRIPTION else (line or "(no description)")
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    commit: str  # 7-character short sha
+    val_bpb: float  # 0.0 when the run did not score
+    memory_gb: float
+    status: str
+    description: str
+
+    def line(self) -> str:
+        return (
+            f"{self.commit[:SHORT]}\t{self.val_bpb:.6f}\t{self.memory_gb:.1f}\t{self.status}\t"
+            f"{clean_description(self.description)}\n"
+        )
+
+    @classmethod
+    def parse(cls, line: str) -> LedgerRow:
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 5 or parts[3] not in STATUSES:
+            raise LedgerError(f"malformed results.tsv row: {line.strip()[:120]!r}")
+        return cls(parts[0], float(parts[1]), float(parts[2]), parts[3], parts[4])
+
+    @property
+    def scored(self) -> bool:
+        return self.status in ("keep", "discard")
+
+
+def run_dir_name(n: int, commit: str) -> str:
+    return f"{n:04d}-{commit[:SHORT]}"
+
+
+class Ledger:
+    """results.tsv and the run folders of one tag."""
+
+    def __init__(self, tag_dir: Path) -> None:
+        self.tag_dir = Path(tag_dir)
+        self.path = self.tag_dir / RESULTS
+
+    # -- results.tsv ---------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def create(self) -> None:
+        if not self.path.exists():
+            atomic_write_text(self.path, HEADER + "\n")
+
+    def repair(self) -> None:
+        """Drop a torn last line (a kill during a write): the file ends at its last newline."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut != len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+        if not data.startswith(HEADER.encode()):
+            raise LedgerError(f"{self.path} does not start with autoresearch's header line")
+
+    def rows(self) -> list[LedgerRow]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        if lines[0] != HEADER:
+            raise LedgerError(f"{self.path} does not start with autoresearch's header line")
+        body = lines[1:-1]  # the text after the last newline is empty, or a torn line
+        return [LedgerRow.parse(line) for line in body if line]
+
+    def append(self, row: LedgerRow) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(row.line())
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- run folders ---------------------------------------------------------------------------
+
+    def run_dir(self, n: int, commit: str) -> Path:
+        return self.tag_dir / run_dir_name(n, commit)
+
+    def row_run_dir(self, n: int, row: LedgerRow) -> Path:
+        return self.run_dir(n, row.commit)
+
+    def write_record(self, record: RunRecord) -> Path:
+        path = self.run_dir(record.n, record.commit) / RUN_JSON
+        atomic_write_model(path, record)
+        return path
+
+    def read_record(self, n: int, commit: str) -> RunRecord | None:
+        path = self.run_dir(n, commit) / RUN_JSON
+        try:
+            return RunRecord.model_validate_json(read_regular(path, 16 * 2**20))
+        except FileNotFoundError:
+            return None
+        except ValidationError as exc:
+            raise LedgerError(f"{path} is not a valid run record: {exc.errors()[0]['msg']}") from None
+
+    def set_aside(self, run_dir: Path, stamp: str) -> Path | None:
+        """Move a half-finished run folder (from an interrupted controller) to interrupted/."""
+        if not run_dir.exists():
+            return None
+        dest = self.tag_dir / "interrupted" / f"{run_dir.name}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run_dir), str(dest))
+        fsync_dir(self.tag_dir)
+        return dest
+
+    # -- tag.json and the journal --------------------------------------------------------------
+
+    def read_tag(self) -> TagRecord | None:
+        path = self.tag_dir / TAG_JSON
+        return TagRecord.model_validate_json(path.read_bytes()) if path.exists() else None
+
+    def write_tag(self, record: TagRecord) -> None:
+        atomic_write_model(self.tag_dir / TAG_JSON, record)
+
+    def read_journal(self) -> Journal | None:
+        path = self.tag_dir / STATE_JSON
+        if not path.exists():
+            return None
+        try:
+            return Journal.model_validate_json(path.read_bytes())
+        except ValidationError:
+            return None  # unreadable journal: the ledger alone decides
+
+    def write_journal(self, journal: Journal) -> None:
+        atomic_write_model(self.tag_dir / STATE_JSON, journal)
+
+    def clear_journal(self) -> None:
+        path = self.tag_dir / STATE_JSON
+        if path.exists():
+            path.unlink()
+            fsync_dir(self.tag_dir)
+
+
+# -- finding runs across tags ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunLocation:
+    tag: str
+    n: int
+    row: LedgerRow
+    run_dir: Path
+
+    def record(self) -> RunRecord | None:
+        return Ledger(self.run_dir.parent).read_record(self.n, self.row.commit)
+
+
+def list_tags(runs_dir: Path) -> list[str]:
+    """Tags with a ledger, most recently written first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    tags = [p for p in runs_dir.iterdir() if (p / RESULTS).is_file()]
+    tags.sort(key=lambda p: (p / RESULTS).stat().st_mtime, reverse=True)
+    return [p.name for p in tags]
+
+
+def latest_tag(runs_dir: Path) -> str | None:
+    tags = list_tags(runs_dir)
+    return tags[0] if tags else None
+
+
+def find_run(runs_dir: Path, ref: str, tag: str | None = None) -> RunLocation:
+    """A run by experiment number (within `tag`, default the latest) or by commit prefix (any tag,
+    unless `tag` is given). Raises LedgerError with one line when there is none or several."""
+    runs_dir = Path(runs_dir)
+    tags = [tag] if tag else list_tags(runs_dir)
+    if not tags:
+        raise LedgerError(f"no runs in {runs_dir}/ yet: start a night with `make overnight`")
+    if ref.isdigit() and len(ref) < SHORT:
+        the_tag = tag or tags[0]
+        ledger = Ledger(runs_dir / the_tag)
+        rows = ledger.rows()
+        n = int(ref)
+        if n >= len(rows):
+            raise LedgerError(f"tag {the_tag} has experiments 0..{len(rows) - 1}; there is no {n}")
+        return RunLocation(the_tag, n, rows[n], ledger.row_run_dir(n, rows[n]))
+    prefix = ref.lower()
+    if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
+        raise LedgerError(f"{ref!r} is neither an experiment number nor a commit (4+ hex characters)")
+    hits: list[RunLocation] = []
+    for t in tags:
+        ledger = Ledger(runs_dir / t)
+        for n, row in enumerate(ledger.rows()):
+            if _matches(prefix, row, ledger, n):
+                hits.append(RunLocation(t, n, row, ledger.row_run_dir(n, row)))
+    if not hits:
+        raise LedgerError(f"no run of commit {ref} in {runs_dir}/ (tags: {', '.join(tags)})")
+    commits = {h.row.commit for h in hits}
+    if len(commits) > 1:
+        raise LedgerError(f"commit prefix {ref} is ambiguous: {', '.join(sorted(commits))}; give more characters")
+    return hits[-1]  # the same commit run twice (the baseline of two tags): the latest
+
+
+def _matches(prefix: str, row: LedgerRow, ledger: Ledger, n: int) -> bool:
+    if len(prefix) <= SHORT:
+        return row.commit.startswith(prefix)
+    if not row.commit.startswith(prefix[:SHORT]):
+        return False
+    record = ledger.read_record(n, row.commit)
+    return record is not None and record.commit.startswith(prefix)

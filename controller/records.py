@@ -1,0 +1,115 @@
+"""The controller's JSON records, defined once: run.json (one experiment), tag.json (what a night was
+started with), state.json (the journal of the experiment in flight) and replay.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.agents.base import Proposal, Usage
+
+Decision = Literal["keep", "discard", "crash", "timeout", "rejected"]
+FIXABLE: frozenset[str] = frozenset({"crash", "rejected"})  # failures the agent may try to fix
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    propose: float = 0.0  # seconds the agent took (all its tries for this run)
+    train: float = 0.0  # train container wall clock, measured from outside
+    eval: float = 0.0  # eval container wall clock, measured from outside
+    total: float = 0.0  # propose + run + record
+
+
+class RunRecord(BaseModel):
+    """run.json: everything about one experiment (one row of results.tsv)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int  # experiment number within the tag (= row of results.tsv), 0 = baseline
+    commit: str  # full sha of the experiment commit
+    parent: str  # full sha of the best commit it was compared against (its git parent)
+    tag: str
+    program: str
+    profile: str
+    seed: int
+    agent: str  # "seed" for the baseline
+    model: str | None = None
+    image_id: str | None = None  # evaluator image content id; None for bare runs
+    data_manifest_sha256: str | None = None
+    data_dir: str | None = None
+    gpu: int | None = None
+    status: Decision
+    reason: str | None = None  # one line for a person when the run did not score
+    val_bpb: float | None = None
+    memory_gb: float = 0.0
+    memory_kind: Literal["vram", "ram"] = "ram"
+    timings: Timings = Field(default_factory=Timings)
+    usage: Usage = Field(default_factory=Usage)  # agent tokens and cost for this proposal
+    description: str
+    fix_of: int | None = None  # the crashed experiment this one tries to fix
+    fix_attempt: int = 0  # 1.. for fix tries, 0 for fresh proposals
+    train_exit_code: int | None = None
+    eval_exit_code: int | None = None
+    started: dt.datetime
+    finished: dt.datetime
+
+
+class TagRecord(BaseModel):
+    """tag.json: what a night was started with; a resume must agree on program and profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str
+    program: str
+    profile: str
+    seed: int
+    base_commit: str  # the user's HEAD the branch was created from (= the baseline commit)
+    data_dir: str
+    data_manifest_sha256: str | None = None
+    created: dt.datetime
+
+
+class Journal(BaseModel):
+    """state.json: the experiment in flight, so a restart after kill -9 finishes or redoes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int  # the experiment number being worked on (= rows in results.tsv when it started)
+    phase: Literal["proposing", "committed"]
+    commit: str | None = None  # set from "committed" on
+    parent: str  # the best commit when the proposal started
+    proposal: Proposal | None = None  # None for the baseline
+    attempts: list[dict] = Field(default_factory=list)  # refused tries before it (transcripts)
+    propose_seconds: float = 0.0
+    fix_of: int | None = None
+    fix_attempt: int = 0
+    started: dt.datetime = Field(default_factory=utcnow)
+
+
+class ReplayRecord(BaseModel):
+    """replay.json in runs/<tag>/replays/<name>/: a re-run of a recorded commit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str
+    n: int
+    commit: str
+    image_id: str | None
+    data_manifest_sha256: str | None
+    profile: str
+    seed: int
+    status: str  # the sandbox's status: ok | crash | timeout | rejected
+    reason: str | None = None
+    recorded_val_bpb: float | None
+    replayed_val_bpb: float | None
+    started: dt.datetime
+    finished: dt.datetime
+    run_dir: Path

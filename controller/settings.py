@@ -1,0 +1,192 @@
+"""Settings of a night: environment (OVERNIGHT_*), `.env`, then command-line flags on top.
+
+Defaults work on a new machine: the `gpu` profile when a GPU and the NVIDIA container runtime are
+both there, else `cpu`; the `anthropic` agent when ANTHROPIC_API_KEY is set, else `search`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from evaluator.profiles import PROFILES
+
+AgentName = Literal["anthropic", "search"]
+SandboxName = Literal["docker", "bare"]
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_UNTIL = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+DEFAULT_IMAGE = "overnight-evaluator:latest"
+
+
+class SettingsError(ValueError):
+    """A bad setting, explained in one line."""
+
+
+def default_tag(today: dt.date | None = None) -> str:
+    """Today's date as a short tag, e.g. 'nov23'."""
+    return (today or dt.date.today()).strftime("%b%d").lower()
+
+
+def nvml_gpu_count(nvml: Any = None) -> int:
+    """GPUs NVML can see; 0 when there is no driver. `nvml` is the pynvml module (or a fake)."""
+    try:
+        if nvml is None:
+            import pynvml as nvml  # nvidia-ml-py
+        nvml.nvmlInit()
+        try:
+            return int(nvml.nvmlDeviceGetCount())
+        finally:
+            nvml.nvmlShutdown()
+    except Exception:
+        return 0
+
+
+def docker_runtimes(docker_info: dict | None = None) -> set[str]:
+    """Runtimes the Docker engine offers (e.g. {'runc', 'nvidia'}); empty when it cannot be asked."""
+    if docker_info is None:
+        try:
+            import docker
+
+            client = docker.from_env(timeout=5)
+            try:
+                docker_info = client.info()
+            finally:
+                client.close()
+        except Exception:
+            return set()
+    return set((docker_info or {}).get("Runtimes") or {})
+
+
+def detect_profile(nvml: Any = None, docker_info: dict | None = None) -> str:
+    """`gpu` when NVML sees a GPU and the engine has the NVIDIA runtime, else `cpu`."""
+    if nvml_gpu_count(nvml) > 0 and "nvidia" in docker_runtimes(docker_info):
+        return "gpu"
+    return "cpu"
+
+
+def _default_agent(data: dict[str, Any]) -> str:
+    return "anthropic" if data.get("anthropic_api_key") else "search"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OVERNIGHT_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        validate_default=True,
+    )
+
+    tag: str = Field(default_factory=default_tag)  # names the branch, the refs and runs/<tag>
+    program: str = "default"  # programs/<program>/{train.py,program.md}
+    profile: str = Field(default_factory=detect_profile)
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "OVERNIGHT_ANTHROPIC_API_KEY")
+    )
+    agent: AgentName = Field(default_factory=_default_agent)
+    model: str | None = None  # the anthropic agent's model (None: the agent's default)
+    gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)  # GPU indices; the loop uses the first
+    max_fix_attempts: int = Field(default=2, ge=0, le=10)  # fix tries after a crash, and re-asks after a refused edit
+    vram_cap_gb: float | None = Field(default=None, gt=0)  # the NVML watchdog kills a run above this
+    memory_limit_gb: float = Field(default=8.0, gt=0)  # container RAM limit
+    data_dir: Path = Field(default_factory=lambda data: Path("data") / str(data.get("profile", "cpu")))
+    runs_dir: Path = Path("runs")
+    worktrees_dir: Path = Path("worktrees")
+    repo: Path = Path(".")  # the project checkout whose HEAD the night starts from
+    image: str = DEFAULT_IMAGE
+    sandbox: SandboxName = "docker"  # "bare" runs plain processes: development only, no protection
+    hours: float | None = Field(default=None, gt=0)
+    until: str | None = None  # HH:MM, local time, the next time it comes round
+    max_experiments: int | None = Field(default=None, ge=0)  # experiments after the baseline, per tag
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("tag", "program")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value) or ".." in value or value.endswith((".", ".lock")):
+            raise ValueError(
+                f"{value!r} must be 1-64 characters of lowercase letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"unknown profile {value!r}; choose one of: {', '.join(sorted(PROFILES))}")
+        return value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if not all(p.isdigit() for p in parts):
+                raise ValueError(f"{value!r} is not a comma-separated list of GPU indices like 0,1")
+            return [int(p) for p in parts]
+        return value
+
+    @field_validator("until")
+    @classmethod
+    def _until(cls, value: str | None) -> str | None:
+        if value is not None and not _UNTIL.match(value):
+            raise ValueError(f"{value!r} is not a time like 07:30")
+        return value
+
+    @property
+    def tag_dir(self) -> Path:
+        return self.runs_dir / self.tag
+
+    @property
+    def gpu(self) -> int | None:
+        """The one GPU an experiment uses: the first of --gpus, GPU 0 on the gpu profile, else none."""
+        if self.gpus:
+            return self.gpus[0]
+        return 0 if self.profile == "gpu" else None
+
+    def deadline(self, now: dt.datetime) -> dt.datetime | None:
+        """When the night ends by itself (the earlier of --hours and --until), or None."""
+        ends: list[dt.datetime] = []
+        if self.hours is not None:
+            ends.append(now + dt.timedelta(hours=self.hours))
+        if self.until is not None:
+            hh, mm = (int(x) for x in self.until.split(":"))
+            end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+            if end <= now:
+                end += dt.timedelta(days=1)
+            ends.append(end)
+        return min(ends) if ends else None
+
+    def agent_reason(self) -> str:
+        """Why this agent, for the first lines a person reads."""
+        if "agent" in self.model_fields_set:
+            return f"agent: {self.agent} (chosen explicitly)"
+        if self.agent == "anthropic":
+            return "agent: anthropic (ANTHROPIC_API_KEY is set)"
+        return "agent: search, the offline optuna agent (no ANTHROPIC_API_KEY set; set it to use Claude)"
+
+
+# What a person types to change each setting, for error messages.
+def _flag(field: str) -> str:
+    if field == "anthropic_api_key":
+        return "ANTHROPIC_API_KEY"
+    return f"--{field.replace('_', '-')} / OVERNIGHT_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `.env`, with `overrides` (command-line flags) on top.
+
+    Raises SettingsError with one line naming the setting and what is wrong with it."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] != "value_error" and isinstance(err.get("input"), (str, int, float)):
+            msg += f" (got {err['input']!r})"
+        raise SettingsError(f"bad setting {_flag(field)}: {msg}") from None
