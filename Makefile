@@ -10,7 +10,7 @@ DATA_DIR ?= data/$(PROFILE)
 TRAIN ?= programs/default/train.py
 PYTEST_ARGS ?=
 
-.PHONY: help setup test prepare prepare-bare experiment experiment-bare images overnight replay logs status report cleanup
+.PHONY: help setup test prepare prepare-bare experiment experiment-bare bench-sandbox images overnight replay logs status report cleanup
 
 help:
 	@echo "make overnight              run the research loop (cpu or gpu profile, search or anthropic agent)"
@@ -34,7 +34,18 @@ $(VENV)/.dev: $(VENV)/.host
 
 setup: $(VENV)/.dev
 
-# --- data ------------------------------------------------------------------------------------
+# --- images and data -------------------------------------------------------------------------
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+# Local base (debootstrap + host wheelhouse) with no registry, or BASE_IMAGE=<CUDA PyTorch image>.
+images: $(VENV)/.host
+	$(PY) images/build.py $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+
+# The one-off compose job (the only container with a network) writes data/$(PROFILE).
+prepare: images
+	mkdir -p data
+	OVERNIGHT_UID=$$(id -u) OVERNIGHT_GID=$$(id -g) $(COMPOSE) -p overnight run --rm prepare \
+	  --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) --out /data/$(PROFILE)
 
 # Prepare on the host (development): the host Python's stdlib test suite is the validation text.
 prepare-bare: $(VENV)/.dev
@@ -42,11 +53,46 @@ prepare-bare: $(VENV)/.dev
 
 # --- one experiment --------------------------------------------------------------------------
 
+experiment: $(VENV)/.host images
+	@test -f $(DATA_DIR)/manifest.json || $(MAKE) --no-print-directory prepare
+	$(PY) -m sandbox.experiment --train $(TRAIN) --profile $(PROFILE) --data-dir $(DATA_DIR)
+
+bench-sandbox: $(VENV)/.dev images
+	$(PY) benchmarks/bench_sandbox.py --profile $(PROFILE) --data-dir $(DATA_DIR)
+
 experiment-bare: $(VENV)/.dev
 	@test -f $(DATA_DIR)/manifest.json || $(MAKE) --no-print-directory prepare-bare
 	$(PY) -m sandbox.bare --train $(TRAIN) --profile $(PROFILE) --data-dir $(DATA_DIR)
 
 # --- tests -----------------------------------------------------------------------------------
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev images
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# --- the research loop -----------------------------------------------------------------------
+# PROFILE is passed on only when the user gave it: otherwise the controller picks gpu or cpu.
+given = $(filter command line environment override,$(origin $(1)))
+
+overnight: $(VENV)/.host images
+	@p=$(if $(call given,PROFILE),$(PROFILE),$$($(PY) -m controller profile)); \
+	  test -f data/$$p/manifest.json || $(MAKE) --no-print-directory prepare PROFILE=$$p
+	$(PY) -m controller overnight $(if $(TAG),--tag $(TAG)) $(if $(call given,PROFILE),--profile $(PROFILE)) \
+	  $(if $(AGENT),--agent $(AGENT)) $(if $(HOURS),--hours $(HOURS)) $(if $(UNTIL),--until $(UNTIL)) \
+	  $(if $(MAX_EXPERIMENTS),--max-experiments $(MAX_EXPERIMENTS)) $(ARGS)
+
+replay: $(VENV)/.host
+	@test -n "$(SHA)" || { echo "usage: make replay SHA=<commit>"; exit 2; }
+	$(PY) -m controller replay $(SHA) $(ARGS)
+
+logs: $(VENV)/.host
+	@test -n "$(RUN)" || { echo "usage: make logs RUN=<number or commit> [TAG=..]"; exit 2; }
+	$(PY) -m controller logs $(RUN) $(if $(TAG),--tag $(TAG)) $(ARGS)
+
+status: $(VENV)/.host
+	$(PY) -m controller status $(if $(TAG),--tag $(TAG))
+
+report: $(VENV)/.host
+	$(PY) -m controller report $(if $(TAG),--tag $(TAG))
+
+cleanup: $(VENV)/.host
+	$(PY) -m controller cleanup $(if $(TAG),--tag $(TAG))

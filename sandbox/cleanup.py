@@ -32,6 +32,9 @@ def remove_orphans(run_id: str | None = None, *, client: docker.DockerClient | N
             removed.append(container.name)
         except docker.errors.NotFound:
             continue
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: the engine is already removing it
+                raise
     return removed
 
 
