@@ -29,6 +29,7 @@ rows here (same shapes, same kernels), so the margin is for float noise only.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from evaluator.profiles import Profile
 from evaluator.records import ProbeResult
 
 LOGPROB_FLOOR = -30.0
@@ -47,6 +49,15 @@ class ProbeConfig:
     batches: int = 4  # eval batches probed
     cuts: int = 2  # cut checks per probed batch (plus one rows check)
     tolerance: float = 1e-4  # nats, on floored log-probabilities
+
+    @classmethod
+    def for_profile(cls, profile: Profile, batches: int = 4, cuts: int | None = None) -> ProbeConfig:
+        """Enough cuts to test the profile's probe_positions. Each cut tests one position per row,
+        and a model that peeks only at a fraction p of positions escapes n tested positions with
+        probability (1 - p) ** n, so the profile fixes n rather than the number of forwards."""
+        if cuts is None:
+            cuts = max(cls.cuts, math.ceil(profile.probe_positions / (batches * profile.eval_batch_size)))
+        return cls(batches=batches, cuts=cuts)
 
 
 DEFAULT_PROBE = ProbeConfig()

@@ -27,6 +27,7 @@ class Profile:
     max_val_bytes: int | None  # cap on validation text read at preparation (None = all of it)
     startup_grace_s: float  # added to the budget for the hard kill measured from outside
     eval_timeout_s: float  # hard cap on the eval container
+    probe_positions: int  # positions the causality probe tests by cuts (one per row per forward)
 
     @property
     def eval_batch_tokens(self) -> int:
@@ -57,6 +58,7 @@ PROFILES: dict[str, Profile] = {
         max_val_bytes=None,
         startup_grace_s=240.0,  # torch.compile warm-up happens before the budget clock starts
         eval_timeout_s=900.0,
+        probe_positions=4096,  # a leak at 0.1% of positions escapes with probability 1.7%
     ),
     # About a minute per experiment on 2 CPU cores.
     "cpu": Profile(
@@ -72,6 +74,7 @@ PROFILES: dict[str, Profile] = {
         max_val_bytes=None,
         startup_grace_s=60.0,
         eval_timeout_s=300.0,
+        probe_positions=1024,  # a leak at 0.5% of positions escapes with probability 0.6%
     ),
     # Tests: a fixed number of steps so a run is deterministic on CPU and replays exactly.
     "test": Profile(
@@ -87,6 +90,7 @@ PROFILES: dict[str, Profile] = {
         max_val_bytes=400_000,
         startup_grace_s=60.0,
         eval_timeout_s=120.0,
+        probe_positions=1024,
     ),
 }
 

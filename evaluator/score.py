@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from evaluator.artifact import DEFAULT_LIMITS, ArtifactLimits, ArtifactRejected, load_artifact
-from evaluator.probe import DEFAULT_PROBE, ProbeConfig, run_probe
+from evaluator.probe import ProbeConfig, run_probe
 from evaluator.profiles import Profile, UnknownProfileError, get_profile
 from evaluator.records import ProbeResult, ScoreRecord
 
@@ -172,7 +172,7 @@ def score_model(
     token_bytes: torch.Tensor,
     profile: Profile,
     device: str = "cpu",
-    probe_config: ProbeConfig = DEFAULT_PROBE,
+    probe_config: ProbeConfig | None = None,
     limits: ArtifactLimits = DEFAULT_LIMITS,
     rng: np.random.Generator | None = None,
     manifest_sha256: str | None = None,
@@ -188,7 +188,8 @@ def score_model(
         sha256 = model.sha256
         forward = checked_forward(model, device, B, T, V)
         with torch.inference_mode():
-            probe = run_probe(forward, data.inputs, data.spare, probe_config, rng)
+            config = probe_config or ProbeConfig.for_profile(profile)
+            probe = run_probe(forward, data.inputs, data.spare, config, rng)
             if not probe.passed:
                 raise ArtifactRejected(f"causality probe failed: {probe.failure}")
             totals = evaluate(forward, data.inputs, data.targets, token_bytes)
@@ -245,7 +246,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="where to write score.json")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--probe-batches", type=int, default=ProbeConfig.batches)
-    parser.add_argument("--probe-cuts", type=int, default=ProbeConfig.cuts)
+    parser.add_argument("--probe-cuts", type=int, default=None,
+                        help="cut checks per probed batch (default: enough for the profile's probe_positions)")
     return parser.parse_args(argv)
 
 
@@ -262,7 +264,7 @@ def _load_setup(args: argparse.Namespace) -> tuple[Profile, EvalTensors, torch.T
         raise SetupError(f"the score folder {args.out.parent} does not exist")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SetupError("--device cuda was asked for but no CUDA device is visible")
-    if args.probe_batches < 1 or args.probe_cuts < 0:
+    if args.probe_batches < 1 or (args.probe_cuts is not None and args.probe_cuts < 0):
         raise SetupError("--probe-batches must be >= 1 and --probe-cuts >= 0")
     if not args.data_dir.is_dir():
         raise SetupError(f"data dir {args.data_dir} does not exist: run make prepare")
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             token_bytes,
             profile,
             device=args.device,
-            probe_config=ProbeConfig(batches=args.probe_batches, cuts=args.probe_cuts),
+            probe_config=ProbeConfig.for_profile(profile, args.probe_batches, args.probe_cuts),
             manifest_sha256=manifest_sha,
         )
     except SetupError as e:
