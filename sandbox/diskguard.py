@@ -27,6 +27,9 @@ class OutDirGuard:
         if now - self._last < self.interval_s:
             return None
         self._last = now
+        return self.over_cap()
+
+    def over_cap(self) -> str | None:
         used, entries = tree_usage(self.out_dir, self.max_entries)
         if entries > self.max_entries:
             return f"/out holds more than {self.max_entries} files"

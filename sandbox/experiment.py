@@ -30,7 +30,7 @@ from sandbox.containers import Outcome
 from sandbox.diskguard import OutDirGuard
 from sandbox.engine import docker_client, image_id
 from sandbox.errors import SandboxError
-from sandbox.hostile import HostileFileError, copy_regular, read_regular
+from sandbox.hostile import HostileFileError, copy_regular, discard_tree, read_regular
 from sandbox.limits import GiB, Limits
 from sandbox.logs import last_line
 from sandbox.memory import RamPeak
@@ -90,15 +90,18 @@ def _train_then_score(client: docker.DockerClient, spec: ExperimentSpec, limits:
         run_dir=paths.run_dir, image_id=image, train_seconds=train.seconds,
         train_exit_code=train.exit_code, peak_memory_gb=memory.peak_bytes / GiB,
         memory_kind="ram" if spec.gpu is None else "vram")
-    problem = _train_problem(train, limits, spec, paths)
-    if problem is not None:
-        return ExperimentResult(status=problem[0], reason=problem[1], **facts)
     try:
+        problem = _train_problem(train, limits, spec, paths)
+        if problem is not None:
+            return ExperimentResult(status=problem[0], reason=problem[1], **facts)
         copy_regular(paths.out_dir, layout.ARTIFACT_NAME, paths.artifact_dir / layout.ARTIFACT_NAME,
                      limits.artifact_max_bytes)
     except HostileFileError as exc:
         return ExperimentResult(status="crash", reason=f"the model artifact was refused: {exc}",
                                 **facts)
+    finally:
+        if guard.over_cap():  # a run that filled its disk does not leave the junk on the host
+            discard_tree(paths.out_dir)
 
     scoring = containers.run(
         client,

@@ -5,8 +5,13 @@ made itself, with O_NOFOLLOW at every step that the container could have touched
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("sandbox")
 
 CHUNK = 1 << 20
 
@@ -98,3 +103,14 @@ def tree_usage(root: Path, max_entries: int) -> tuple[int, int]:
         except OSError:
             continue
     return used, entries
+
+
+def discard_tree(path: Path) -> None:
+    """Delete a folder a run wrote, without following any symlink in it (rmtree unlinks links)."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path)
+    except OSError as exc:
+        log.warning("discard_failed", path=str(path), error=str(exc))

@@ -122,7 +122,7 @@ def test_filling_out_past_its_disk_cap_kills_the_run(
     result = run_experiment(spec, limits=Limits.for_profile(TEST, out_max_bytes=40 * 2**20))
     assert result.status == "crash"
     assert "/out uses" in result.reason and "cap" in result.reason
-    assert (spec.run_dir / "out" / "junk.bin").stat().st_size < 1000 * 2**20
+    assert not (spec.run_dir / "out").exists()  # the junk does not stay on the host
     assert leftovers(docker_client, spec.run_id) == []
 
 
