@@ -134,14 +134,17 @@ def remove_tag_containers(tag: str | None) -> list[str]:
 
 def data_manifest(settings: Settings) -> str:
     from evaluator import layout
-    from evaluator.manifest import ManifestError, manifest_sha256
+    from evaluator.manifest import ManifestError, verify_manifest
 
     if not (Path(settings.data_dir) / layout.MANIFEST).is_file():
         raise UserError(f"no prepared data in {settings.data_dir}: run `make prepare PROFILE={settings.profile}` first")
-    try:
-        return manifest_sha256(settings.data_dir)
+    try:  # every file checked once per start: a night never runs on damaged data
+        return verify_manifest(settings.data_dir, [layout.TRAIN_DIR, layout.VAL_DIR])
     except ManifestError as exc:
-        raise UserError(str(exc)) from None
+        message = str(exc)
+        if "make prepare" not in message:
+            message += f": run `make prepare PROFILE={settings.profile}` again"
+        raise UserError(message) from None
 
 
 def make_agent_for(settings: Settings) -> Any:
