@@ -133,18 +133,17 @@ def remove_tag_containers(tag: str | None) -> list[str]:
 
 
 def data_manifest(settings: Settings) -> str:
+    """The data's identity, after checking every file against the manifest (a damaged data dir
+    is a one-line error now, not a crash in every experiment of the night)."""
     from evaluator import layout
     from evaluator.manifest import ManifestError, verify_manifest
 
     if not (Path(settings.data_dir) / layout.MANIFEST).is_file():
         raise UserError(f"no prepared data in {settings.data_dir}: run `make prepare PROFILE={settings.profile}` first")
-    try:  # every file checked once per start: a night never runs on damaged data
+    try:
         return verify_manifest(settings.data_dir, [layout.TRAIN_DIR, layout.VAL_DIR])
     except ManifestError as exc:
-        message = str(exc)
-        if "make prepare" not in message:
-            message += f": run `make prepare PROFILE={settings.profile}` again"
-        raise UserError(message) from None
+        raise UserError(str(exc)) from None
 
 
 def make_agent_for(settings: Settings) -> Any:

@@ -3,14 +3,50 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import TextIO
 
 import structlog
 
 LOG_NAME = "controller.log.jsonl"
-_open_files: list[TextIO] = []
+
+
+class LineFile:
+    """The log, one whole line per write. A line that cannot be written (a full disk) is dropped,
+    never half-written and never raised into the loop; the first failure is said on stderr."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.failing = False
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        size = os.fstat(self.fd).st_size
+        try:
+            if os.write(self.fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.failing = False
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, size)  # no torn line
+            if not self.failing:
+                self.failing = True
+                print(f"warning: cannot write {self.name} ({exc.strerror}); log lines are dropped until it can",
+                      file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_open_files: list[LineFile] = []
 
 
 def _processors() -> list:
@@ -29,7 +65,7 @@ def configure_logging(tag_dir: Path) -> Path:
     tag_dir.mkdir(parents=True, exist_ok=True)
     path = tag_dir / LOG_NAME
     close_logging()
-    f = open(path, "a", encoding="utf-8", buffering=1)
+    f = LineFile(path)
     _open_files.append(f)
     structlog.configure(
         processors=_processors(),

@@ -207,9 +207,15 @@ class NightLoop:
             self.log.info("night_start", n=len(self.rows), deadline=str(self.deadline),
                           max_experiments=self.s.max_experiments, agent=self.d.agent.name)
             failed_rounds = 0
-            waits = _backoff()
+            waits, storage_waits = _backoff(), _backoff()
             while (reason := self._why_stop()) is None:
-                if self._step():
+                try:
+                    stepped = self._step()
+                except OSError as exc:
+                    self._storage_error(exc, next(storage_waits))
+                    continue
+                storage_waits = _backoff()
+                if stepped:
                     failed_rounds, waits = 0, _backoff()
                 else:
                     failed_rounds += 1
@@ -217,6 +223,20 @@ class NightLoop:
                         self._wait(next(waits))
             self.log.info("night_end", reason=reason, rows=len(self.rows))
             return NightSummary(reason=reason, rows=list(self.rows), best=self._best_row())
+
+    def _storage_error(self, exc: OSError, delay: float) -> None:
+        """The controller could not write its own records (a full disk, a vanished folder). Every
+        record is written atomically, so nothing is half-done: say so, wait, and take the night up
+        again as a resume after kill -9 would."""
+        self.log.error("storage_error", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+        self.d.observer.say(f"cannot write under {self.s.tag_dir}: {exc.strerror or exc}; "
+                            f"retrying in {delay:.0f}s", "error")
+        self._wait(delay)
+        try:
+            self.ledger.repair()
+            self._reconcile()
+        except OSError:
+            pass  # still failing: the next step fails the same way and waits longer
 
     def _why_stop(self) -> str | None:
         if self.d.stop.requested:

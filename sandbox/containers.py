@@ -52,12 +52,13 @@ class _Waiter(threading.Thread):
         self.done = threading.Event()
         self.ended_at: float | None = None
         self.status_code: int | None = None
+        self.error: str | None = None  # the engine connection broke: the exit seen is not to be trusted
 
     def run(self) -> None:
         try:
             self.status_code = int(self.container.wait()["StatusCode"])
-        except Exception:
-            self.status_code = None
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.ended_at = time.monotonic()
             self.done.set()
@@ -75,7 +76,7 @@ def remove(container: Any) -> None:
         container.remove(force=True, v=True)
     except docker.errors.NotFound:
         pass
-    except docker.errors.APIError as exc:
+    except Exception as exc:  # APIError, or the engine unreachable: cleanup by label removes it later
         log.warning("container.remove_failed", name=container.name, error=str(exc))
 
 
@@ -116,6 +117,9 @@ def run(client: docker.DockerClient, config: dict[str, Any], *, cap_s: float, lo
                 _kill(container)
                 break
         waiter.done.wait(KILL_WAIT_S)
+        if waiter.error is not None and not outcome.timed_out and outcome.killed_for is None:
+            raise SandboxError(f"lost the Docker engine while {container.name} ran ({waiter.error}); "
+                               "the experiment will be run again")
         outcome.seconds = (waiter.ended_at or time.monotonic()) - t0
         streamer.join(LOG_DRAIN_S)
         outcome.log_truncated = streamer.truncated

@@ -140,10 +140,12 @@ def _scored(scoring: Outcome, limits: Limits, paths: RunPaths,
     if scoring.oom_killed:
         return ExperimentResult(status="crash", reason=(
             "eval container was killed by its memory limit (OOM)"), **facts)
+    if scoring.exit_code == EVAL_EXIT_SETUP:  # the data or the evaluator's setup, not the run: redo it
+        raise SandboxError("evaluator setup error (not the run's fault): "
+                           + (last_line(paths.eval_log) or "see eval.log"))
     if scoring.exit_code not in (EVAL_EXIT_OK, EVAL_EXIT_REJECTED):
         tail = last_line(paths.eval_log)
-        what = "evaluator setup error" if scoring.exit_code == EVAL_EXIT_SETUP else \
-            f"evaluator exited with code {scoring.exit_code}"
+        what = f"evaluator exited with code {scoring.exit_code}"
         return ExperimentResult(status="crash", reason=what + (f": {tail}" if tail else ""), **facts)
     try:
         raw = read_regular(paths.score_dir, layout.SCORE_NAME, limits.score_max_bytes)

@@ -61,13 +61,20 @@ def make_repo(root: Path, train_py: str = TOY_TRAIN_PY) -> Path:
 
 
 def make_data_dir(data_dir: Path) -> str:
-    """A data dir with a valid (empty) manifest; returns its identity. The fake runner reads no data."""
-    from evaluator.manifest import manifest_sha256, write_manifest
+    """A data dir that verifies against its manifest (tokenizer files, one tiny shard per split);
+    returns its identity. The fake runner reads no data."""
+    from evaluator.manifest import SplitEntry, manifest_sha256, write_manifest
 
     if not (data_dir / "manifest.json").exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        for folder in ("tokenizer", "train", "val"):
+            (data_dir / folder).mkdir(parents=True, exist_ok=True)
+        (data_dir / "tokenizer" / "tokenizer.json").write_text("{}\n")
+        (data_dir / "tokenizer" / "token_bytes.bin").write_bytes(bytes(4 * 512))
+        for split in ("train", "val"):
+            (data_dir / split / "shard_00000.bin").write_bytes(bytes(2 * 65))
+        entry = SplitEntry(docs=1, tokens=65, shards=1, source_docs=1)
         write_manifest(data_dir, profile="test", dataset="toy", vocab_size=512, bos_id=0, seq_len=64,
-                       splits={}, source={"toy": True})
+                       splits={"train": entry, "val": entry}, source={"toy": True})
     return manifest_sha256(data_dir)
 
 

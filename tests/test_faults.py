@@ -293,11 +293,37 @@ def engine_night(images, test_data_dir: Path, tmp_path_factory: pytest.TempPathF
     shutil.rmtree(sock_dir, ignore_errors=True)
 
 
+def test_the_engine_night_scores_every_experiment_and_stays_consistent(engine_night: EngineNight) -> None:
+    assert engine_night.summary.reason == "max-experiments"
+    rows = check_consistent(engine_night.repo, engine_night.tag)
+    assert [(r.description, r.status) for r in rows] == [
+        ("baseline", "keep"), ("STEPS = 2", "keep"), ("STEPS = 1", "discard"), ("STEPS = 4", "keep"),
+        ("STEPS = 3", "discard")]
+    assert tag_containers(engine_night.tag) == []
+    verify_manifest(engine_night.data_dir, ["train", "val"])
+
+
+def test_corrupted_validation_data_mid_night_is_retried_as_a_setup_error_not_recorded_as_a_crash(
+        engine_night: EngineNight) -> None:
+    row = engine_night.rows[1]
+    assert row.status != "crash", "a data problem was blamed on experiment 1"
+    assert "corrupt val" not in engine_night.late_restores, "the loop never said the data was bad"
+    assert engine_night.observer.said("does not match its manifest"), engine_night.observer.messages
+
+
 def test_a_data_dir_gone_mid_night_waits_with_a_clear_message_and_goes_on(engine_night: EngineNight) -> None:
     row = engine_night.rows[2]
     assert row.status in ("keep", "discard"), f"experiment 2 recorded as {row.status}"
     assert "data dir" not in engine_night.late_restores
     assert engine_night.observer.said("is not a prepared data dir"), engine_night.observer.messages
+
+
+def test_an_engine_connection_cut_mid_run_redoes_the_run_instead_of_a_false_crash(engine_night: EngineNight) -> None:
+    assert engine_night.proxy.dropped >= 1
+    row = engine_night.rows[3]
+    assert row.status in ("keep", "discard"), f"experiment 3 recorded as {row.status} after the engine connection was cut"
+    errors = [e for e in engine_night.logs if e.get("event") == "sandbox_error" and "0003" in e.get("run_id", "")]
+    assert errors, "the cut was not reported"
 
 
 def test_an_engine_restart_mid_run_redoes_the_run(engine_night: EngineNight) -> None:
@@ -344,6 +370,49 @@ def fill(mount: Path, log: Path) -> Path:
         with open(log, "a") as fh:
             fh.write(pad.replace('""', '"' + "x" * max(0, slack - len(pad)) + '"'))
     return ballast
+
+
+def test_a_full_disk_in_the_runs_folder_pauses_the_night_and_loses_nothing(
+        images, test_data_dir: Path, tmp_path: Path) -> None:
+    """The disk fills twice: while the controller writes its journal (proposing #1), and while the
+    sandbox sets up a run folder (training #2); its own log is on the same disk. Each time the
+    night says so, waits, and goes on once space is freed; no row is lost."""
+    repo = make_repo(tmp_path / "repo")
+    tag = "diskfull"
+    runs = repo / "runs"
+    ballast: list[Path] = []
+    said_when_full: list[int] = []
+
+    def fill_disk() -> None:
+        said_when_full.append(len(observer.said("No space left")))
+        ballast.append(fill(runs, runs / tag / LOG_NAME))
+
+    def on_say(text: str) -> None:
+        if ballast and len(observer.said("No space left")) >= said_when_full[-1] + 2:  # a retry on the full disk too
+            ballast.pop().unlink()
+
+    with small_disk(runs):
+        configure_logging(runs / tag)  # as `python -m controller overnight` does: its log is on the full disk too
+        observer = FaultObserver(at={(1, "proposing"): fill_disk, (2, "training"): fill_disk}, on_say=on_say)
+        loop = build_night(NightSpec(repo=repo, tag=tag, data_dir=test_data_dir, max_experiments=2,
+                                     settings={"hours": 0.1}), observer=observer)
+        timer = threading.Timer(90.0, lambda: [path.unlink(missing_ok=True) for path in ballast])
+        timer.start()  # whatever happens, the disk is freed (and the test fails below)
+        try:
+            summary = run_in_thread(loop)
+        finally:
+            timer.cancel()
+            for path in ballast:
+                path.unlink(missing_ok=True)
+            close_logging()
+            structlog.reset_defaults()
+        assert summary.reason == "max-experiments"
+        rows = check_consistent(repo, tag)
+        assert [(r.description, r.status) for r in rows] == [
+            ("baseline", "keep"), ("STEPS = 2", "keep"), ("STEPS = 1", "discard")]
+        assert len(observer.said("No space left")) >= 4, observer.messages  # said plainly while it waited
+        events = [json.loads(line) for line in (runs / tag / LOG_NAME).read_text().splitlines()]
+        assert [e["n"] for e in events if e.get("event") == "experiment"] == [0, 1, 2]
 
 
 # ---------------------------------------------------------------------------------------------
