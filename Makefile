@@ -53,7 +53,9 @@ prepare-bare: $(VENV)/.dev
 
 # --- one experiment --------------------------------------------------------------------------
 
-experiment: $(VENV)/.host images
+experiment: $(VENV)/.host
+	@$(PY) -m sandbox.experiment --preflight --profile $(PROFILE)
+	@$(MAKE) --no-print-directory images
 	@test -f $(DATA_DIR)/manifest.json || $(MAKE) --no-print-directory prepare
 	$(PY) -m sandbox.experiment --train $(TRAIN) --profile $(PROFILE) --data-dir $(DATA_DIR)
 
@@ -61,6 +63,7 @@ bench-sandbox: $(VENV)/.dev images
 	$(PY) benchmarks/bench_sandbox.py --profile $(PROFILE) --data-dir $(DATA_DIR)
 
 experiment-bare: $(VENV)/.dev
+	@$(PY) -m sandbox.bare --preflight --profile $(PROFILE)
 	@test -f $(DATA_DIR)/manifest.json || $(MAKE) --no-print-directory prepare-bare
 	$(PY) -m sandbox.bare --train $(TRAIN) --profile $(PROFILE) --data-dir $(DATA_DIR)
 

@@ -116,20 +116,12 @@ def current_image_id(settings: Settings) -> str | None:
 
 
 def remove_tag_containers(tag: str | None) -> list[str]:
-    """Force-remove containers of `tag` (by the controller's overnight.tag label), or every
-    container of the sandbox when tag is None."""
-    from sandbox.cleanup import remove_orphans
-    from sandbox.engine import docker_client
-    from sandbox.specs import LABEL_RUN
+    """Force-remove the containers and volumes of `tag` (by the controller's overnight.tag label),
+    or everything the sandbox made when tag is None."""
+    from sandbox.docker_runner import DockerRunner
 
-    client = docker_client()
-    if tag is None:
-        return remove_orphans(client=client)
-    removed: list[str] = []
-    found = client.containers.list(all=True, filters={"label": f"overnight.tag={tag}"})
-    for run_id in sorted({c.labels.get(LABEL_RUN) for c in found if c.labels.get(LABEL_RUN)}):
-        removed += remove_orphans(run_id, client=client)
-    return removed
+    runner = DockerRunner()
+    return runner.cleanup() if tag is None else runner.cleanup_tag(tag)
 
 
 def data_manifest(settings: Settings) -> str:
@@ -206,7 +198,15 @@ def resume_command(settings: Settings, argv: list[str]) -> list[str]:
 
 def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     from controller.logs import configure_logging
-    from controller.loop import AgentFatalError, LoopDeps, NightLoop, SetupError, StopFlag, agent_model, resume_settings
+    from controller.loop import (
+        AgentFatalError,
+        LoopDeps,
+        NightLoop,
+        SetupError,
+        StopFlag,
+        agent_model,
+        resume_settings,
+    )
     settings = load_settings(**_overrides(args, OVERNIGHT_FLAGS))
     try:
         settings = resume_settings(settings)

@@ -7,15 +7,16 @@ discarded or crashed experiment lives on only under its ref."""
 
 from __future__ import annotations
 
-import ast
 import os
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.trainpy import MAX_BYTES, TrainPyRefused, check_train_py
+
 IDENTITY = ("overnight", "overnight@localhost")
-MAX_TRAIN_PY_BYTES = 1 << 20
+MAX_TRAIN_PY_BYTES = MAX_BYTES
 _SAFE_CONFIG = [
     "-c", "core.hooksPath=/dev/null",  # no hook of the user's runs on the controller's commits
     "-c", "commit.gpgsign=false",
@@ -229,21 +230,13 @@ class Worktree:
 
 
 def compile_error(source: bytes) -> str | None:
-    """None when `source` is Python that compiles; else one line saying where it does not."""
+    """None when `source` may run as train.py (sandbox.trainpy: size, UTF-8, compiles, little
+    embedded data); else one line saying why not."""
     try:
-        text = source.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"train.py is not UTF-8 text (byte {exc.start})"
-    try:
-        tree = ast.parse(text, filename="train.py")
-        compile(tree, "train.py", "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        return f"train.py does not compile: {exc.msg} (line {exc.lineno})"
-    except (ValueError, RecursionError, MemoryError) as exc:
-        return f"train.py does not compile: {exc}"
+        check_train_py(source)
+    except TrainPyRefused as exc:
+        return str(exc)
     return None
-
-
 def open_worktree(repo: Path, worktrees_dir: Path, tag: str, train_rel: str, base: str | None) -> Worktree:
     """The worktree of `tag`, created from `base` (the user's HEAD) on a new branch when there is
     none yet, or re-attached when the folder was removed. The user's checkout is not touched."""

@@ -1,8 +1,11 @@
-"""The ledger of a tag: `runs/<tag>/results.tsv` in autoresearch's columns and format, append-only
-and fsynced, and the per-run folders `runs/<tag>/<n>-<short sha>/` with their run.json.
+"""The ledger of a tag: `runs/<tag>/results.tsv`, append-only and fsynced, and the per-run folders
+`runs/<tag>/<n>-<short sha>/` with their run.json.
 
-results.tsv has no experiment-number column (as in autoresearch); a row's number is its position:
-row 0 is the baseline. Every run is a row."""
+results.tsv starts with autoresearch's five columns in its format (commit val_bpb memory_gb status
+description), then overnight's evidence: train_s, the train container's wall clock measured by
+the host (what the budget limits). It has no experiment-number column (as in autoresearch); a
+row's number is its position: row 0 is the baseline. Every run is a row. Descriptions are
+hostile text (an LLM wrote them): cleaned to one printable line before they are stored."""
 
 from __future__ import annotations
 
@@ -14,9 +17,18 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from controller.records import Journal, RunRecord, TagRecord
-from controller.safefiles import atomic_write_model, atomic_write_text, fsync_dir, read_regular
+from controller.safefiles import (
+    UnsafeFileError,
+    atomic_write_model,
+    atomic_write_text,
+    fsync_dir,
+    read_regular,
+)
+from evaluator.hostile import clean_line
 
-HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+AUTORESEARCH_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+EXTRA_COLUMNS = ("train_s",)
+HEADER = "\t".join(AUTORESEARCH_COLUMNS + EXTRA_COLUMNS)
 STATUSES = ("keep", "discard", "crash", "timeout", "rejected")
 RESULTS = "results.tsv"
 RUN_JSON = "run.json"
@@ -30,10 +42,10 @@ class LedgerError(RuntimeError):
     """The ledger or a run folder cannot be read as written; one line for a person."""
 
 
-def clean_description(text: str) -> str:
-    """One line for the TSV: no tabs or newlines, bounded length."""
-    line = " ".join(str(text).split())
-    return (line[: MAX_DESCRIPTION - 1] + "…") if len(line) > MAX_DESCRIPTION else (line or "(no description)")
+def clean_description(text: object) -> str:
+    """One printable line for the TSV, git and the terminal: no tabs, newlines, escapes, control or
+    bidi characters, NUL or lone surrogates; bounded length."""
+    return clean_line(text, MAX_DESCRIPTION, empty="(no description)")
 
 
 @dataclass(frozen=True)
@@ -43,19 +55,23 @@ class LedgerRow:
     memory_gb: float
     status: str
     description: str
+    train_s: float = 0.0  # the train container's wall clock, measured by the host
 
     def line(self) -> str:
         return (
             f"{self.commit[:SHORT]}\t{self.val_bpb:.6f}\t{self.memory_gb:.1f}\t{self.status}\t"
-            f"{clean_description(self.description)}\n"
+            f"{clean_description(self.description)}\t{self.train_s:.1f}\n"
         )
 
     @classmethod
     def parse(cls, line: str) -> LedgerRow:
         parts = line.rstrip("\n").split("\t")
-        if len(parts) != 5 or parts[3] not in STATUSES:
-            raise LedgerError(f"malformed results.tsv row: {line.strip()[:120]!r}")
-        return cls(parts[0], float(parts[1]), float(parts[2]), parts[3], parts[4])
+        if len(parts) != len(AUTORESEARCH_COLUMNS) + len(EXTRA_COLUMNS) or parts[3] not in STATUSES:
+            raise LedgerError(f"malformed results.tsv row: {clean_line(line, 120)!r}")
+        try:
+            return cls(parts[0], float(parts[1]), float(parts[2]), parts[3], parts[4], float(parts[5]))
+        except ValueError:
+            raise LedgerError(f"malformed results.tsv row: {clean_line(line, 120)!r}") from None
 
     @property
     def scored(self) -> bool:
@@ -94,14 +110,16 @@ class Ledger:
                 f.flush()
                 os.fsync(f.fileno())
         if not data.startswith(HEADER.encode()):
-            raise LedgerError(f"{self.path} does not start with autoresearch's header line")
+            raise LedgerError(f"{self.path} does not start with the ledger's header line ({HEADER!r}): "
+                              "it was written by another version; start a new --tag")
 
     def rows(self) -> list[LedgerRow]:
         if not self.path.exists():
             return []
         lines = self.path.read_text(encoding="utf-8").split("\n")
         if lines[0] != HEADER:
-            raise LedgerError(f"{self.path} does not start with autoresearch's header line")
+            raise LedgerError(f"{self.path} does not start with the ledger's header line ({HEADER!r}): "
+                              "it was written by another version; start a new --tag")
         body = lines[1:-1]  # the text after the last newline is empty, or a torn line
         return [LedgerRow.parse(line) for line in body if line]
 
@@ -130,6 +148,8 @@ class Ledger:
             return RunRecord.model_validate_json(read_regular(path, 16 * 2**20))
         except FileNotFoundError:
             return None
+        except UnsafeFileError as exc:
+            raise LedgerError(f"{path} cannot be read: {exc}") from None
         except ValidationError as exc:
             raise LedgerError(f"{path} is not a valid run record: {exc.errors()[0]['msg']}") from None
 

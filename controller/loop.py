@@ -12,10 +12,15 @@ Every run is a row of results.tsv and has a ref, as in autoresearch where every 
   max_fix_attempts fixes that still fail, the next proposal starts from the best again.
 - Timeouts are not sent back for fixing (a fix would cost another full budget).
 
-Never stops on its own: agent errors and sandbox errors are logged and retried after a capped
-backoff. A restart after kill -9 at any point finishes or redoes the experiment in flight, from
-the journal `runs/<tag>/state.json` and the ledger: no row is lost or written twice, and the
-branch holds exactly the baseline and the kept commits of the ledger.
+One run's failure is that run's: anything unexpected while running or recording an experiment
+(a bug, hostile input nobody foresaw, a cleanup that raises) is recorded as that experiment's
+`crash` with its reason, and the night goes on; it never loops on one experiment. Agent errors
+are retried after a capped backoff. Infrastructure errors (the Docker engine down, the
+evaluator's own setup failing, the controller's disk full) are retried a bounded number of times
+with a clear message, then the night stops and says what to fix and how to resume. A restart
+after kill -9 at any point finishes or redoes the experiment in flight, from the journal
+`runs/<tag>/state.json` and the ledger: no row is lost or written twice, and the branch holds
+exactly the baseline and the kept commits of the ledger.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,11 +41,21 @@ import structlog
 
 from controller import git
 from controller.agents import is_fatal
-from controller.agents.base import Agent, AgentError, Failure, HistoryRow, Proposal, ProposalContext, Usage
+from controller.agents.base import (
+    Agent,
+    AgentError,
+    Failure,
+    HistoryRow,
+    Proposal,
+    ProposalContext,
+    Usage,
+)
 from controller.ledger import Ledger, LedgerRow, clean_description
 from controller.records import FIXABLE, Journal, RunRecord, TagRecord, Timings, utcnow
 from controller.safefiles import atomic_write_text, read_tail
 from controller.settings import Settings
+from evaluator.hostile import clean_line
+from sandbox.errors import SandboxError
 from sandbox.result import ExperimentResult, ExperimentSpec
 
 Runner = Callable[[ExperimentSpec], ExperimentResult]
@@ -47,6 +63,9 @@ LOG_TAIL_BYTES = 6000
 FAILURES_SHOWN = 5
 BACKOFF_START_S = 10.0
 BACKOFF_CAP_S = 600.0
+INFRA_ATTEMPTS = 6  # tries of one experiment through an infrastructure error (~10 min of backoff)
+STORAGE_ATTEMPTS = 6  # tries through errors writing the controller's own records
+UNEXPECTED_LIMIT = 5  # unexpected errors in a row without a row written: something is systematically broken
 
 
 class SetupError(RuntimeError):
@@ -55,6 +74,11 @@ class SetupError(RuntimeError):
 
 class AgentFatalError(RuntimeError):
     """The agent failed in a way waiting cannot fix (bad API key, unknown model): the night ends."""
+
+
+class InfrastructureError(RuntimeError):
+    """The engine, the evaluator's setup or the disk kept failing past the bound: the night stops
+    (nothing is lost: a resume redoes the experiment in flight). One line saying what to fix."""
 
 
 class StopFlag:
@@ -208,13 +232,30 @@ class NightLoop:
                           max_experiments=self.s.max_experiments, agent=self.d.agent.name)
             failed_rounds = 0
             waits, storage_waits = _backoff(), _backoff()
+            storage_failures = unexpected = 0
             while (reason := self._why_stop()) is None:
+                rows_before = len(self.rows)
                 try:
                     stepped = self._step()
+                except (InfrastructureError, AgentFatalError, SetupError, KeyboardInterrupt):
+                    raise
                 except OSError as exc:
+                    storage_failures += 1
+                    if storage_failures >= STORAGE_ATTEMPTS:
+                        raise InfrastructureError(
+                            f"cannot write under {self.s.tag_dir} ({exc.strerror or exc}) after "
+                            f"{storage_failures} tries: free some disk, then resume") from None
                     self._storage_error(exc, next(storage_waits))
                     continue
-                storage_waits = _backoff()
+                except Exception as exc:
+                    unexpected = unexpected + 1 if len(self.rows) == rows_before else 1
+                    if unexpected >= UNEXPECTED_LIMIT:
+                        raise InfrastructureError(
+                            f"{unexpected} unexpected errors in a row ({type(exc).__name__}); "
+                            f"see {self.s.tag_dir}/controller.log.jsonl") from exc
+                    self._unexpected(exc)
+                    continue
+                storage_waits, storage_failures, unexpected = _backoff(), 0, 0
                 if stepped:
                     failed_rounds, waits = 0, _backoff()
                 else:
@@ -237,6 +278,24 @@ class NightLoop:
             self._reconcile()
         except OSError:
             pass  # still failing: the next step fails the same way and waits longer
+
+    def _unexpected(self, exc: Exception) -> None:
+        """A bug or hostile input nobody foresaw, while proposing, running or recording: that
+        experiment becomes a crash row (when it was committed) and the night goes on."""
+        self.log.error("unexpected_error", error=type(exc).__name__, exc_info=True)
+        journal = self.ledger.read_journal()
+        self.pending = None
+        if journal is not None and journal.phase == "committed" and journal.commit is not None \
+                and journal.n == len(self.rows):
+            reason = (f"internal error ({type(exc).__name__}) while handling this experiment; "
+                      f"see {self.s.tag_dir.name}/controller.log.jsonl")
+            self.d.observer.say(f"#{journal.n}: {reason}; recorded as a crash", "error")
+            self._finish(journal, crashed=reason)
+            return
+        if journal is not None:
+            self.ledger.clear_journal()
+        self.wt.reset_to(self._best_commit())
+        self.d.observer.say(f"proposal dropped after an internal error ({type(exc).__name__})", "error")
 
     def _why_stop(self) -> str | None:
         if self.d.stop.requested:
@@ -493,7 +552,7 @@ class NightLoop:
             if previous is not None:
                 self.wt.write_train_py(previous)
             try:
-                return self.d.agent.propose(context)
+                return safe_proposal(self.d.agent.propose(context))
             except Exception as exc:
                 if self.d.stop.now:
                     raise KeyboardInterrupt from exc
@@ -522,34 +581,52 @@ class NightLoop:
         )
 
     def _run(self, spec: ExperimentSpec) -> ExperimentResult | None:
+        """The experiment through the sandbox. An infrastructure error (SandboxError) is retried a
+        bounded number of times; anything else is this experiment's own crash."""
         waits = _backoff()
-        while True:
+        for attempt in range(1, INFRA_ATTEMPTS + 1):
             try:
                 return self.d.runner(spec)
+            except SandboxError as exc:
+                if self.d.stop.now:
+                    raise KeyboardInterrupt from exc
+                if attempt == INFRA_ATTEMPTS:
+                    raise InfrastructureError(f"the sandbox failed {attempt} times in a row: {exc}") from None
+                delay = next(waits)
+                self.log.error("sandbox_error", run_id=spec.run_id, error=str(exc), attempt=attempt,
+                               retry_in_s=delay)
+                self.d.observer.say(f"sandbox error: {exc}; try {attempt + 1}/{INFRA_ATTEMPTS} in {delay:.0f}s",
+                                    "error")
             except Exception as exc:
                 if self.d.stop.now:
                     raise KeyboardInterrupt from exc
-                delay = next(waits)
-                self.log.error("sandbox_error", run_id=spec.run_id, error=f"{type(exc).__name__}: {exc}",
-                               retry_in_s=delay)
-                self.d.observer.say(f"sandbox error: {type(exc).__name__}: {exc}; retrying in {delay:.0f}s", "error")
-                self._remove_orphans()
-                self._wait(delay)
-                if self._stop_now():
-                    return None
-                self.ledger.set_aside(spec.run_dir, _stamp())
-                spec.run_dir.mkdir(parents=True, exist_ok=True)
+                self.log.error("experiment_failed", run_id=spec.run_id, error=type(exc).__name__, exc_info=True)
+                return ExperimentResult(status="crash", run_dir=spec.run_dir, reason=(
+                    f"the sandbox failed on this experiment ({type(exc).__name__}); "
+                    f"see {self.s.tag_dir.name}/controller.log.jsonl"))
+            self._remove_orphans()
+            self._wait(delay)
+            if self._stop_now():
+                return None
+            self.ledger.set_aside(spec.run_dir, _stamp())
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+        return None
 
-    def _finish(self, journal: Journal) -> bool:
+    def _finish(self, journal: Journal, crashed: str | None = None) -> bool:
         n, commit = journal.n, journal.commit
         assert commit is not None
         record = self.ledger.read_record(n, commit)
         if record is None or record.commit != commit:
-            record = self._run_and_record(journal)
+            if crashed is not None:
+                result = ExperimentResult(status="crash", reason=crashed, run_dir=self.ledger.run_dir(n, commit))
+                record = self._record(journal, result, utcnow(), time.monotonic())
+            else:
+                record = self._run_and_record(journal)
             if record is None:
                 return False
         row = LedgerRow(commit=commit[:7], val_bpb=record.val_bpb if record.status in ("keep", "discard") else 0.0,
-                        memory_gb=record.memory_gb, status=record.status, description=record.description)
+                        memory_gb=record.memory_gb, status=record.status, description=record.description,
+                        train_s=record.timings.train)
         self.ledger.append(row)
         self._hook(n, "appended")
         self.rows.append(row)
@@ -581,6 +658,13 @@ class NightLoop:
         result = self._run(self._spec(n, run_dir))
         if result is None:
             return None
+        return self._record(journal, result, started, t0)
+
+    def _record(self, journal: Journal, result: ExperimentResult, started: dt.datetime, t0: float) -> RunRecord:
+        n, commit = journal.n, journal.commit
+        assert commit is not None
+        run_dir = self.ledger.run_dir(n, commit)
+        run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "train.py").exists():
             (run_dir / "train.py").write_bytes(git.file_at(self.repo, commit, self.train_rel))
         status = decide(result, self._best_val())
@@ -595,11 +679,12 @@ class NightLoop:
             image_id=result.image_id,
             data_manifest_sha256=(score.manifest_sha256 if score and score.manifest_sha256 else self.d.manifest_sha256),
             data_dir=str(self.s.data_dir), gpu=self.s.gpu, status=status,  # type: ignore[arg-type]
-            reason=result.reason or (score.reason if score else None),
+            reason=_reason(result),
             val_bpb=result.val_bpb, memory_gb=0.0 if status == "crash" else result.peak_memory_gb,
             memory_kind=result.memory_kind,
             timings=Timings(propose=journal.propose_seconds, train=result.train_seconds, eval=result.eval_seconds,
-                            total=journal.propose_seconds + time.monotonic() - t0),
+                            total=journal.propose_seconds + time.monotonic() - t0,
+                            train_budget=result.train_budget_s, train_cap=result.train_cap_s),
             usage=proposal.usage if proposal is not None else Usage(),
             description=proposal.description if proposal is not None else "baseline",
             fix_of=journal.fix_of, fix_attempt=journal.fix_attempt,
@@ -609,6 +694,32 @@ class NightLoop:
         self.ledger.write_record(record)
         self._hook(n, "recorded")
         return record
+
+
+def _reason(result: ExperimentResult) -> str | None:
+    raw = result.reason or (result.score.reason if result.score else None)
+    return clean_line(raw, 300) if raw else None
+
+
+def _scrub(value: object) -> object:
+    """JSON-safe copy of agent/model output: lone surrogates and NULs replaced (they cannot be
+    written as UTF-8 JSON and would otherwise end the night when the journal is saved)."""
+    if isinstance(value, str):
+        return _SURROGATE_OR_NUL.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {str(_scrub(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+_SURROGATE_OR_NUL = re.compile("[\ud800-\udfff\x00]")
+
+
+def safe_proposal(proposal: Proposal) -> Proposal:
+    """A proposal fit for git, the TSV, the terminal and JSON."""
+    return proposal.model_copy(update={"description": clean_description(proposal.description),
+                                       "transcript": _scrub(proposal.transcript)})
 
 
 def agent_model(agent: Agent) -> str | None:

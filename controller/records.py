@@ -26,6 +26,8 @@ class Timings(BaseModel):
     train: float = 0.0  # train container wall clock, measured from outside
     eval: float = 0.0  # eval container wall clock, measured from outside
     total: float = 0.0  # propose + run + record
+    train_budget: float = 0.0  # train.py's deadline, seconds from the train container's start
+    train_cap: float = 0.0  # where the host kills the train container: budget + export allowance
 
 
 class RunRecord(BaseModel):

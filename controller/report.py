@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from controller.ledger import LedgerRow  # noqa: E402
+from controller.ledger import LedgerRow, clean_description  # noqa: E402
 from controller.safefiles import atomic_write_bytes  # noqa: E402
 
 PROGRESS = "progress.png"
@@ -49,7 +49,7 @@ def render_progress(tag: str, rows: list[LedgerRow], path: Path) -> ProgressPlot
         ax.scatter(xs, ys, s=40, color="#2ca02c", edgecolor="black", linewidth=0.5, label=f"kept ({len(kept)})",
                    zorder=4)
         for n, y in kept[1:]:
-            text = rows[n].description
+            text = clean_description(rows[n].description)
             text = text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
             ax.annotate(text, (n, y), xytext=(4, 6), textcoords="offset points", fontsize=7, rotation=20,
                         color="#1b6e1b")

@@ -1,23 +1,21 @@
-"""File reading and writing the controller can trust: atomic writes (temp + fsync + rename + fsync of
-the folder) for its own records, and capped, no-symlink reads for anything a run produced (logs,
-scores), which is hostile input (DESIGN.md threat model, point 10)."""
+"""The controller's own records, written atomically (temp + fsync + rename + fsync of the folder),
+and reads of what a run produced (logs, records), which go through evaluator.hostile: capped,
+no symlink followed, regular files only (docs/architecture.md, threat model point 10)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-import stat
 import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+from evaluator import hostile
+from evaluator.hostile import UnsafeFileError, clean_text
 
-
-class UnsafeFileError(OSError):
-    """A file a run left behind is not a regular file, is a symlink, or is too big."""
+__all__ = ["UnsafeFileError", "atomic_write_bytes", "atomic_write_model", "atomic_write_text", "clean_text",
+           "fsync_dir", "read_regular", "read_tail"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,52 +52,23 @@ def atomic_write_model(path: Path, model: BaseModel) -> None:
     atomic_write_text(path, model.model_dump_json(indent=2) + "\n")
 
 
-def _open_regular(path: Path) -> int:
-    """An fd for `path` opened without following a final symlink; it must be a regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the last component is a symlink
-            raise UnsafeFileError(f"{path} is a symlink; refusing to read it") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafeFileError(f"{path} is not a regular file; refusing to read it")
-    return fd
-
-
 def read_regular(path: Path, max_bytes: int) -> bytes:
-    """The whole file, refusing symlinks, non-regular files and anything above max_bytes."""
-    fd = _open_regular(Path(path))
-    try:
-        size = os.fstat(fd).st_size
-        if size > max_bytes:
-            raise UnsafeFileError(f"{path} is {size} bytes, above the {max_bytes} byte cap")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(max_bytes + 1)[:max_bytes]
-    finally:
-        os.close(fd)
-
-
-def clean_text(text: str) -> str:
-    """Printable text for a person or a prompt: control characters (escape sequences) removed."""
-    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    """The whole file, refusing symlinks, non-regular files and anything above max_bytes.
+    A missing file is FileNotFoundError (the caller decides what absence means)."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(str(path))
+    return hostile.read_regular(path, max_bytes)
 
 
 def read_tail(path: Path, max_bytes: int = 8192) -> str:
     """The last max_bytes of a log as clean text (whole lines only); '' when the file is missing."""
     try:
-        fd = _open_regular(Path(path))
-    except FileNotFoundError:
-        return ""
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - max_bytes)
-        os.lseek(fd, start, os.SEEK_SET)
-        data = os.read(fd, max_bytes)
-    finally:
-        os.close(fd)
+        data, size = hostile.read_tail(path, max_bytes)
+    except UnsafeFileError as exc:
+        if not os.path.lexists(path):
+            return ""
+        return f"[{exc}]"
     text = data.decode("utf-8", errors="replace")
-    if start > 0 and "\n" in text:
+    if size > len(data) and "\n" in text:
         text = text.split("\n", 1)[1]
     return clean_text(text)

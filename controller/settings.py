@@ -15,6 +15,10 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from evaluator.profiles import PROFILES
+from sandbox.engine import docker_runtimes
+from sandbox.gpu import visible_gpus as nvml_gpu_count
+
+__all__ = ["Settings", "SettingsError", "detect_profile", "docker_runtimes", "load_settings", "nvml_gpu_count"]
 
 AgentName = Literal["anthropic", "search"]
 SandboxName = Literal["docker", "bare"]
@@ -30,36 +34,6 @@ class SettingsError(ValueError):
 def default_tag(today: dt.date | None = None) -> str:
     """Today's date as a short tag, e.g. 'nov23'."""
     return (today or dt.date.today()).strftime("%b%d").lower()
-
-
-def nvml_gpu_count(nvml: Any = None) -> int:
-    """GPUs NVML can see; 0 when there is no driver. `nvml` is the pynvml module (or a fake)."""
-    try:
-        if nvml is None:
-            import pynvml as nvml  # nvidia-ml-py
-        nvml.nvmlInit()
-        try:
-            return int(nvml.nvmlDeviceGetCount())
-        finally:
-            nvml.nvmlShutdown()
-    except Exception:
-        return 0
-
-
-def docker_runtimes(docker_info: dict | None = None) -> set[str]:
-    """Runtimes the Docker engine offers (e.g. {'runc', 'nvidia'}); empty when it cannot be asked."""
-    if docker_info is None:
-        try:
-            import docker
-
-            client = docker.from_env(timeout=5)
-            try:
-                docker_info = client.info()
-            finally:
-                client.close()
-        except Exception:
-            return set()
-    return set((docker_info or {}).get("Runtimes") or {})
 
 
 def detect_profile(nvml: Any = None, docker_info: dict | None = None) -> str:

@@ -12,9 +12,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from controller.ledger import LedgerRow, RunLocation
+from controller.ledger import LedgerRow, RunLocation, clean_description
 from controller.records import RunRecord
 from controller.safefiles import read_tail
+from evaluator.hostile import clean_line
 
 STATUS_STYLE = {"keep": "green", "discard": "grey50", "crash": "red", "timeout": "yellow", "rejected": "magenta"}
 PHASE_LABEL = {
@@ -109,7 +110,8 @@ class ConsoleObserver:
         self.n, self.phase_name = n, phase
 
     def finished(self, record: RunRecord, best: LedgerRow | None) -> None:
-        row = LedgerRow(record.commit[:7], record.val_bpb or 0.0, record.memory_gb, record.status, record.description)
+        row = LedgerRow(record.commit[:7], record.val_bpb or 0.0, record.memory_gb, record.status, record.description,
+                        record.timings.train)
         self.rows.append(row)
         self.n = len(self.rows)
         self.console.print(experiment_line(record.n, row, record))
@@ -124,14 +126,14 @@ def experiment_line(n: int, row: LedgerRow, record: RunRecord | None = None) -> 
     t.append(f"#{n:<3} {row.commit} ")
     t.append(f"{row.status:<8}", style=STATUS_STYLE.get(row.status, ""))
     t.append(f" {_val(row):>9}  {row.memory_gb:5.1f} GB  ")
-    t.append(row.description)
+    t.append(clean_description(row.description))
     if record is not None:
         t.append(f"  ({record.timings.total:.0f}s", style="grey50")
         if record.usage.cost_usd:
             t.append(f", ${record.usage.cost_usd:.3f}", style="grey50")
         t.append(")", style="grey50")
         if record.reason and not row.scored:
-            t.append(f"\n     {record.reason}", style=STATUS_STYLE.get(row.status, ""))
+            t.append(f"\n     {clean_line(record.reason, 300)}", style=STATUS_STYLE.get(row.status, ""))
     return t
 
 
@@ -153,7 +155,7 @@ def ledger_table(tag: str, rows: list[LedgerRow]) -> Table:
         marker = " *" if best is not None and n == best[0] else ""
         table.add_row(
             str(n), row.commit, Text(_val(row) + marker), f"{row.memory_gb:.1f}",
-            Text(row.status, style=STATUS_STYLE.get(row.status, "")), Text(row.description),
+            Text(row.status, style=STATUS_STYLE.get(row.status, "")), Text(clean_description(row.description)),
         )
     return table
 

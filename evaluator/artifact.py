@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from evaluator.allowlist import (
     check_program_json,
     check_tensor_meta,
 )
+from evaluator.hostile import UnsafeFileError, clean_line, open_regular
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -57,12 +57,19 @@ DEFAULT_LIMITS = ArtifactLimits()
 
 
 class ArtifactRejected(Exception):
-    """The artifact is refused; `reason` is one line for a person."""
+    """The artifact is refused before the model ever runs; `reason` is one line for a person
+    (hostile text from the archive cleaned out), `code` "archive" or "graph"."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str = "archive") -> None:
+        reason = clean_line(reason, 300)
         super().__init__(reason)
         self.reason = reason
+        self.code = code
         self.sha256: str | None = None  # set once the file could be opened and hashed
+
+
+class ModelOutputError(Exception):
+    """The model ran but returned something that is not one logits tensor (a dynamic failure)."""
 
 
 MODEL_JSON = "models/model.json"
@@ -80,8 +87,8 @@ _ROOT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 _PAYLOAD_META_KEYS = {"path_name", "is_param", "use_pickle", "tensor_meta"}
 
 
-def _reject(reason: str) -> NoReturn:
-    raise ArtifactRejected(reason)
+def _reject(reason: str, code: str = "archive") -> NoReturn:
+    raise ArtifactRejected(reason, code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,23 +97,10 @@ def _reject(reason: str) -> NoReturn:
 
 def open_artifact(path: Path, max_bytes: int) -> BinaryIO:
     """Open a regular file without following a symlink in its last component; cap its size."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        _reject(f"no model artifact at {path}")
-    except OSError as e:  # ELOOP: a symlink
-        _reject(
-            f"cannot open the artifact safely ({os.strerror(e.errno or 0) or e}); "
-            "it must be a regular file, not a symlink"
-        )
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        _reject("the artifact is not a regular file")
-    if st.st_size > max_bytes:
-        os.close(fd)
-        _reject(f"the artifact is {st.st_size} bytes, over the {max_bytes}-byte limit")
+        fd, _ = open_regular(path, max_bytes)
+    except UnsafeFileError as e:
+        _reject(f"the artifact was refused: {e} (it must be a regular file, at most {max_bytes} bytes)")
     return os.fdopen(fd, "rb")
 
 
@@ -342,7 +336,7 @@ class LoadedModel:
             elif spec.target in ep.constants:
                 out.append(ep.constants[spec.target])
             else:
-                raise ArtifactRejected(f"the graph input {spec.target!r} has no tensor in the archive")
+                raise ArtifactRejected(f"the graph input {spec.target!r} has no tensor in the archive", "graph")
         return out
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -350,10 +344,10 @@ class LoadedModel:
         out = self.program.graph_module(*args)
         if isinstance(out, (tuple, list)):
             if len(out) != 1:
-                raise ArtifactRejected(f"the model returned {len(out)} outputs, expected one logits tensor")
+                raise ModelOutputError("the model returned several outputs")
             out = out[0]
         if not isinstance(out, torch.Tensor):
-            raise ArtifactRejected("the model did not return a tensor")
+            raise ModelOutputError("the model did not return a tensor")
         return out
 
 
@@ -387,14 +381,17 @@ def _deserialize(
     sanitized: dict, state_dict: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]
 ) -> torch.export.ExportedProgram:
     from torch._export.serde import schema
-    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
+    from torch._export.serde.serialize import (
+        ExportedProgramDeserializer,
+        _dict_to_dataclass,
+    )
 
     try:
         serialized = _dict_to_dataclass(schema.ExportedProgram, sanitized)
         return ExportedProgramDeserializer().deserialize(serialized, state_dict, constants, None)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        _reject(f"the graph does not load: {type(e).__name__}: {first}")
+        _reject(f"the graph does not load: {type(e).__name__}: {first}", "graph")
 
 
 def load_artifact(
@@ -427,7 +424,7 @@ def _load_open_artifact(
     try:
         sanitized, lifted = check_program_json(program, batch_size, seq_len)
     except GraphRejected as e:
-        _reject(str(e))
+        _reject(str(e), "graph")
     weight_specs = parse_payload_config(_read_json(index, WEIGHTS_CONFIG, limits), "weight", _WEIGHT_NAME)
     constant_specs = parse_payload_config(_read_json(index, CONSTANTS_CONFIG, limits), "constant", _CONSTANT_NAME)
     _match_signature(lifted, weight_specs, constant_specs)
@@ -442,5 +439,5 @@ def _load_open_artifact(
     try:
         check_exported_program(ep, batch_size, seq_len)
     except GraphRejected as e:
-        _reject(str(e))
+        _reject(str(e), "graph")
     return LoadedModel(ep, digest, batch_size, seq_len)

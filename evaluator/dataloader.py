@@ -2,56 +2,85 @@
 
 Every row is BOS-aligned and packed with no padding: it starts at a document's BOS and is filled
 with whole documents chosen best-fit from a small buffer; only when no buffered document fits the
-space left is one cropped to fill the row exactly. Shards are read through a memory map.
+space left is one cropped to fill the row exactly.
+
+Shards are read through memory maps, one per shard, never concatenated (ClimbMix's ten train
+shards are about 1.5 GB of tokens); documents are addressed as (shard, start, end), read from
+train/docs.bin, which preparation writes once, or found by a BOS scan of each shard when a data
+dir has no docs.bin. Training code sees train/ only. The scored eval rows are a private sample
+that preparation stored in eval/ (evaluator.prepare), which only the eval container mounts.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right, insort
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evaluator import layout
 from evaluator.profiles import Profile
 
+if TYPE_CHECKING:
+    import torch
+
 PROBE_SPARE_BATCHES = 4  # batches of other real validation text kept for the causality probe
 
 
-def load_split(data_dir: Path, split: str) -> np.ndarray:
-    """All tokens of one split, in shard order (a memory map when there is one shard)."""
+def load_shards(data_dir: Path, split: str) -> list[np.ndarray]:
+    """One read-only memory map per shard of a split, in shard order."""
     paths = layout.shard_paths(Path(data_dir), split)
     if not paths:
         raise FileNotFoundError(f"no {split} shards in {data_dir}: run `make prepare` first")
-    maps = [np.memmap(p, dtype=layout.TOKEN_DTYPE, mode="r") for p in paths]
-    return maps[0] if len(maps) == 1 else np.concatenate(maps)
+    return [np.memmap(p, dtype=layout.TOKEN_DTYPE, mode="r") for p in paths]
 
 
-def documents(tokens: np.ndarray, bos_id: int) -> np.ndarray:
-    """(start, end) of every document as an (N, 2) array; documents start at BOS."""
-    starts = np.flatnonzero(tokens == bos_id)
-    ends = np.append(starts[1:], len(tokens))
-    return np.stack([starts, ends], axis=1)
+def load_split(data_dir: Path, split: str) -> np.ndarray:
+    """All tokens of one split in one array (small tools and tests; training never does this)."""
+    shards = load_shards(data_dir, split)
+    return shards[0] if len(shards) == 1 else np.concatenate(shards)
+
+
+def shard_documents(shards: Sequence[np.ndarray], bos_id: int) -> np.ndarray:
+    """(shard, start, end) of every document, found by scanning each shard for BOS (documents
+    never cross shards). Used at preparation to write docs.bin, and for data dirs without it."""
+    spans = []
+    for index, tokens in enumerate(shards):
+        starts = np.flatnonzero(np.asarray(tokens) == bos_id)
+        ends = np.append(starts[1:], len(tokens))
+        spans.append(np.stack([np.full(len(starts), index), starts, ends], axis=1))
+    return np.concatenate(spans).astype(np.int64) if spans else np.zeros((0, 3), dtype=np.int64)
+
+
+def load_documents(data_dir: Path, split: str, shards: Sequence[np.ndarray], bos_id: int) -> np.ndarray:
+    path = Path(data_dir) / layout.TRAIN_DOCS if split == layout.TRAIN_DIR else None
+    if path is not None and path.is_file():
+        spans = np.fromfile(path, dtype=layout.DOCS_DTYPE)
+        if spans.size % 3:
+            raise ValueError(f"{path} is damaged: run `make prepare` again")
+        return spans.reshape(-1, 3)
+    return shard_documents(shards, bos_id)
 
 
 def packed_rows(
-    tokens: np.ndarray,
-    bos_id: int,
+    shards: Sequence[np.ndarray],
+    spans: np.ndarray,
     row_len: int,
     buffer_docs: int = 256,
     doc_order: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
     """BOS-aligned rows of exactly row_len tokens, best-fit packed, in a deterministic order.
 
-    doc_order, when given, is a permutation of the documents to draw from (a training epoch).
+    spans: (N, 3) (shard, start, end) per document; doc_order, when given, is a permutation of
+    them to draw from (a training epoch).
     """
-    spans = documents(tokens, bos_id)
     if doc_order is not None:
         spans = spans[doc_order]
     docs = (tuple(span) for span in spans.tolist())
-    buffer: list[tuple[int, int, int]] = []  # (length, start, order), sorted by length
+    buffer: list[tuple[int, int, int, int]] = []  # (length, order, shard, start), sorted by length
     order = 0
 
     def refill() -> None:
@@ -60,7 +89,8 @@ def packed_rows(
             nxt = next(docs, None)
             if nxt is None:
                 return
-            insort(buffer, (nxt[1] - nxt[0], nxt[0], order))
+            shard, start, end = nxt
+            insort(buffer, (end - start, order, shard, start))
             order += 1
 
     while True:
@@ -74,14 +104,14 @@ def packed_rows(
             if not buffer:
                 return  # the last partial row is dropped: rows are never padded
             space = row_len - filled
-            i = bisect_right(buffer, (space, float("inf"), 0)) - 1
+            i = bisect_right(buffer, (space, float("inf"), 0, 0)) - 1
             if i >= 0:  # the longest document that fits whole
-                length, start, _ = buffer.pop(i)
-                row[filled : filled + length] = tokens[start : start + length]
+                length, _, shard, start = buffer.pop(i)
+                row[filled : filled + length] = shards[shard][start : start + length]
                 filled += length
             else:  # nothing fits: crop the shortest document to fill the row
-                length, start, _ = buffer.pop(0)
-                row[filled:] = tokens[start : start + space]
+                _, _, shard, start = buffer.pop(0)
+                row[filled:] = shards[shard][start : start + space]
                 filled = row_len
         yield row
 
@@ -102,30 +132,30 @@ def train_batches(
     seq_len: int,
     device: str = "cpu",
     seed: int = 0,
-) -> Iterator[tuple["torch.Tensor", "torch.Tensor", int]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Endless (inputs, targets, epoch) batches from the train split, shuffled per epoch by seed.
 
-    On CUDA the batch is staged in pinned memory and copied without blocking the host.
+    On CUDA each batch is staged in its own pinned buffer from torch's caching host allocator and
+    copied without blocking the host; the allocator does not hand a buffer out again until the
+    copy that reads it has run, so the next batch can never overwrite one still in flight.
     """
     import torch
 
-    tokens = load_split(data_dir, layout.TRAIN_DIR)
-    bos = _bos_id(data_dir)
-    n_docs = len(documents(tokens, bos))
+    shards = load_shards(data_dir, layout.TRAIN_DIR)
+    spans = load_documents(data_dir, layout.TRAIN_DIR, shards, _bos_id(data_dir))
     row_len = seq_len + 1
     cuda = device.startswith("cuda")
-    staging = torch.empty((batch_size, row_len), dtype=torch.int64, pin_memory=cuda)
     rng = np.random.default_rng(seed)
     epoch = 0
     while True:
-        rows = packed_rows(tokens, bos, row_len, doc_order=rng.permutation(n_docs))
+        rows = packed_rows(shards, spans, row_len, doc_order=rng.permutation(len(spans)))
         yielded = False
         while True:
             batch_rows = [row for _, row in zip(range(batch_size), rows)]
             if len(batch_rows) < batch_size:
                 break
-            staging.copy_(torch.from_numpy(np.stack(batch_rows)))
-            batch = staging.to(device, non_blocking=True) if cuda else staging.clone()
+            host = torch.from_numpy(np.stack(batch_rows))
+            batch = host.pin_memory().to(device, non_blocking=True) if cuda else host
             yielded = True
             yield batch[:, :-1], batch[:, 1:], epoch
         if not yielded:
@@ -137,7 +167,7 @@ def train_batches(
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation
+# Evaluation: the private sample written at preparation
 
 
 @dataclass(frozen=True)
@@ -151,25 +181,43 @@ class NotEnoughValidationData(ValueError):
     pass
 
 
-def eval_rows(val_tokens: np.ndarray, bos_id: int, profile: Profile) -> EvalData:
-    """The fixed evaluation set: the first packed rows of the validation split, then spare rows."""
+def spare_rows_needed(profile: Profile) -> int:
+    return PROBE_SPARE_BATCHES * profile.eval_batch_size
+
+
+def read_rows(path: Path, rows: int, row_tokens: int) -> np.ndarray:
+    """A (rows, row_tokens) uint16 file of exactly that size, as int64."""
+    want = rows * row_tokens * np.dtype(layout.TOKEN_DTYPE).itemsize
+    size = Path(path).stat().st_size
+    if size != want:
+        raise ValueError(f"{path} holds {size} bytes, expected {want}: prepare the data again")
+    return np.fromfile(path, dtype=layout.TOKEN_DTYPE).astype(np.int64).reshape(rows, row_tokens)
+
+
+def eval_data(data_dir: Path, profile: Profile) -> EvalData:
+    """The scored rows and the probe's spare rows of a prepared data dir."""
     B, T = profile.eval_batch_size, profile.seq_len
-    n_batches = profile.eval_batches
-    needed = (n_batches + PROBE_SPARE_BATCHES) * B
-    rows = []
-    for row in packed_rows(val_tokens, bos_id, T + 1):
-        rows.append(row)
-        if len(rows) == needed:
-            break
-    if len(rows) < needed:
-        raise NotEnoughValidationData(
-            f"the validation split packs into {len(rows)} rows of {T + 1} tokens; profile "
-            f"{profile.name!r} needs {needed}: prepare with more validation text"
-        )
-    data = np.stack(rows).reshape(n_batches + PROBE_SPARE_BATCHES, B, T + 1)
-    scored, spare = data[:n_batches], data[n_batches:]
+    scored = read_rows(Path(data_dir) / layout.EVAL_SCORED, profile.eval_rows, T + 1)
+    spare = read_rows(Path(data_dir) / layout.EVAL_SPARE, spare_rows_needed(profile), T + 1)
+    scored = scored.reshape(profile.eval_batches, B, T + 1)
+    spare = spare.reshape(PROBE_SPARE_BATCHES, B, T + 1)
     return EvalData(inputs=scored[..., :-1].copy(), targets=scored[..., 1:].copy(), spare=spare[..., :-1].copy())
 
 
-def eval_batches(data_dir: Path, profile: Profile) -> EvalData:
-    return eval_rows(load_split(data_dir, layout.VAL_DIR), _bos_id(data_dir), profile)
+def sample_rows(rows: Iterator[np.ndarray], k: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """A uniform sample of k rows from the stream, in one pass (reservoir sampling), and how many
+    rows the stream had. The order of the sample is random too."""
+    reservoir: list[np.ndarray] = []
+    seen = 0
+    for row in rows:
+        if seen < k:
+            reservoir.append(row)
+        else:
+            j = int(rng.integers(seen + 1))
+            if j < k:
+                reservoir[j] = row
+        seen += 1
+    if len(reservoir) < k:
+        raise NotEnoughValidationData(f"the validation split packs into {seen} rows; {k} are needed")
+    order = rng.permutation(k)
+    return np.stack([reservoir[i] for i in order]), seen

@@ -70,15 +70,39 @@ def open_dataset(
     cache_dir: Path | None = None,
     train_shards: int = CLIMBMIX_TRAIN_SHARDS,
     retry: RetryPolicy = RetryPolicy(),
+    val: str | None = None,
 ) -> TextSource:
-    """The dataset named by `spec`: stdlib, climbmix or parquet:<glob>."""
+    """The dataset named by `spec`: stdlib, climbmix or parquet:<glob>; with `val`
+    (parquet:<glob>), a private validation set replaces the dataset's own validation text."""
+    if val is not None:
+        return with_private_val(open_dataset_only(spec, cache_dir=cache_dir, train_shards=train_shards,
+                                                  retry=retry, val_needed=False), val)
+    return open_dataset_only(spec, cache_dir=cache_dir, train_shards=train_shards, retry=retry)
+
+
+def open_dataset_only(spec: str, *, cache_dir: Path | None, train_shards: int, retry: RetryPolicy,
+                      val_needed: bool = True) -> TextSource:
     if spec == "stdlib":
         return stdlib_source()
     if spec == "climbmix":
-        return climbmix_source(train_shards, cache_dir or default_cache_dir(), retry)
+        return climbmix_source(train_shards, cache_dir or default_cache_dir(), retry, with_val=val_needed)
     if spec.startswith("parquet:"):
         return parquet_glob_source(spec.removeprefix("parquet:"))
     raise DatasetError(f"unknown dataset {spec!r}: choose stdlib, climbmix or parquet:<glob>")
+
+
+def with_private_val(source: TextSource, val: str) -> TextSource:
+    """`source`'s train text with the user's own validation documents (all of them)."""
+    if not val.startswith("parquet:") or not val.removeprefix("parquet:"):
+        raise DatasetError(f"--val takes parquet:<glob> (files with a text column), not {val!r}")
+    files = _parquet_files(val.removeprefix("parquet:"))
+    return TextSource(
+        name=f"{source.name}+val:{val.removeprefix('parquet:')}",
+        read_train=source.read_train,
+        read_val=partial(read_parquet_texts, files),
+        facts={**source.facts, "val_files": [path.name for path in files],
+               "val_rule": "every document of the private validation files"},
+    )
 
 
 def default_cache_dir() -> Path:
@@ -149,7 +173,7 @@ def _read_text_files(paths: Sequence[Path]) -> Iterator[str]:
 # parquet
 
 
-def parquet_glob_source(pattern: str) -> TextSource:
+def _parquet_files(pattern: str) -> list[Path]:
     if not pattern:
         raise DatasetError("parquet: needs a glob, e.g. --dataset 'parquet:data/raw/*.parquet'")
     files = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
@@ -159,6 +183,11 @@ def parquet_glob_source(pattern: str) -> TextSource:
                            "matches parquet files with a text column")
     for path in files:
         check_text_parquet(path)
+    return files
+
+
+def parquet_glob_source(pattern: str) -> TextSource:
+    files = _parquet_files(pattern)
     return TextSource(
         name=f"parquet:{pattern}",
         read_train=partial(_hash_split, files, want_val=False),
@@ -232,19 +261,19 @@ def _hash_split(paths: Sequence[Path], want_val: bool) -> Iterator[str]:
 # climbmix
 
 
-def climbmix_source(train_shards: int, cache_dir: Path, retry: RetryPolicy) -> TextSource:
+def climbmix_source(train_shards: int, cache_dir: Path, retry: RetryPolicy, with_val: bool = True) -> TextSource:
     if not 1 <= train_shards <= CLIMBMIX_VAL_SHARD:
         raise DatasetError(f"--train-shards must be between 1 and {CLIMBMIX_VAL_SHARD}, "
                            f"got {train_shards}")
     base_url = (os.environ.get(HF_BASE_URL_ENV) or CLIMBMIX_BASE_URL).rstrip("/")
     shard_dir = Path(cache_dir) / "climbmix"
     train_names = [climbmix_shard_name(index) for index in range(train_shards)]
-    val_names = [climbmix_shard_name(CLIMBMIX_VAL_SHARD)]
+    val_names = [climbmix_shard_name(CLIMBMIX_VAL_SHARD)] if with_val else []
     jobs = [DownloadJob(f"{base_url}/{name}", shard_dir / name) for name in val_names + train_names]
     paths = download_all(jobs, retry, verify=verify_parquet)
     for path in paths:
         check_text_parquet(path)
-    val_paths, train_paths = paths[:1], paths[1:]
+    val_paths, train_paths = paths[: len(val_names)], paths[len(val_names) :]
     return TextSource(
         name="climbmix",
         read_train=partial(read_parquet_texts, train_paths),

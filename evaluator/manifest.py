@@ -27,10 +27,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evaluator.layout import MANIFEST, TOKEN_BYTES, TOKENIZER_DIR, TOKENIZER_JSON, TRAIN_DIR, VAL_DIR
+from evaluator.layout import (
+    EVAL_DIR,
+    EVAL_SCORED,
+    EVAL_SPARE,
+    MANIFEST,
+    SHARD_GLOB,
+    TOKEN_BYTES,
+    TOKENIZER_DIR,
+    TOKENIZER_JSON,
+    TRAIN_DIR,
+    VAL_DIR,
+)
 
 SPLITS = (TRAIN_DIR, VAL_DIR)
-HASHED_DIRS = (TOKENIZER_DIR, *SPLITS)
+PARTS = (*SPLITS, EVAL_DIR)  # what verify_manifest can be asked to check, besides the tokenizer
+HASHED_DIRS = (TOKENIZER_DIR, *SPLITS, EVAL_DIR)
 MANIFEST_MAX_BYTES = 16 << 20
 CHUNK_BYTES = 1 << 20
 FIX = "re-run make prepare"
@@ -56,6 +68,17 @@ class SplitEntry(BaseModel):
     source_docs: int = Field(ge=0)  # texts read from the dataset
 
 
+class EvalEntry(BaseModel):
+    """The private eval sample: which rows exist is public, which val text they hold is not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(ge=1)  # scored rows (eval/scored.bin)
+    spare_rows: int = Field(ge=0)  # probe rows (eval/spare.bin)
+    row_tokens: int = Field(ge=2)  # seq_len + 1
+    drawn_from: int = Field(ge=1)  # packed val rows the sample was drawn from
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +90,7 @@ class Manifest(BaseModel):
     created: str
     files: dict[str, FileEntry]
     splits: dict[str, SplitEntry]
+    eval: EvalEntry
     source: dict[str, Any]
 
     @field_validator("files")
@@ -88,6 +112,7 @@ def write_manifest(
     bos_id: int,
     seq_len: int,
     splits: dict[str, SplitEntry],
+    eval: EvalEntry,
     source: dict[str, Any],
 ) -> Manifest:
     """Hash every file of the data dir and write manifest.json; returns what was written."""
@@ -108,6 +133,7 @@ def write_manifest(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         files=files,
         splits=splits,
+        eval=eval,
         source=source,
     )
     text = json.dumps(manifest.model_dump(), indent=1, sort_keys=True) + "\n"
@@ -128,6 +154,9 @@ def read_manifest(data_dir: Path | str) -> Manifest:
     except ValidationError as error:
         detail = error.errors()[0]
         where = ".".join(str(part) for part in detail["loc"]) or "top level"
+        if detail["loc"] and detail["loc"][0] == "eval" and detail["type"] == "missing":
+            raise ManifestError(f"{Path(data_dir)} was prepared before evaluation rows became a private "
+                                f"sample: prepare it again (make prepare, with --force)") from None
         raise ManifestError(f"{path} is not a valid manifest ({where}: {detail['msg']}): {FIX}") from None
 
 
@@ -143,23 +172,26 @@ def identity_of(manifest: Manifest) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def verify_manifest(data_dir: Path | str, splits: Iterable[str]) -> str:
-    """Check the tokenizer files and the given splits; return the data identity."""
+def verify_manifest(data_dir: Path | str, parts: Iterable[str]) -> str:
+    """Check the tokenizer files and the given parts (train, val, eval); return the data identity.
+    A part not asked for may be absent, as in the containers, which each see only their own."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
-    wanted = list(dict.fromkeys(splits))
-    for split in wanted:
-        if split not in SPLITS:
-            raise ManifestError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
-        if split not in manifest.splits:
-            raise ManifestError(f"{data_dir / MANIFEST} has no {split} split: {FIX}")
-    for required in (TOKENIZER_JSON, TOKEN_BYTES):
-        if required not in manifest.files:
-            raise ManifestError(f"{data_dir / MANIFEST} does not list {required}: {FIX}")
+    wanted = list(dict.fromkeys(parts))
+    for part in wanted:
+        if part not in PARTS:
+            raise ManifestError(f"unknown part {part!r}: choose from {', '.join(PARTS)}")
+        if part in SPLITS and part not in manifest.splits:
+            raise ManifestError(f"{data_dir / MANIFEST} has no {part} split: {FIX}")
+    required = [TOKENIZER_JSON, TOKEN_BYTES] + ([EVAL_SCORED, EVAL_SPARE] if EVAL_DIR in wanted else [])
+    for name in required:
+        if name not in manifest.files:
+            raise ManifestError(f"{data_dir / MANIFEST} does not list {name}: {FIX}")
     for folder in (TOKENIZER_DIR, *wanted):
         _verify_folder(data_dir, folder, manifest)
         if folder in SPLITS:
-            listed = sum(1 for name in manifest.files if name.startswith(f"{folder}/"))
+            listed = sum(1 for name in manifest.files
+                         if name.startswith(f"{folder}/") and PurePosixPath(name).match(SHARD_GLOB))
             if listed != manifest.splits[folder].shards:
                 raise ManifestError(f"{data_dir / MANIFEST} lists {listed} {folder} shards but "
                                     f"counts {manifest.splits[folder].shards}: {FIX}")

@@ -11,8 +11,14 @@ Steps (layout in evaluator/layout.py):
      boundaries into pieces of at most seq_len tokens (BOS not counted, so a piece with its BOS
      fills at most one row of seq_len + 1), each its own BOS-prefixed document, so packing into
      rows wastes little (a single line longer than seq_len tokens is cut between tokens).
-  4. Write uint16 shards of at most ~100M tokens, never splitting a document across shards.
-  5. Hash everything into manifest.json.
+  4. Write uint16 shards of at most ~100M tokens, never splitting a document across shards, and
+     the (shard, start, end) of every train document to train/docs.bin (so training never scans).
+  5. Pack the whole val split into rows of seq_len + 1 tokens and draw the evaluation rows (and
+     the causality probe's spare rows) from all of them, uniformly, with a secret from the OS that
+     is not kept: eval/scored.bin and eval/spare.bin. Training code never sees eval/ or val/, and
+     which val text is scored is known to nobody, so a train.py that memorises public val text
+     needs all of it (and train.py is size-capped: sandbox.trainpy).
+  6. Hash everything into manifest.json.
 The dir is built as DIR.tmp-* next to DIR and renamed into place when complete; a complete DIR
 (one with a manifest) is only replaced with --force.
 """
@@ -34,6 +40,13 @@ import numpy as np
 import structlog
 import tiktoken
 
+from evaluator.dataloader import (
+    load_shards,
+    packed_rows,
+    sample_rows,
+    shard_documents,
+    spare_rows_needed,
+)
 from evaluator.datasets import (
     CLIMBMIX_TRAIN_SHARDS,
     DatasetError,
@@ -42,8 +55,18 @@ from evaluator.datasets import (
     open_dataset,
 )
 from evaluator.download import DownloadError, RetryPolicy
-from evaluator.layout import MANIFEST, TOKEN_DTYPE, TRAIN_DIR, VAL_DIR
-from evaluator.manifest import SplitEntry, write_manifest
+from evaluator.layout import (
+    DOCS_DTYPE,
+    EVAL_DIR,
+    EVAL_SCORED,
+    EVAL_SPARE,
+    MANIFEST,
+    TOKEN_DTYPE,
+    TRAIN_DIR,
+    TRAIN_DOCS,
+    VAL_DIR,
+)
+from evaluator.manifest import EvalEntry, SplitEntry, write_manifest
 from evaluator.profiles import PROFILES, Profile, UnknownProfileError, get_profile
 from evaluator.tokenizer import (
     TokenizerError,
@@ -153,16 +176,36 @@ def _build(
                        max_shard_tokens, threads)
     dropped.value = 0  # counted again while encoding: the count of one full pass
     train = _write_split(encoding, bos, line_ends, train_texts(), root / TRAIN_DIR, profile.seq_len,
-                         max_shard_tokens, threads)
+                         max_shard_tokens, threads, docs_file=root / TRAIN_DOCS)
     if train.tokens == 0:
         raise PrepareError(f"dataset {source.name} has no train documents")
+    eval_entry = write_eval_sample(root, profile, bos)
 
-    facts = dict(source.facts, train_docs_dropped_as_in_val=dropped.value)
+    facts = dict(source.facts, train_docs_dropped_as_in_val=dropped.value,
+                 eval_rule="uniform sample of the packed val rows, drawn with a secret that is not kept")
     write_manifest(root, profile=profile.name, dataset=source.name,
                    vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id,
                    seq_len=profile.seq_len, splits={TRAIN_DIR: train.entry(), VAL_DIR: val.entry()},
-                   source=facts)
+                   eval=eval_entry, source=facts)
     return train, val, dropped.value
+
+
+def write_eval_sample(root: Path, profile: Profile, bos: int, rng: np.random.Generator | None = None) -> EvalEntry:
+    """Draw the scored rows and the probe's spare rows from all packed val rows with a secret."""
+    shards = load_shards(root, VAL_DIR)
+    spans = shard_documents(shards, bos)
+    scored_n, spare_n = profile.eval_rows, spare_rows_needed(profile)
+    rng = rng or np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
+    try:
+        rows, drawn_from = sample_rows(packed_rows(shards, spans, profile.seq_len + 1), scored_n + spare_n, rng)
+    except ValueError as exc:
+        raise PrepareError(f"{exc}: profile {profile.name!r} scores {scored_n} rows of "
+                           f"{profile.seq_len + 1} tokens; prepare with more validation text") from None
+    (root / EVAL_DIR).mkdir(exist_ok=True)
+    rows[:scored_n].astype(TOKEN_DTYPE).tofile(root / EVAL_SCORED)
+    rows[scored_n:].astype(TOKEN_DTYPE).tofile(root / EVAL_SPARE)
+    del rng  # the secret goes with it
+    return EvalEntry(rows=scored_n, spare_rows=spare_n, row_tokens=profile.seq_len + 1, drawn_from=drawn_from)
 
 
 class _Tally:
@@ -235,6 +278,7 @@ def _write_split(
     seq_len: int,
     max_shard_tokens: int,
     threads: int,
+    docs_file: Path | None = None,
 ) -> SplitStats:
     writer = ShardWriter(split_dir, max_shard_tokens)
     source_docs = 0
@@ -245,6 +289,8 @@ def _write_split(
                         for piece in document_pieces(doc, seq_len, line_ends)])
     finally:
         writer.close()
+    if docs_file is not None:
+        np.asarray(writer.spans, dtype=DOCS_DTYPE).reshape(-1, 3).tofile(docs_file)
     return SplitStats(source_docs=source_docs, docs=writer.docs, tokens=writer.tokens,
                       shards=writer.shards)
 
@@ -300,6 +346,7 @@ class ShardWriter:
         self.tokens = 0
         self._in_shard = 0
         self._handle = None
+        self.spans: list[tuple[int, int, int]] = []  # (shard, start, end) of every document written
         split_dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, docs: Sequence[np.ndarray]) -> None:
@@ -325,6 +372,10 @@ class ShardWriter:
             return
         block = np.concatenate(docs).astype(TOKEN_DTYPE, copy=False)
         block.tofile(self._handle)
+        start = self._in_shard
+        for doc in docs:
+            self.spans.append((self.shards - 1, start, start + len(doc)))
+            start += len(doc)
         self._in_shard += block.size
         self.tokens += block.size
         self.docs += len(docs)
@@ -380,6 +431,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"one of {', '.join(PROFILES)} (default: $OVERNIGHT_PROFILE or cpu)")
     parser.add_argument("--dataset", default=None,
                         help="stdlib, climbmix or parquet:<glob> (default: the profile's)")
+    parser.add_argument("--val", default=None, metavar="parquet:<glob>",
+                        help="a private validation set: every document of these parquet files (a "
+                             "`text` column) is validation; the dataset's own validation text is not used")
     parser.add_argument("--out", type=Path, default=None, help="data dir (default: data/<profile>)")
     parser.add_argument("--force", action="store_true", help="replace a prepared data dir")
     parser.add_argument("--train-shards", type=int, default=CLIMBMIX_TRAIN_SHARDS,
@@ -413,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_destination(out, args.force)  # before any download
         source = open_dataset(args.dataset or profile.dataset,
                               cache_dir=args.cache_dir or default_cache_dir(),
-                              train_shards=args.train_shards, retry=retry)
+                              train_shards=args.train_shards, retry=retry, val=args.val)
         summary = prepare(profile, source, out, force=args.force,
                           max_shard_tokens=args.max_shard_tokens, threads=args.threads)
     except (PrepareError, DatasetError, DownloadError, TokenizerError, UnknownProfileError) as error:

@@ -2,18 +2,19 @@
 
 The probe runs on the real evaluation batches, picked with a secret seed (os.urandom), so the
 model cannot tell a probe input from an eval input; the graph is stateless (no buffer may be
-mutated), so it cannot remember either. Every perturbation splices in other real validation
-text (`spare` rows), never synthetic tokens. For each probe batch:
+mutated), so it cannot remember either. The base of every comparison is the scoring forward of
+that batch itself, so the probe costs only its perturbed forwards. Every perturbation splices in
+other real validation text (`spare` rows, else other eval rows), never synthetic tokens.
 
-- rows check: a random half of the rows is kept, the other rows are replaced by other real rows
-  and the batch is permuted; every position of every kept row must be unchanged (no mixing of
-  rows, whether symmetric like a batch mean or tied to a batch index);
-- cut checks: every row gets its own random cut c and continues from c with other real text
-  (so every other row of the batch changes too); each row's predictions at positions < c must be
-  unchanged (no peeking at future tokens). Cutting every row, rather than keeping some rows whole,
-  doubles the positions tested per forward pass: a model peeking k tokens ahead is caught only
-  at the k positions before a cut, so a leak that fires on some tokens only is caught with a
-  probability that grows with the number of cut rows (batches * cuts * B).
+One probe forward tests one position per row, and tests causality and row independence at once:
+- each row of the probe batch is a row of the base batch, moved to a random other place in the
+  batch (a permutation), and cut at its own random position c: from c on it continues with other
+  real text, so every other row of the batch changes too;
+- each row's predictions before its cut must be what the base forward gave that row: a model
+  that looks at future tokens is caught at the position before a cut (a leak at a fraction p of
+  positions escapes n tested positions with probability (1-p)^n), and a model that mixes rows
+  (a batch mean, a neighbour row, a batch index) is caught at every tested row.
+A profile fixes n (`probe_positions`), so the number of probe forwards is n / batch rows.
 
 What is compared, and the tolerance. The score only sees log-probabilities, so those are what
 is compared (float32 log_softmax), not raw logits: raw logits can be shifted by any constant
@@ -25,6 +26,9 @@ float noise in such far-tail entries is not a reason to refuse a model. The abso
 (default 1e-4 nats) bounds what a leak hidden below it can buy: at most that many nats per
 scored token, ~3e-5 bits per byte at ~4 bytes per token. An honest model gives bit-identical
 rows here (same shapes, same kernels), so the margin is for float noise only.
+
+What a failure says is fixed text (evaluator.records): where the probe caught the model depends
+on validation tokens, and nothing the agent can read may carry values computed from them.
 """
 
 from __future__ import annotations
@@ -42,25 +46,23 @@ from evaluator.records import ProbeResult
 
 LOGPROB_FLOOR = -30.0
 _MAX_REPORTED = 1e30
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    batches: int = 4  # eval batches probed
-    cuts: int = 2  # cut checks per probed batch (plus one rows check)
+    forwards: int = 8  # perturbed forward passes (one tested position per row each)
+    batches: int = 4  # eval batches whose scoring forwards serve as bases
     tolerance: float = 1e-4  # nats, on floored log-probabilities
 
     @classmethod
-    def for_profile(cls, profile: Profile, batches: int = 4, cuts: int | None = None) -> ProbeConfig:
-        """Enough cuts to test the profile's probe_positions. Each cut tests one position per row,
-        and a model that peeks only at a fraction p of positions escapes n tested positions with
-        probability (1 - p) ** n, so the profile fixes n rather than the number of forwards."""
-        if cuts is None:
-            cuts = max(cls.cuts, math.ceil(profile.probe_positions / (batches * profile.eval_batch_size)))
-        return cls(batches=batches, cuts=cuts)
+    def for_profile(cls, profile: Profile, batches: int = 4) -> ProbeConfig:
+        """Enough forwards to test the profile's probe_positions (one per row per forward)."""
+        forwards = max(1, math.ceil(profile.probe_positions / profile.eval_batch_size))
+        return cls(forwards=forwards, batches=min(batches, profile.eval_batches))
 
-
-DEFAULT_PROBE = ProbeConfig()
+    def positions(self, batch_size: int) -> int:
+        return self.forwards * batch_size
 
 
 def secret_rng() -> np.random.Generator:
@@ -70,6 +72,63 @@ def secret_rng() -> np.random.Generator:
 
 def floored_logprobs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).clamp_min(LOGPROB_FLOOR)
+
+
+class Probe:
+    """Used by the scorer: `wants(b)` says whether batch b is a probe base; `check(b, tokens,
+    logits)` runs that base's share of the perturbed forwards against the scoring forward's logits."""
+
+    def __init__(self, forward: Forward, inputs: torch.Tensor, spare: torch.Tensor,
+                 config: ProbeConfig, rng: np.random.Generator | None = None) -> None:
+        self.forward = forward
+        self.inputs = inputs
+        self.spare = spare
+        self.config = config
+        self.rng = rng or secret_rng()
+        n_batches = inputs.shape[0]
+        chosen = self.rng.choice(n_batches, size=min(config.batches, n_batches), replace=False)
+        # Spread the forwards over the chosen bases as evenly as possible.
+        self.plan = {int(b): config.forwards // len(chosen) + (i < config.forwards % len(chosen))
+                     for i, b in enumerate(chosen)}
+        self.checks = 0
+        self.max_abs_diff = 0.0
+        self.failed = False
+
+    def wants(self, b: int) -> bool:
+        return self.plan.get(b, 0) > 0 and not self.failed
+
+    def check(self, b: int, logits: torch.Tensor) -> None:
+        base = floored_logprobs(logits)
+        tokens = self.inputs[b]
+        pool = _row_pool(self.inputs, self.spare, b)
+        batch_size, seq_len = tokens.shape
+        for _ in range(self.plan.get(b, 0)):
+            perm = self.rng.permutation(batch_size)  # probe row i holds base row perm[i]
+            cuts = self.rng.integers(1, seq_len, size=batch_size) if seq_len > 1 else np.ones(batch_size, int)
+            probe = torch.stack([pool[int(self.rng.integers(len(pool)))] for _ in range(batch_size)]).clone()
+            for i in range(batch_size):
+                c = int(cuts[i])
+                probe[i, :c] = tokens[int(perm[i]), :c]
+            out = floored_logprobs(self.forward(probe))
+            self.checks += 1
+            for i in range(batch_size):
+                c = int(cuts[i])
+                self._compare(out[i, :c], base[int(perm[i]), :c])
+            if self.failed:
+                return
+
+    def _compare(self, got: torch.Tensor, want: torch.Tensor) -> None:
+        diff = (got - want).abs().max().item() if got.numel() else 0.0
+        if not diff <= _MAX_REPORTED:  # NaN or inf: an unbounded change, kept JSON-finite
+            diff = _MAX_REPORTED
+        self.max_abs_diff = max(self.max_abs_diff, diff)
+        if diff > self.config.tolerance:
+            self.failed = True
+
+    def result(self) -> ProbeResult:
+        return ProbeResult(passed=not self.failed, checks=self.checks,
+                           positions=self.checks * int(self.inputs.shape[1]),
+                           max_abs_diff=self.max_abs_diff, tolerance=self.config.tolerance)
 
 
 def _row_pool(inputs: torch.Tensor, spare: torch.Tensor, probe_batch: int) -> torch.Tensor:
@@ -82,91 +141,11 @@ def _row_pool(inputs: torch.Tensor, spare: torch.Tensor, probe_batch: int) -> to
     return torch.cat(others)
 
 
-def _kept_rows(rng: np.random.Generator, batch_size: int) -> np.ndarray:
-    return np.sort(rng.choice(batch_size, size=max(1, batch_size // 2), replace=False))
-
-
-@dataclass
-class _Tally:
-    checks: int = 0
-    max_abs_diff: float = 0.0
-    failure: str | None = None
-
-    def compare(self, got: torch.Tensor, want: torch.Tensor, tolerance: float, failure: str) -> None:
-        diff = (got - want).abs().max().item() if got.numel() else 0.0
-        if not diff <= _MAX_REPORTED:  # NaN or inf: an unbounded change, kept JSON-finite
-            diff = _MAX_REPORTED
-        self.max_abs_diff = max(self.max_abs_diff, diff)
-        if diff > tolerance and self.failure is None:
-            self.failure = failure
-
-
-def run_probe(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    inputs: torch.Tensor,
-    spare: torch.Tensor,
-    config: ProbeConfig = DEFAULT_PROBE,
-    rng: np.random.Generator | None = None,
-) -> ProbeResult:
-    """Probe `forward` (tokens (B, T) int64 -> logits (B, T, V)) on real eval batches.
-
-    inputs: (n_batches, B, T) int64 eval inputs; spare: (k, B, T) int64 other validation rows.
-    """
-    rng = rng or secret_rng()
-    n_batches, batch_size, seq_len = inputs.shape
-    tally = _Tally()
-    chosen = rng.choice(n_batches, size=min(config.batches, n_batches), replace=False)
-    for b in (int(i) for i in chosen):
-        tokens = inputs[b]
-        pool = _row_pool(inputs, spare, b)
-        base = floored_logprobs(forward(tokens))
-
-        # Rows check: permute the batch and replace the rows that are not kept.
-        kept = _kept_rows(rng, batch_size)
-        perm = rng.permutation(batch_size)  # new position i holds original row perm[i]
-        mixed = tokens[torch.from_numpy(perm)].clone()
-        where = {int(row): i for i, row in enumerate(perm)}
-        kept_positions = {where[int(r)] for r in kept}
-        for i in range(batch_size):
-            if i not in kept_positions:
-                mixed[i] = pool[int(rng.integers(len(pool)))]
-        out = floored_logprobs(forward(mixed))
-        tally.checks += 1
-        for r in kept:
-            tally.compare(
-                out[where[int(r)]],
-                base[int(r)],
-                config.tolerance,
-                f"row {int(r)}'s predictions changed when the other rows of the batch were replaced or "
-                "reordered: rows must be independent",
-            )
-        if tally.failure:
-            break
-
-        # Cut checks: every row gets its own cut; from the cut on it continues with other real text.
-        for _ in range(config.cuts):
-            cuts = [int(c) for c in rng.integers(1, seq_len, size=batch_size)] if seq_len > 1 else []
-            spliced = torch.stack([pool[int(rng.integers(len(pool)))] for _ in range(batch_size)])
-            for r, c in enumerate(cuts):
-                spliced[r, :c] = tokens[r, :c]
-            out = floored_logprobs(forward(spliced))
-            tally.checks += 1
-            for r, c in enumerate(cuts):
-                tally.compare(
-                    out[r, :c],
-                    base[r, :c],
-                    config.tolerance,
-                    f"predictions before position {c} of row {r} changed when the tokens from position {c} on "
-                    "were replaced: the model looks at future tokens",
-                )
-            if tally.failure:
-                break
-        if tally.failure:
-            break
-    return ProbeResult(
-        passed=tally.failure is None,
-        checks=tally.checks,
-        max_abs_diff=tally.max_abs_diff,
-        tolerance=config.tolerance,
-        failure=tally.failure,
-    )
+def run_probe(forward: Forward, inputs: torch.Tensor, spare: torch.Tensor,
+              config: ProbeConfig = ProbeConfig(), rng: np.random.Generator | None = None) -> ProbeResult:
+    """The probe on its own (tests and tools): computes each base batch's forward itself."""
+    probe = Probe(forward, inputs, spare, config, rng)
+    for b in range(inputs.shape[0]):
+        if probe.wants(b):
+            probe.check(b, forward(inputs[b]))
+    return probe.result()

@@ -1,4 +1,13 @@
-"""score.json: the only record the controller trusts for a score. Written by evaluator.score."""
+"""score.json: the only record the controller trusts for a score. Written by evaluator.score.
+
+Reasons carry no data. Once the model has run on validation tokens, what the evaluator says about
+it (score.json, its log, hence the ledger and anything the agent can read) is a fixed category
+with fixed text: where or how a model failed may depend on validation tokens (an out-of-bounds
+index is a token value; the position a probe caught is a token's position). Reasons given before
+the model ever runs (the archive and graph checks) may name what they refused (an op, an entry),
+cleaned as hostile text: the archive was written by a process that never saw validation data.
+The full trace of a failure goes to the eval job's private detail log, which no agent tool reads.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +15,41 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Static refusals (before the model runs): the reason may name what was refused.
+# Dynamic refusals (after it ran on validation tokens): the reason is exactly REJECT_TEXT[code].
+RejectCode = Literal["archive", "graph", "model_error", "bad_logits", "non_causal"]
+STATIC_CODES: frozenset[str] = frozenset({"archive", "graph"})
+REJECT_TEXT: dict[str, str] = {
+    "model_error": "the model raised an error on evaluation input",
+    "bad_logits": "the model did not return finite float logits of shape (batch, seq_len, vocab)",
+    "non_causal": ("causality probe: a prediction changed when tokens it may not see (later tokens "
+                   "of its row, or other rows of the batch) were replaced"),
+}
+
 
 class ProbeResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     passed: bool
-    checks: int = Field(ge=0)  # number of perturbed forward passes compared
-    max_abs_diff: float  # largest change seen in logits that had to stay fixed
+    checks: int = Field(ge=0)  # perturbed forward passes compared
+    positions: int = Field(ge=0)  # positions tested (one per row per forward)
+    max_abs_diff: float  # largest change seen in log-probabilities that had to stay fixed
     tolerance: float
-    failure: str | None = None  # e.g. "future tokens changed logits before position 37"
 
 
 class ScoreRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["ok", "rejected"]
-    reason: str | None = None  # why a model was rejected, one line for a person
+    reason_code: RejectCode | None = None
+    reason: str | None = None  # why a model was rejected, one line for a person (see above)
     profile: str
     val_bpb: float | None = None
     val_loss_nats: float | None = None  # mean cross-entropy per scored token
     tokens: int = 0  # tokens scored (targets with byte length > 0)
     bytes: int = 0  # UTF-8 bytes of those targets
     probe: ProbeResult | None = None
+    forwards: int = 0  # forward passes in all: scoring batches plus probe checks
     eval_seconds: float = 0.0
     manifest_sha256: str | None = None  # hash of the data manifest the score was computed on
     artifact_sha256: str | None = None

@@ -8,35 +8,66 @@ tokens. Targets whose token is 0 bytes long (BOS) count in neither the nats nor 
 
     val_bpb = total_nats / (ln 2 * total_bytes)
 
+Order: the artifact is loaded and checked first (static: no validation data involved, so a
+refusal may name what it refused), then the private eval rows are loaded and the model runs on
+them; from then on a refusal is a fixed category with fixed text (evaluator.records).
+
+Output: the container's stdout/stderr (the run's eval.log, which the agent can read) gets only
+fixed lines: the score, or the category of a refusal, or a setup error from before the model
+ran. Everything else (warnings, tracebacks, exception messages, which may hold values computed
+from validation tokens) goes to `detail.log` next to score.json, which the host keeps where no
+agent tool reads it.
+
 Exit codes: 0 scored (score.json status "ok"), 3 rejected (score.json status "rejected" with a
 reason), 2 bad setup (missing data, manifest mismatch, bad arguments: one line on stderr, no
-score.json). score.json is written atomically (temp file + rename).
+score.json), 4 an unexpected error in the evaluator (fixed line; the trace in detail.log).
+score.json is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 
-from evaluator.artifact import DEFAULT_LIMITS, ArtifactLimits, ArtifactRejected, load_artifact
-from evaluator.probe import ProbeConfig, run_probe
+from evaluator.artifact import (
+    DEFAULT_LIMITS,
+    ArtifactLimits,
+    ArtifactRejected,
+    LoadedModel,
+    ModelOutputError,
+    load_artifact,
+)
+from evaluator.probe import Probe, ProbeConfig
 from evaluator.profiles import Profile, UnknownProfileError, get_profile
-from evaluator.records import ProbeResult, ScoreRecord
+from evaluator.records import REJECT_TEXT, ScoreRecord
 
 EXIT_OK = 0
 EXIT_SETUP = 2
 EXIT_REJECTED = 3
+EXIT_INTERNAL = 4
 SCORE_SEED = 0
+DETAIL_NAME = "detail.log"
+
+
+class ModelRejected(Exception):
+    """The model failed after it ran on validation tokens: a fixed category (records.REJECT_TEXT)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(REJECT_TEXT[code])
+        self.code = code
 
 
 class SetupError(Exception):
@@ -67,18 +98,34 @@ class Totals:
         return self.nats / self.tokens
 
 
-def cross_entropy_totals(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> Totals:
-    """Nats, scored tokens and bytes of one batch; targets of byte length 0 are left out."""
+@dataclass(frozen=True)
+class RowTotals:
+    nats: np.ndarray  # float64 per row: nats of its scored targets
+    bytes: np.ndarray  # int64 per row: UTF-8 bytes of its scored targets
+    tokens: np.ndarray  # int64 per row: scored targets
+
+    def totals(self) -> Totals:
+        return Totals(nats=float(self.nats.sum()), tokens=int(self.tokens.sum()), bytes=int(self.bytes.sum()))
+
+
+def row_totals(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> RowTotals:
+    """Per-row nats, bytes and scored tokens of one batch; targets of byte length 0 (BOS) count in
+    neither the nats nor the bytes."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     targets = targets.to(logprobs.device)
     nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     lengths = token_bytes.to(logprobs.device)[targets]
     scored = lengths > 0
-    return Totals(
-        nats=float(nll[scored].double().sum().item()),
-        tokens=int(scored.sum().item()),
-        bytes=int(lengths.sum().item()),
+    return RowTotals(
+        nats=torch.where(scored, nll.double(), 0.0).sum(-1).cpu().numpy(),
+        bytes=lengths.sum(-1).cpu().numpy().astype(np.int64),
+        tokens=scored.sum(-1).cpu().numpy().astype(np.int64),
     )
+
+
+def cross_entropy_totals(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> Totals:
+    """Nats, scored tokens and bytes of one batch; targets of byte length 0 are left out."""
+    return row_totals(logits, targets, token_bytes).totals()
 
 
 def evaluate(
@@ -86,11 +133,19 @@ def evaluate(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     token_bytes: torch.Tensor,
-) -> Totals:
-    totals = Totals()
+    probe: Probe | None = None,
+) -> RowTotals:
+    """Every eval batch once; a probe base batch's scoring forward is also the probe's base."""
+    parts = []
     for b in range(inputs.shape[0]):
-        totals.add(cross_entropy_totals(forward(inputs[b]), targets[b], token_bytes))
-    return totals
+        logits = forward(inputs[b])
+        parts.append(row_totals(logits, targets[b], token_bytes))
+        if probe is not None and probe.wants(b):
+            probe.check(b, logits)
+            if probe.failed:
+                raise ModelRejected("non_causal")
+    return RowTotals(nats=np.concatenate([p.nats for p in parts]), bytes=np.concatenate([p.bytes for p in parts]),
+                     tokens=np.concatenate([p.tokens for p in parts]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,22 +159,23 @@ def _first_line(e: BaseException) -> str:
 def checked_forward(
     model: Callable[[torch.Tensor], torch.Tensor], device: str, batch_size: int, seq_len: int, vocab_size: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """tokens -> logits on `device`, refusing anything but finite float (B, T, vocab) logits."""
+    """tokens -> logits on `device`, refusing anything but finite float (B, T, vocab) logits.
+    A failure is a fixed category; its details (which may hold token values) go to the detail
+    log only."""
     want = (batch_size, seq_len, vocab_size)
 
     def forward(tokens: torch.Tensor) -> torch.Tensor:
         try:
             logits = model(tokens.to(device))
-        except ArtifactRejected:
-            raise
-        except Exception as e:
-            raise ArtifactRejected(f"the model failed to run: {type(e).__name__}: {_first_line(e)}") from None
-        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-            raise ArtifactRejected("the model did not return floating-point logits")
-        if tuple(logits.shape) != want:
-            raise ArtifactRejected(f"the model returned logits of shape {tuple(logits.shape)}, expected {want}")
-        if not bool(torch.isfinite(logits).all()):
-            raise ArtifactRejected("the model returned NaN or infinite logits")
+        except ModelOutputError:
+            traceback.print_exc()
+            raise ModelRejected("bad_logits") from None
+        except Exception:
+            traceback.print_exc()  # to the detail log: the message may hold token values
+            raise ModelRejected("model_error") from None
+        if (not isinstance(logits, torch.Tensor) or not logits.is_floating_point()
+                or tuple(logits.shape) != want or not bool(torch.isfinite(logits).all())):
+            raise ModelRejected("bad_logits")
         return logits
 
     return forward
@@ -168,7 +224,7 @@ def token_byte_table(token_bytes: object, vocab_size: int) -> torch.Tensor:
 
 def score_model(
     artifact: Path,
-    data: EvalTensors,
+    data: EvalTensors | Callable[[], EvalTensors],
     token_bytes: torch.Tensor,
     profile: Profile,
     device: str = "cpu",
@@ -176,47 +232,49 @@ def score_model(
     limits: ArtifactLimits = DEFAULT_LIMITS,
     rng: np.random.Generator | None = None,
     manifest_sha256: str | None = None,
-) -> ScoreRecord:
-    """Load, probe and score one artifact. Returns the record; a refusal is status "rejected"."""
+) -> tuple[ScoreRecord, RowTotals | None]:
+    """Load and check the artifact, then probe and score it on the eval rows. Returns the record
+    (a refusal is status "rejected") and, when scored, the per-row totals.
+
+    `data` may be a callable: the eval rows are then loaded only after the artifact passed its
+    static checks, so nothing computed from validation data exists while those run."""
     started = time.perf_counter()
     torch.manual_seed(SCORE_SEED)
-    probe: ProbeResult | None = None
     sha256: str | None = None
     B, T, V = profile.eval_batch_size, profile.seq_len, profile.vocab_size
+    config = probe_config or ProbeConfig.for_profile(profile)
+    facts = dict(profile=profile.name, manifest_sha256=manifest_sha256)
     try:
-        model = load_artifact(artifact, B, T, device=device, limits=limits)
-        sha256 = model.sha256
-        forward = checked_forward(model, device, B, T, V)
-        with torch.inference_mode():
-            config = probe_config or ProbeConfig.for_profile(profile)
-            probe = run_probe(forward, data.inputs, data.spare, config, rng)
-            if not probe.passed:
-                raise ArtifactRejected(f"causality probe failed: {probe.failure}")
-            totals = evaluate(forward, data.inputs, data.targets, token_bytes)
+        model: LoadedModel = load_artifact(artifact, B, T, device=device, limits=limits)
     except ArtifactRejected as e:
-        return ScoreRecord(
-            status="rejected",
-            reason=e.reason,
-            profile=profile.name,
-            probe=probe,
-            eval_seconds=time.perf_counter() - started,
-            manifest_sha256=manifest_sha256,
-            artifact_sha256=sha256 or e.sha256,
-        )
+        return ScoreRecord(status="rejected", reason_code=e.code, reason=e.reason,  # type: ignore[arg-type]
+                           eval_seconds=time.perf_counter() - started, artifact_sha256=e.sha256, **facts), None
+    sha256 = model.sha256
+    tensors = data() if callable(data) else data
+    forward = checked_forward(model, device, B, T, V)
+    probe = Probe(forward, tensors.inputs, tensors.spare, config, rng)
+    try:
+        with torch.inference_mode():
+            rows = evaluate(forward, tensors.inputs, tensors.targets, token_bytes, probe)
+    except ModelRejected as e:
+        return ScoreRecord(status="rejected", reason_code=e.code, reason=REJECT_TEXT[e.code],  # type: ignore[arg-type]
+                           probe=probe.result(), forwards=tensors.inputs.shape[0] + probe.checks,
+                           eval_seconds=time.perf_counter() - started, artifact_sha256=sha256, **facts), None
+    totals = rows.totals()
     if totals.bytes == 0 or totals.tokens == 0:
         raise SetupError("the eval set has no scored bytes")
     return ScoreRecord(
         status="ok",
-        profile=profile.name,
         val_bpb=totals.bpb,
         val_loss_nats=totals.loss,
         tokens=totals.tokens,
         bytes=totals.bytes,
-        probe=probe,
+        probe=probe.result(),
+        forwards=tensors.inputs.shape[0] + probe.checks,
         eval_seconds=time.perf_counter() - started,
-        manifest_sha256=manifest_sha256,
         artifact_sha256=sha256,
-    )
+        **facts,
+    ), rows
 
 
 def write_score(record: ScoreRecord, out: Path) -> None:
@@ -239,20 +297,36 @@ def write_score(record: ScoreRecord, out: Path) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m evaluator.score", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evaluator.score", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, required=True, help="the run's model.pt2")
-    parser.add_argument("--data-dir", type=Path, required=True, help="prepared data dir (tokenizer + val)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="prepared data dir (tokenizer + eval rows)")
     parser.add_argument("--profile", required=True, help="profile name: gpu, cpu or test")
-    parser.add_argument("--out", type=Path, required=True, help="where to write score.json")
+    parser.add_argument("--out", type=Path, required=True, help="where to write score.json (detail.log goes beside it)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--probe-batches", type=int, default=ProbeConfig.batches)
-    parser.add_argument("--probe-cuts", type=int, default=None,
-                        help="cut checks per probed batch (default: enough for the profile's probe_positions)")
+    parser.add_argument("--probe-batches", type=int, default=ProbeConfig.batches,
+                        help="eval batches whose scoring forwards are the probe's bases")
     return parser.parse_args(argv)
 
 
-def _load_setup(args: argparse.Namespace) -> tuple[Profile, EvalTensors, torch.Tensor, str]:
-    from evaluator.dataloader import eval_batches
+@dataclass(frozen=True)
+class Setup:
+    profile: Profile
+    token_bytes: torch.Tensor
+    manifest_sha256: str
+    data_dir: Path
+
+    def eval_tensors(self) -> EvalTensors:
+        from evaluator.dataloader import eval_data
+
+        try:
+            raw = eval_data(self.data_dir, self.profile)
+        except (ValueError, OSError) as e:
+            raise SetupError(_first_line(e)) from None
+        return eval_tensors(raw.inputs, raw.targets, raw.spare, self.profile)
+
+
+def _load_setup(args: argparse.Namespace) -> Setup:
+    from evaluator import layout
     from evaluator.manifest import verify_manifest
     from evaluator.tokenizer import load_token_bytes
 
@@ -263,55 +337,98 @@ def _load_setup(args: argparse.Namespace) -> tuple[Profile, EvalTensors, torch.T
     if not args.out.parent.is_dir():
         raise SetupError(f"the score folder {args.out.parent} does not exist")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SetupError("--device cuda was asked for but no CUDA device is visible")
-    if args.probe_batches < 1 or (args.probe_cuts is not None and args.probe_cuts < 0):
-        raise SetupError("--probe-batches must be >= 1 and --probe-cuts >= 0")
+        raise SetupError("--device cuda was asked for but no CUDA device is visible in the eval "
+                         "container: check the NVIDIA container toolkit (make doctor)")
+    if args.probe_batches < 1:
+        raise SetupError("--probe-batches must be >= 1")
     if not args.data_dir.is_dir():
         raise SetupError(f"data dir {args.data_dir} does not exist: run make prepare")
     try:
-        manifest_sha = verify_manifest(args.data_dir, ["val"])
+        manifest_sha = verify_manifest(args.data_dir, [layout.EVAL_DIR])
         token_bytes = token_byte_table(load_token_bytes(args.data_dir), profile.vocab_size)
-        raw = eval_batches(args.data_dir, profile)
     except SetupError:
         raise
-    except (ValueError, OSError) as e:  # ManifestError, TokenizerError, NotEnoughValidationData are ValueErrors
+    except (ValueError, OSError) as e:  # ManifestError, TokenizerError are ValueErrors
         raise SetupError(_first_line(e)) from None
-    return profile, eval_tensors(raw.inputs, raw.targets, raw.spare, profile), token_bytes, manifest_sha
+    return Setup(profile=profile, token_bytes=token_bytes, manifest_sha256=manifest_sha, data_dir=args.data_dir)
+
+
+def _summary(record: ScoreRecord) -> list[str]:
+    """The fixed lines eval.log gets (the agent can read it)."""
+    if record.status == "ok":
+        assert record.val_bpb is not None and record.val_loss_nats is not None
+        return [f"val_bpb: {record.val_bpb:.6f}", f"val_loss_nats: {record.val_loss_nats:.6f}",
+                f"tokens: {record.tokens}", f"bytes: {record.bytes}",
+                f"probe_positions: {record.probe.positions if record.probe else 0}", f"forwards: {record.forwards}"]
+    return [f"rejected: {record.reason}"]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    with _private_output(args.out.parent / DETAIL_NAME) as (out, err):
+        return _main(args, out, err)
+
+
+def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        profile, data, token_bytes, manifest_sha = _load_setup(args)
-    except SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_SETUP
-    try:
-        record = score_model(
+        setup = _load_setup(args)
+        record, _rows = score_model(
             args.artifact,
-            data,
-            token_bytes,
-            profile,
+            setup.eval_tensors,
+            setup.token_bytes,
+            setup.profile,
             device=args.device,
-            probe_config=ProbeConfig.for_profile(profile, args.probe_batches, args.probe_cuts),
-            manifest_sha256=manifest_sha,
+            probe_config=ProbeConfig.for_profile(setup.profile, args.probe_batches),
+            manifest_sha256=setup.manifest_sha256,
         )
+        write_score(record, args.out)
     except SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=err, flush=True)
         return EXIT_SETUP
-    write_score(record, args.out)
-    if record.status == "ok":
-        print(f"val_bpb: {record.val_bpb:.6f}")
-        print(f"val_loss_nats: {record.val_loss_nats:.6f}")
-        print(f"tokens: {record.tokens}")
-        print(f"bytes: {record.bytes}")
-        print(f"probe_checks: {record.probe.checks if record.probe else 0}")
-        print(f"eval_seconds: {record.eval_seconds:.1f}")
-        return EXIT_OK
-    print(f"rejected: {record.reason}")
-    return EXIT_REJECTED
+    except Exception:
+        traceback.print_exc()
+        print("error: the evaluator stopped with an unexpected error (details in its private detail log)",
+              file=err, flush=True)
+        return EXIT_INTERNAL
+    for line in _summary(record):
+        print(line, file=out, flush=True)
+    return EXIT_OK if record.status == "ok" else EXIT_REJECTED
+
+
+@contextlib.contextmanager
+def _private_output(detail: Path) -> Iterator[tuple[TextIO, TextIO]]:
+    """While scoring, this process's stdout and stderr (fds 1 and 2, so C++ warnings too, and
+    sys.stdout/sys.stderr) go to the detail log; yields streams to the original stdout and
+    stderr for the fixed lines. Restored on the way out."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    err = os.fdopen(os.dup(2), "w", buffering=1)
+    old_streams = sys.stdout, sys.stderr
+    log = None
+    if detail.parent.is_dir():
+        fd = os.open(detail, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        log = os.fdopen(os.dup(1), "w", buffering=1)
+        sys.stdout = sys.stderr = log
+    try:
+        yield out, err
+    finally:
+        if log is not None:
+            log.flush()
+            sys.stdout, sys.stderr = old_streams
+            log.close()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        out.close()
+        err.close()
 
 
 if __name__ == "__main__":

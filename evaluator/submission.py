@@ -1,6 +1,10 @@
 """submit(model): the last thing train.py does. Exports the model so the evaluator never needs
 the agent's Python: a torch.export graph of `model(idx) -> logits` at the profile's eval shape,
-written as a PT2 archive to the run's out dir."""
+written as a PT2 archive to the run's out dir.
+
+Exporting must fit in the profile's export allowance (the seconds after the deadline before the
+host kills the run), so the export machinery is imported here, when train.py imports submit at
+its start (inside the budget), not on the first call."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch._export.serde.serialize  # noqa: F401  (warm: see the docstring)
+import torch.export
 
 from evaluator import layout
 from evaluator.context import run_context

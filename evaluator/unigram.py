@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluator import layout
-from evaluator.dataloader import eval_batches, load_split
+from evaluator.dataloader import eval_data, load_split
 from evaluator.profiles import get_profile
 from evaluator.tokenizer import load_token_bytes
 
@@ -23,7 +23,7 @@ def unigram_bpb(data_dir: Path, profile_name: str) -> float:
     token_bytes = load_token_bytes(data_dir)
     counts = np.bincount(load_split(data_dir, layout.TRAIN_DIR), minlength=profile.vocab_size)
     probs = (counts + 1) / (counts.sum() + profile.vocab_size)  # add-one: no token has probability 0
-    targets = eval_batches(data_dir, profile).targets.reshape(-1)
+    targets = eval_data(data_dir, profile).targets.reshape(-1)
     scored = targets[token_bytes[targets] > 0]  # as the evaluator: BOS targets carry no bytes
     nats = -np.log(probs[scored]).sum()
     return float(nats / (math.log(2) * token_bytes[scored].sum()))

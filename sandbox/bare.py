@@ -16,6 +16,7 @@ from pathlib import Path
 from evaluator import layout
 from evaluator.profiles import get_profile
 from evaluator.records import ScoreRecord
+from sandbox.errors import SandboxError
 from sandbox.result import ExperimentResult, ExperimentSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, cap_s: float
             time.sleep(0.05)
 
 
-def _env(spec: ExperimentSpec, out_dir: Path) -> dict[str, str]:
+def _env(spec: ExperimentSpec, out_dir: Path, deadline: float) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -50,11 +51,16 @@ def _env(spec: ExperimentSpec, out_dir: Path) -> dict[str, str]:
         "OVERNIGHT_DATA_DIR": str(Path(spec.data_dir).resolve()),
         "OVERNIGHT_OUT_DIR": str(out_dir),
         "OVERNIGHT_SEED": str(spec.seed),
+        "OVERNIGHT_DEADLINE": f"{deadline:.3f}",
     }
 
 
 def run_bare(spec: ExperimentSpec) -> ExperimentResult:
+    """One experiment as plain processes, with the same budget model: train.py is told its
+    deadline and killed at the budget plus the export allowance."""
     profile = get_profile(spec.profile)
+    if profile.name == "gpu":
+        require_cuda_here()
     run_dir = Path(spec.run_dir).resolve()
     out_dir, score_dir = run_dir / "out", run_dir / "score"
     for d in (out_dir, score_dir):
@@ -62,15 +68,18 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
     train_py = run_dir / "train.py"
     if Path(spec.train_py).resolve() != train_py:
         shutil.copyfile(spec.train_py, train_py)
-    env = _env(spec, out_dir)
+    env = _env(spec, out_dir, time.time() + profile.time_budget_s)
 
     code, train_s, train_gb = _run(
         [sys.executable, str(train_py)], env, run_dir, run_dir / "train.log", profile.train_cap_s
     )
-    result = dict(run_dir=run_dir, train_seconds=train_s, peak_memory_gb=train_gb, train_exit_code=code)
+    result = dict(run_dir=run_dir, train_seconds=train_s, peak_memory_gb=train_gb, train_exit_code=code,
+                  train_budget_s=profile.time_budget_s, train_cap_s=profile.train_cap_s)
     artifact = out_dir / layout.ARTIFACT_NAME
     if code is None:
-        return ExperimentResult(status="timeout", reason=f"training passed its {profile.train_cap_s:.0f}s cap", **result)
+        return ExperimentResult(status="timeout", reason=(
+            f"killed at {profile.train_cap_s:.0f} s: the budget of {profile.time_budget_s:.0f} s plus "
+            f"{profile.export_allowance_s:.1f} s to export"), **result)
     if code != 0:
         return ExperimentResult(status="crash", reason=f"train.py exited with code {code}", **result)
     if not artifact.is_file():
@@ -96,6 +105,15 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
     return ExperimentResult(status="ok", score=score, **result)
 
 
+def require_cuda_here() -> None:
+    """The gpu profile on a machine without CUDA fails at once, before any training."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SandboxError("profile gpu needs CUDA, but torch sees no CUDA device here: "
+                           "use PROFILE=cpu on this machine (make doctor shows what is missing)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.bare", description=__doc__)
     parser.add_argument("--train", type=Path, default=REPO_ROOT / "programs/default/train.py")
@@ -103,7 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bare"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preflight", action="store_true",
+                        help="only check that this machine can run the profile (CUDA for gpu), then exit")
     args = parser.parse_args(argv)
+    try:
+        if get_profile(args.profile).name == "gpu":
+            require_cuda_here()
+    except (SandboxError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.preflight:
+        return 0
     data_dir = args.data_dir or Path("data") / args.profile
     if not (data_dir / layout.MANIFEST).is_file():
         print(f"error: no prepared data in {data_dir}: run `make prepare PROFILE={args.profile}` first", file=sys.stderr)
@@ -116,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         run_id=f"bare-{run_dir.name}", train_py=args.train, run_dir=run_dir, profile=args.profile,
         data_dir=data_dir, seed=args.seed,
     )
-    result = run_bare(spec)
+    try:
+        result = run_bare(spec)
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     bpb = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
     print(f"status:        {result.status}" + (f" ({result.reason})" if result.reason else ""))
     print(f"val_bpb:       {bpb}")

@@ -29,3 +29,17 @@ def image_id(client: docker.DockerClient, ref: str) -> str:
         return str(client.images.get(ref).id)
     except docker.errors.ImageNotFound:
         raise SandboxError(f"image {ref} not found: run `make images`") from None
+
+
+def docker_runtimes(docker_info: dict | None = None) -> set[str]:
+    """Runtimes the Docker engine offers (e.g. {'runc', 'nvidia'}); empty when it cannot be asked."""
+    if docker_info is None:
+        try:
+            client = docker.from_env(timeout=5)
+            try:
+                docker_info = client.info()
+            finally:
+                client.close()
+        except Exception:
+            return set()
+    return set((docker_info or {}).get("Runtimes") or {})

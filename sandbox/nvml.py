@@ -49,7 +49,7 @@ class VramWatchdog:
         self._t0 = time.monotonic()
         self._record({"event": "baseline", "used_bytes": self.baseline_bytes})
 
-    def check(self, container: Any) -> str | None:
+    def check(self, handle: Any) -> str | None:
         now = time.monotonic()
         if now - self._last < self.interval_s:
             return None
@@ -57,7 +57,7 @@ class VramWatchdog:
         try:
             used = int(self.nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
             util = self.nvml.nvmlDeviceGetUtilizationRates(self._handle)
-            procs = self._container_processes(container)
+            procs = self._container_processes(getattr(handle, "native", None))
         except Exception as exc:  # one failed sample does not end a run
             self._record({"event": "error", "error": str(exc)[:200]})
             return None
@@ -86,6 +86,8 @@ class VramWatchdog:
             self._handle = None
 
     def _container_processes(self, container: Any) -> list[dict[str, int]]:
+        if container is None or not hasattr(container, "id"):
+            return []
         listed = self.nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
         cgroup_dir = cgroup.memory_cgroup_dir(container.id)
         mine = cgroup.pids(cgroup_dir) if cgroup_dir is not None else set()

@@ -26,6 +26,7 @@ class ExperimentSpec(BaseModel):
     seed: int = 0
     vram_cap_gb: float | None = None  # NVML watchdog kills the run above this (GPU runs)
     memory_limit_gb: float = 8.0  # container memory limit (host RAM)
+    cpuset: str | None = None  # CPUs the run's containers are pinned to, e.g. "0-1" (CPU slots)
     labels: dict[str, str] = Field(default_factory=dict)  # extra labels, e.g. {"overnight.tag": tag}
 
 
@@ -36,6 +37,8 @@ class ExperimentResult(BaseModel):
     reason: str | None = None  # one line for a person when status is not ok
     score: ScoreRecord | None = None
     train_seconds: float = 0.0  # wall clock of the train container, measured from outside
+    train_budget_s: float = 0.0  # train.py's deadline, from the container's start
+    train_cap_s: float = 0.0  # where the train container is killed: the budget plus the export allowance
     eval_seconds: float = 0.0  # wall clock of the eval container, measured from outside
     peak_memory_gb: float = 0.0  # peak VRAM (NVML) on GPU runs, peak container RAM on CPU runs
     memory_kind: Literal["vram", "ram"] = "ram"

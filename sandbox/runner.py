@@ -4,16 +4,19 @@ One experiment is two jobs, train then eval; `sandbox.experiment` orchestrates t
 every decision (caps, what is fetched, what a status means). A backend only runs jobs, through
 five verbs:
 
-    submit(job)                    create and start the job (its writable output folder too)
+    submit(job, watchers)          create and start the job (its writable output folder too);
+                                   the watchers get their before_start just before it starts
     stream_logs(handle, path, cap) follow the job's output live into `path`, up to `cap` bytes
-    wait(handle, watchers)         until the job exits or its hard cap passes (then kill it)
+    wait(handle)                   until the job exits, its hard cap passes or a watcher objects
+                                   (then kill it)
     fetch_output(handle, name, dest, max_bytes)
                                    copy ONE regular file from the job's output folder to the host
                                    file `dest`, as hostile input (no link followed, size capped,
                                    special files and setuid bits refused)
     cancel(handle)                 kill the job and remove everything it had (idempotent)
 
-plus `cleanup(run_id)` for what a crashed controller left behind, found by label.
+plus `cleanup(run_id)` for what a crashed controller left behind, found by label, and
+`image_id(ref)`, the identity of the image a run used (recorded; replay refuses another).
 
 Backends: `sandbox.docker_runner.DockerRunner` (the local engine) and, for clusters, a
 Kubernetes backend. The output folder of a job is size-limited by the backend's kernel-side
@@ -68,15 +71,6 @@ class JobOutcome:
     peak_memory_bytes: int = 0  # peak RAM of the job when the backend can see it, else 0
 
 
-@dataclass
-class JobHandle:
-    """What submit returns; opaque to the orchestrator except for the spec and start time."""
-
-    spec: JobSpec
-    native: Any = None  # the backend's own object (a container, a pod name)
-    started_monotonic: float | None = None
-
-
 class Watcher(Protocol):
     """Looks at a running job every tick; a reason string kills it (e.g. the NVML watchdog)."""
 
@@ -87,17 +81,30 @@ class Watcher(Protocol):
     def finish(self) -> None: ...
 
 
+@dataclass
+class JobHandle:
+    """What submit returns; opaque to the orchestrator except for the spec and start time."""
+
+    spec: JobSpec
+    native: Any = None  # the backend's own object (a container, a pod name)
+    started_monotonic: float | None = None
+    watchers: Sequence[Watcher] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # backend state (log streamer, keeper, ...)
+
+
 class Runner(Protocol):
     """A backend that runs jobs. Every method raises sandbox.errors.SandboxError for a problem of
     the backend itself (engine or API unreachable, image missing): never for what the job did."""
 
     name: str
 
-    def submit(self, job: JobSpec) -> JobHandle: ...
+    def image_id(self, ref: str) -> str: ...  # what exactly runs: a content id where the backend has one
+
+    def submit(self, job: JobSpec, watchers: Sequence[Watcher] = ()) -> JobHandle: ...
 
     def stream_logs(self, handle: JobHandle, path: Path, max_bytes: int) -> None: ...
 
-    def wait(self, handle: JobHandle, watchers: Sequence[Watcher] = ()) -> JobOutcome: ...
+    def wait(self, handle: JobHandle) -> JobOutcome: ...
 
     def fetch_output(self, handle: JobHandle, name: str, dest: Path, max_bytes: int) -> int: ...
 

@@ -1,28 +1,39 @@
-"""Every container's configuration, in one place so the security flags read on one screen.
+"""Every job's configuration, in one place so the security flags read on one screen.
 
-Two containers per experiment, both from the evaluator image, both locked down the same way:
-- train: the run's train.py, the train split, tokenizer and manifest read-only, /out writable.
-- eval: the checked copy of the model artifact, the val split, tokenizer and manifest read-only,
-  /score writable. Never train.py, never the train container's /out.
+Two jobs per experiment, both from the evaluator image, both locked down the same way:
+- train: the run's train.py, the train split, tokenizer and manifest read-only; /out writable.
+- eval: the checked copy of the model artifact, the private eval rows, tokenizer and manifest
+  read-only; /score writable. Never train.py, never the train job's /out, never val/.
 Nothing comes from the host's environment: each variable is listed here.
+
+The Docker backend (sandbox.docker_runner) gives each job's writable folder as a tmpfs volume
+whose size and file count the kernel enforces (mounted nosuid, nodev, noexec), held by a tiny
+keeper container that runs no agent code, so the host can copy the one file it wants out of it
+after the job ends, and then removes the volume with everything else in it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from evaluator import layout
+from evaluator.context import DATA_DIR_ENV, DEADLINE_ENV, OUT_DIR_ENV, SEED_ENV
+from evaluator.profiles import PROFILE_ENV
+from sandbox.limits import Limits
+from sandbox.runner import JobSpec, Role
 
-Role = Literal["train", "eval"]
-
-LABEL_RUN = "overnight.run"  # every container the sandbox makes carries it (cleanup finds them)
-LABEL_ROLE = "overnight.role"
+LABEL_RUN = "overnight.run"  # everything the sandbox makes carries it (cleanup finds it)
+LABEL_ROLE = "overnight.role"  # train | eval
+LABEL_PART = "overnight.part"  # job | keeper | volume
+LABEL_TAG = "overnight.tag"  # the night's tag, set by the controller
+DEFAULT_IMAGE = "overnight-evaluator:latest"
 
 USER = "1000:1000"  # the evaluator image's `overnight` user (has a passwd entry)
+UID = GID = 1000
 HOME = "/home/overnight"  # a tmpfs: torch.compile, Triton and friends cache under it
 PATH = "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EVALUATOR_ROOT = "/opt/overnight"  # evaluator/ lives here, root-owned, read-only
@@ -30,8 +41,9 @@ EVALUATOR_ROOT = "/opt/overnight"  # evaluator/ lives here, root-owned, read-onl
 TRAIN_PY = "/work/train.py"
 DATA = "/data"
 OUT = "/out"
-ARTIFACT_DIR = "/artifact"
+ARTIFACT = f"/artifact/{layout.ARTIFACT_NAME}"
 SCORE_DIR = "/score"
+DETAIL_NAME = "detail.log"  # the evaluator's private log, beside score.json
 
 PIDS_LIMIT = 4096  # threads count too (Inductor's compile workers); stops fork bombs
 SHM_SIZE = "2g"  # docker's default /dev/shm is 64 MB; torch dataloader workers need more
@@ -40,28 +52,14 @@ TMPFS = {
     HOME: "rw,exec,nosuid,nodev,size=2g,uid=1000,gid=1000,mode=0700",
 }
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "50m", "max-file": "2"})
+KEEPER_MEMORY = 64 * 2**20
 
 
-@dataclass(frozen=True)
-class Binds:
-    """Host paths a container may see (absolute), all prepared by the sandbox."""
-
-    data_dir: Path
-    train_py: Path | None = None  # run_dir/train.py (train only)
-    out_dir: Path | None = None  # run_dir/out (train only)
-    artifact_dir: Path | None = None  # run_dir/artifact, holding the checked copy (eval only)
-    score_dir: Path | None = None  # run_dir/score (eval only)
+# ---------------------------------------------------------------------------------------------
+# The jobs (backend-neutral)
 
 
-def _ro(source: Path, target: str) -> Mount:
-    return Mount(target=target, source=str(source), type="bind", read_only=True)
-
-
-def _rw(source: Path, target: str) -> Mount:
-    return Mount(target=target, source=str(source), type="bind", read_only=False)
-
-
-def environment(gpu: int | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+def environment(gpu: int | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {
         "HOME": HOME,
         "PATH": PATH,
@@ -76,94 +74,140 @@ def environment(gpu: int | None, extra: dict[str, str] | None = None) -> dict[st
     }
 
 
-def train_environment(profile: str, seed: int, gpu: int | None) -> dict[str, str]:
+def train_environment(profile: str, seed: int, gpu: int | None, deadline: float) -> dict[str, str]:
     return environment(gpu, {
-        "OVERNIGHT_PROFILE": profile,
-        "OVERNIGHT_DATA_DIR": DATA,
-        "OVERNIGHT_OUT_DIR": OUT,
-        "OVERNIGHT_SEED": str(seed),
+        PROFILE_ENV: profile,
+        DATA_DIR_ENV: DATA,
+        OUT_DIR_ENV: OUT,
+        SEED_ENV: str(seed),
+        DEADLINE_ENV: f"{deadline:.3f}",
     })
 
 
-def train_mounts(binds: Binds) -> list[Mount]:
-    assert binds.train_py is not None and binds.out_dir is not None
-    return [
-        _ro(binds.train_py, TRAIN_PY),
-        _ro(binds.data_dir / layout.MANIFEST, f"{DATA}/{layout.MANIFEST}"),
-        _ro(binds.data_dir / layout.TOKENIZER_DIR, f"{DATA}/{layout.TOKENIZER_DIR}"),
-        _ro(binds.data_dir / layout.TRAIN_DIR, f"{DATA}/{layout.TRAIN_DIR}"),
-        _rw(binds.out_dir, OUT),
-    ]
-
-
-def eval_mounts(binds: Binds) -> list[Mount]:
-    assert binds.artifact_dir is not None and binds.score_dir is not None
-    return [
-        _ro(binds.artifact_dir, ARTIFACT_DIR),
-        _ro(binds.data_dir / layout.MANIFEST, f"{DATA}/{layout.MANIFEST}"),
-        _ro(binds.data_dir / layout.TOKENIZER_DIR, f"{DATA}/{layout.TOKENIZER_DIR}"),
-        _ro(binds.data_dir / layout.VAL_DIR, f"{DATA}/{layout.VAL_DIR}"),
-        _rw(binds.score_dir, SCORE_DIR),
-    ]
-
-
-def eval_command(profile: str, gpu: int | None) -> list[str]:
-    return ["python", "-m", "evaluator.score",
-            "--artifact", f"{ARTIFACT_DIR}/{layout.ARTIFACT_NAME}", "--data-dir", DATA,
+def eval_command(profile: str, gpu: int | None) -> tuple[str, ...]:
+    return ("python", "-m", "evaluator.score",
+            "--artifact", ARTIFACT, "--data-dir", DATA,
             "--profile", profile, "--out", f"{SCORE_DIR}/{layout.SCORE_NAME}",
-            "--device", "cpu" if gpu is None else "cuda"]
+            "--device", "cpu" if gpu is None else "cuda")
 
 
-def container_name(run_id: str, role: Role) -> str:
-    return f"overnight-{run_id}-{role}"
+def train_job(*, run_id: str, image: str, profile: str, seed: int, gpu: int | None,
+              memory_gb: float, data_dir: Path, train_py: Path, limits: Limits, deadline: float,
+              labels: Mapping[str, str], cpuset: str | None = None) -> JobSpec:
+    """The train job: agent code, told its deadline, killed at budget + allowance."""
+    return JobSpec(
+        run_id=run_id, role="train", image=image, command=("python", TRAIN_PY),
+        environment=train_environment(profile, seed, gpu, deadline),
+        data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
+        inputs={TRAIN_PY: train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
+        output_max_files=limits.out_max_files, cap_s=limits.train_cap_s, memory_gb=memory_gb,
+        gpu=gpu, cpuset=cpuset, labels=dict(labels),
+    )
 
 
-def locked_down(*, image: str, run_id: str, role: Role, command: list[str],
-                environment: dict[str, str], mounts: list[Mount], memory_gb: float,
-                gpu: int | None, labels: dict[str, str]) -> dict[str, Any]:
-    """Keyword arguments for `client.containers.create`: the one lockdown every container gets."""
-    memory = int(memory_gb * 2**30)
+def eval_job(*, run_id: str, image: str, profile: str, gpu: int | None, memory_gb: float,
+             data_dir: Path, artifact: Path, limits: Limits, labels: Mapping[str, str],
+             cpuset: str | None = None) -> JobSpec:
+    """The eval job: no agent code, the checked artifact and the private eval rows."""
+    return JobSpec(
+        run_id=run_id, role="eval", image=image, command=eval_command(profile, gpu),
+        environment=environment(gpu), data_dir=data_dir,
+        data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.EVAL_DIR),
+        inputs={ARTIFACT: artifact}, output_dir=SCORE_DIR, output_max_bytes=limits.score_dir_max_bytes,
+        output_max_files=16, cap_s=limits.eval_cap_s, memory_gb=memory_gb, gpu=gpu, cpuset=cpuset,
+        labels=dict(labels),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker: containers and volumes for a job
+
+
+def container_name(run_id: str, role: Role, part: str = "job") -> str:
+    return f"overnight-{run_id}-{role}" + ("" if part == "job" else f"-{part}")
+
+
+def volume_name(run_id: str, role: Role) -> str:
+    return f"overnight-{run_id}-{role}-out"
+
+
+def labels_for(job: JobSpec, part: str) -> dict[str, str]:
+    return {**job.labels, LABEL_RUN: job.run_id, LABEL_ROLE: job.role, LABEL_PART: part}
+
+
+def output_volume(job: JobSpec) -> dict[str, Any]:
+    """Keyword arguments for `client.volumes.create`: a tmpfs the kernel caps in bytes and files."""
+    options = (f"size={job.output_max_bytes},nr_inodes={job.output_max_files + 1},uid={UID},gid={GID},"
+               "mode=0700,nosuid,nodev,noexec")
+    return dict(name=volume_name(job.run_id, job.role), driver="local",
+                driver_opts={"type": "tmpfs", "device": "tmpfs", "o": options},
+                labels=labels_for(job, "volume"))
+
+
+def _output_mount(job: JobSpec, read_only: bool) -> Mount:
+    return Mount(target=job.output_dir, source=volume_name(job.run_id, job.role), type="volume",
+                 read_only=read_only, no_copy=True)
+
+
+def job_mounts(job: JobSpec) -> list[Mount]:
+    data = [Mount(target=f"{DATA}/{part}", source=str(job.data_dir / part), type="bind", read_only=True)
+            for part in job.data_parts]
+    inputs = [Mount(target=target, source=str(source), type="bind", read_only=True)
+              for target, source in job.inputs.items()]
+    return [*inputs, *data, _output_mount(job, read_only=False)]
+
+
+def _locked_down(job: JobSpec, memory_bytes: int, pids: int) -> dict[str, Any]:
+    """The lockdown every container gets, the keeper included."""
     return dict(
-        image=image,
-        command=command,
-        name=container_name(run_id, role),
-        labels={**labels, LABEL_RUN: run_id, LABEL_ROLE: role},
+        image=job.image,
         user=USER,
         working_dir="/tmp",
-        environment=environment,
         use_config_proxy=False,  # else proxy settings from ~/.docker/config.json leak in
-        mounts=mounts,
         network_mode="none",
         read_only=True,
-        tmpfs=dict(TMPFS),
         cap_drop=["ALL"],
         security_opt=["no-new-privileges:true"],
         privileged=False,
         ipc_mode="private",
         init=True,
-        pids_limit=PIDS_LIMIT,
-        mem_limit=memory,
-        memswap_limit=memory,  # no swap: the memory limit is the limit
-        shm_size=SHM_SIZE,
+        pids_limit=pids,
+        mem_limit=memory_bytes,
+        memswap_limit=memory_bytes,  # no swap: the memory limit is the limit
         ulimits=[Ulimit(name="core", soft=0, hard=0)],
         log_config=LOG_CONFIG,
-        device_requests=(None if gpu is None else
-                         [DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])]),
         hostname="sandbox",
         stdin_open=False,
         tty=False,
     )
 
 
-def train_container(*, image: str, run_id: str, profile: str, seed: int, gpu: int | None,
-                    memory_gb: float, binds: Binds, labels: dict[str, str]) -> dict[str, Any]:
-    return locked_down(image=image, run_id=run_id, role="train", command=["python", TRAIN_PY],
-                       environment=train_environment(profile, seed, gpu),
-                       mounts=train_mounts(binds), memory_gb=memory_gb, gpu=gpu, labels=labels)
+def container_config(job: JobSpec) -> dict[str, Any]:
+    """Keyword arguments for `client.containers.create` for the job itself."""
+    memory = int(job.memory_gb * 2**30)
+    return dict(
+        _locked_down(job, memory, PIDS_LIMIT),
+        command=list(job.command),
+        name=container_name(job.run_id, job.role),
+        labels=labels_for(job, "job"),
+        environment=dict(job.environment),
+        mounts=job_mounts(job),
+        tmpfs=dict(TMPFS),
+        shm_size=SHM_SIZE,
+        cpuset_cpus=job.cpuset,
+        device_requests=(None if job.gpu is None else
+                         [DeviceRequest(device_ids=[str(job.gpu)], capabilities=[["gpu"]])]),
+    )
 
 
-def eval_container(*, image: str, run_id: str, profile: str, gpu: int | None, memory_gb: float,
-                   binds: Binds, labels: dict[str, str]) -> dict[str, Any]:
-    return locked_down(image=image, run_id=run_id, role="eval", command=eval_command(profile, gpu),
-                       environment=environment(gpu), mounts=eval_mounts(binds),
-                       memory_gb=memory_gb, gpu=gpu, labels=labels)
+def keeper_config(job: JobSpec) -> dict[str, Any]:
+    """The keeper: holds the job's output volume mounted (read-only) so that it outlives the job
+    until the host has copied what it wants; runs no agent code, only `sleep`."""
+    return dict(
+        _locked_down(job, KEEPER_MEMORY, 16),
+        command=["sleep", "infinity"],
+        name=container_name(job.run_id, job.role, "keeper"),
+        labels=labels_for(job, "keeper"),
+        environment={"PATH": PATH},
+        mounts=[_output_mount(job, read_only=True)],
+    )

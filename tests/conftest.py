@@ -1,4 +1,10 @@
-"""Shared fixtures: a prepared data directory for the `test` profile and the seed train.py."""
+"""Shared fixtures. Docker-backed ones skip (with the reason) when no engine answers, so
+`make unit` runs everywhere; `make test` runs everything.
+
+- test_data_dir: the `test` profile prepared from the stdlib dataset, once per session.
+- docker_client / images: the engine, and the images built once per session (images/build.py).
+- stub_data_dir: a data dir with the right layout but no real data, for runs never scored.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EVALUATOR_IMAGE = "overnight-evaluator:latest"
+_BUILT: dict[str, bool] = {}
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +39,41 @@ def test_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def docker_client():  # type: ignore[no-untyped-def]
+    """The Docker engine; the test is skipped, saying why, when none answers."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # no SDK connection, no socket, no permission
+        pytest.skip(f"no Docker engine answers ({type(exc).__name__}): start dockerd to run the docker tests")
+    return client
+
+
+@pytest.fixture(scope="session")
+def images(docker_client) -> str:  # type: ignore[no-untyped-def]
+    """Build (or confirm, from the cache) every image once per session; the evaluator image's tag."""
+    if not _BUILT:
+        done = subprocess.run([sys.executable, str(REPO_ROOT / "images" / "build.py")],
+                              cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"images/build.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        _BUILT["done"] = True
+    return EVALUATOR_IMAGE
+
+
+@pytest.fixture(scope="session")
+def stub_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with the right layout but no real data: for runs that never get scored."""
+    root = tmp_path_factory.mktemp("stub-data")
+    for part in ("tokenizer", "train", "val", "eval"):
+        (root / part).mkdir()
+    (root / "manifest.json").write_text("{}\n")
+    (root / "train" / "shard_00000.bin").write_bytes(b"TRAIN" * 10)
+    (root / "val" / "shard_00000.bin").write_bytes(b"VALIDATION-SECRET" * 10)
+    (root / "eval" / "scored.bin").write_bytes(b"EVAL-SECRET" * 10)
+    return root

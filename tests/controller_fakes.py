@@ -24,6 +24,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from controller.agents.base import AgentError, Proposal, ProposalContext, Usage  # noqa: E402
 from evaluator.records import ScoreRecord  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
 from sandbox.result import ExperimentResult, ExperimentSpec  # noqa: E402
 
 TOY_TRAIN_PY = '''"""A toy train.py: the fake runner scores it from its constants."""
@@ -63,18 +64,21 @@ def make_repo(root: Path, train_py: str = TOY_TRAIN_PY) -> Path:
 def make_data_dir(data_dir: Path) -> str:
     """A data dir that verifies against its manifest (tokenizer files, one tiny shard per split);
     returns its identity. The fake runner reads no data."""
-    from evaluator.manifest import SplitEntry, manifest_sha256, write_manifest
+    from evaluator.manifest import EvalEntry, SplitEntry, manifest_sha256, write_manifest
 
     if not (data_dir / "manifest.json").exists():
-        for folder in ("tokenizer", "train", "val"):
+        for folder in ("tokenizer", "train", "val", "eval"):
             (data_dir / folder).mkdir(parents=True, exist_ok=True)
         (data_dir / "tokenizer" / "tokenizer.json").write_text("{}\n")
         (data_dir / "tokenizer" / "token_bytes.bin").write_bytes(bytes(4 * 512))
         for split in ("train", "val"):
             (data_dir / split / "shard_00000.bin").write_bytes(bytes(2 * 65))
+        (data_dir / "eval" / "scored.bin").write_bytes(bytes(2 * 65))
+        (data_dir / "eval" / "spare.bin").write_bytes(bytes(2 * 65))
         entry = SplitEntry(docs=1, tokens=65, shards=1, source_docs=1)
         write_manifest(data_dir, profile="test", dataset="toy", vocab_size=512, bos_id=0, seq_len=64,
-                       splits={"train": entry, "val": entry}, source={"toy": True})
+                       splits={"train": entry, "val": entry},
+                       eval=EvalEntry(rows=1, spare_rows=1, row_tokens=65, drawn_from=1), source={"toy": True})
     return manifest_sha256(data_dir)
 
 
@@ -114,7 +118,7 @@ class FakeRunner:
         self.specs.append(spec)
         if self.fail_first > 0:
             self.fail_first -= 1
-            raise ConnectionError("cannot reach the Docker engine")
+            raise SandboxError("no Docker engine reachable (ConnectionError): start dockerd")
         run_dir = Path(spec.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(spec.train_py, run_dir / "train.py")

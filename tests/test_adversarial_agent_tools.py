@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from controller_fakes import git, make_repo
-from sandbox_support import docker_client, images  # noqa: F401
+
 
 from controller import git as g
 from controller.agents.anthropic_agent import AnthropicAgent, AnthropicSettings

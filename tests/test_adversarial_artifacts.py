@@ -14,15 +14,17 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from evaluator import layout
-from evaluator.dataloader import eval_batches, load_split
+from evaluator.dataloader import eval_data, load_split
 from evaluator.profiles import get_profile
-from evaluator.records import ScoreRecord
+from evaluator.records import REJECT_TEXT, ScoreRecord
 from evaluator.score import (
     EXIT_REJECTED,
     EvalTensors,
@@ -39,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def eval_set(test_data_dir: Path) -> tuple[EvalTensors, torch.Tensor]:
-    raw = eval_batches(test_data_dir, PROFILE)
+    raw = eval_data(test_data_dir, PROFILE)
     data = eval_tensors(raw.inputs, raw.targets, raw.spare, PROFILE)
     return data, token_byte_table(load_token_bytes(test_data_dir), V)
 
@@ -63,7 +65,7 @@ def export_to(model: nn.Module, path: Path) -> Path:
 def score(model_or_path: nn.Module | Path, eval_set, tmp_path: Path) -> ScoreRecord:
     path = model_or_path if isinstance(model_or_path, Path) else export_to(model_or_path, tmp_path / "model.pt2")
     data, token_bytes = eval_set
-    return score_model(path, data, token_bytes, PROFILE)
+    return score_model(path, data, token_bytes, PROFILE)[0]
 
 
 class Bigram(nn.Module):
@@ -165,7 +167,7 @@ def test_the_honest_reference_passes_the_probe(eval_set, tmp_path: Path) -> None
 def test_models_that_read_the_future_or_other_rows_are_rejected(eval_set, tmp_path: Path, model) -> None:
     record = score(model(), eval_set, tmp_path)
     assert record.status == "rejected" and record.val_bpb is None, record
-    assert record.reason is not None and record.reason.startswith("causality probe failed")
+    assert record.reason_code == "non_causal" and record.reason == REJECT_TEXT["non_causal"]
     assert record.probe is not None and record.probe.max_abs_diff > 0.1
 
 
@@ -180,7 +182,7 @@ def test_a_model_that_peeks_only_after_one_token_is_caught_every_time(eval_set, 
     outcomes = [score(path, eval_set, tmp_path) for _ in range(5)]  # a fresh secret seed each time
     passed = [r.val_bpb for r in outcomes if r.status == "ok"]
     assert not passed, f"{len(passed)} of 5 scorings let the leak through, at {passed} vs honest {honest.val_bpb}"
-    assert all("future tokens" in (r.reason or "") for r in outcomes)
+    assert all(r.reason_code == "non_causal" for r in outcomes)
 
 
 def test_a_stateful_model_that_waits_out_the_probe_is_refused_before_it_runs(eval_set, tmp_path: Path) -> None:
@@ -288,3 +290,39 @@ def test_a_pickle_in_the_sample_inputs_alone_is_never_read(eval_set, tmp_path: P
     record = score(archive, eval_set, tmp_path)
     assert record.status == "ok" and record.val_bpb == score(Bigram(), eval_set, tmp_path).val_bpb
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Exfiltration through an error message: reasons carry no data.
+
+
+class LeaksThroughAnIndexError(nn.Module):
+    """Uses validation tokens as a gather index: in bounds for the all-zero export example, out of
+    bounds for real text, so the error names token values (the attack: 6 tokens in one number)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(V, V)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        packed = idx[:, :6].sum(dim=1, keepdim=True) * 1_000_003 + idx[:, :1]
+        return self.table(idx) + self.table.weight[packed.expand_as(idx)]
+
+
+def test_an_error_that_would_print_token_values_is_a_fixed_reason(test_data_dir: Path, tmp_path: Path,
+                                                                   capfd) -> None:
+    from evaluator.score import EXIT_REJECTED, main
+
+    path = export_to(LeaksThroughAnIndexError(), tmp_path / "model.pt2")
+    (tmp_path / "score").mkdir()
+    out = tmp_path / "score" / "score.json"
+    code = main(["--artifact", str(path), "--data-dir", str(test_data_dir), "--profile", "test", "--out", str(out)])
+    printed = capfd.readouterr()
+    assert code == EXIT_REJECTED
+    record = ScoreRecord.model_validate_json(out.read_text())
+    assert record.reason_code == "model_error" and record.reason == REJECT_TEXT["model_error"]
+    assert printed.out == f"rejected: {REJECT_TEXT['model_error']}\n" and printed.err == ""
+    detail = (tmp_path / "score" / "detail.log").read_text()
+    assert "out of" in detail and "index" in detail.lower()  # the trace went to the private log only
+    digits = {m for m in re.findall(r"\d{6,}", detail)}
+    assert digits and not any(d in out.read_text() for d in digits)

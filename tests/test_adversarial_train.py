@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from controller_fakes import check_consistent
-from sandbox_support import docker_client, images  # noqa: F401
+
 
 from evaluator.manifest import verify_manifest
 from evaluator.records import ScoreRecord
-from sandbox import containers, specs
+from sandbox import specs
+from sandbox.docker_runner import DockerRunner
 from sandbox.nvml import VramWatchdog
+from sandbox.rundir import RUN_FILES
 from sandbox.specs import train_environment
 from tests.adversarial.cases import (
     BY_NAME,
@@ -219,7 +224,7 @@ def test_privilege_escalation_is_refused(night: NightResult) -> None:
 
 def test_the_environment_holds_no_secret_and_no_host_variable(night: NightResult) -> None:
     report = probe_report(night, "env_secrets")
-    expected = set(train_environment("test", 0, None)) | {"HOSTNAME"}
+    expected = set(train_environment("test", 0, None, 0.0)) | {"HOSTNAME"}
     assert set(report["environ_keys"]) == expected
     assert report["secretish_keys"] == []
     assert report["canary_in_environ"] is False and report["canary_in_pid1_environ"] is False
@@ -259,16 +264,17 @@ def test_non_causal_and_row_mixing_models_fail_the_probe(night: NightResult, cas
 @pytest.mark.parametrize("case", ["custom_op", "pickle_in_archive"])
 def test_code_in_the_artifact_never_runs_in_the_eval_container(night: NightResult, case: str) -> None:
     run = night.case_run(case)
-    assert sorted(os.listdir(run.run_dir / "score")) == ["score.json"]  # no "pwned" marker
-    recorded = ScoreRecord.model_validate_json((run.run_dir / "score" / "score.json").read_text())
+    recorded = score_json(run.run_dir)
     assert recorded.status == "rejected" and recorded.val_bpb is None  # the evaluator's, not the payload's
+    assert recorded.reason_code in ("archive", "graph")  # refused at load, before anything ran
     assert run.record.eval_exit_code == 3
+    assert "pwned" not in (run.run_dir / "eval-detail.log").read_text()
 
 
 def test_a_symlinked_artifact_is_refused_by_the_host_without_being_followed(night: NightResult) -> None:
     run = night.case_run("symlink_artifact")
     assert "/val/shard_00000.bin" in run.train_log.split("model.pt2 -> ", 1)[1]  # the attack was real
-    assert os.listdir(run.run_dir / "artifact") == []  # nothing was copied
+    assert not (run.run_dir / "model.pt2").exists()  # nothing was copied
     assert run.record.eval_exit_code is None  # no eval container ran
 
 
@@ -276,11 +282,44 @@ def test_a_symlinked_artifact_is_refused_by_the_host_without_being_followed(nigh
 # 4 and 6. Time is enforced from outside; nothing outlives its run.
 
 
-@pytest.mark.parametrize("case", ["train_past_budget", "clock_tamper", "sleep_through_eval"])
+@pytest.mark.parametrize("case", ["train_past_budget", "budget_one_line_overrun", "budget_untimed_warmup",
+                                  "budget_ignored_steps", "clock_tamper", "sleep_through_eval"])
 def test_time_is_enforced_from_outside_the_container(night: NightResult, case: str) -> None:
     run = night.case_run(case)
     assert LIMITS.train_cap_s <= run.record.timings.train < LIMITS.train_cap_s + 5
+    assert run.record.timings.train_cap == LIMITS.train_cap_s and run.row.train_s == pytest.approx(
+        run.record.timings.train, abs=0.05)  # the measured container time is in run.json and the ledger
     assert run.record.eval_exit_code is None and not (run.run_dir / "score.json").exists()
+    assert run.record.val_bpb is None and run.row.status == "timeout"  # nothing past the budget is scored
+
+
+def test_an_honest_run_fits_its_budget_and_records_its_container_time(night: NightResult) -> None:
+    run = night.runs["baseline"]
+    assert 0 < run.record.timings.train < LIMITS.train_cap_s
+    assert run.row.train_s == pytest.approx(run.record.timings.train, abs=0.05)
+    assert run.record.timings.train_budget == LIMITS.train_budget_s
+
+
+def test_the_memorisers_are_refused_before_they_run(night: NightResult) -> None:
+    refused = " | ".join(night.refused)
+    assert "over the 65536-byte cap" in refused
+    assert refused.count("embedded data") == 2
+    memorised = [r for r in night.rows if r.description.startswith("memoriser")]
+    assert memorised == []  # never committed, never run, never scored
+
+
+def test_an_error_message_carries_no_validation_data_to_anything_the_agent_reads(night: NightResult) -> None:
+    run = night.case_run("exfil_oob_index")
+    detail = (run.run_dir / "eval-detail.log").read_text()
+    leaked = set(re.findall(r"index (\d+) is out of bounds", detail))
+    assert leaked, "the attack did not hit the error it aims for"  # the values exist, privately
+    readable = [run.run_dir / "eval.log", run.run_dir / "score.json", run.run_dir / "run.json",
+                night.tag_dir / "results.tsv", run.run_dir / "train.log"]
+    for path in readable:
+        text = path.read_text()
+        assert not any(value in text for value in leaked), path
+    assert run.record.reason == "the model raised an error on evaluation input"
+    assert (run.run_dir / "eval.log").read_text().strip() == f"rejected: {run.record.reason}"
 
 
 def test_the_clock_cannot_be_set(night: NightResult) -> None:
@@ -305,7 +344,6 @@ def test_a_daemon_dies_with_its_container_and_cannot_swap_the_artifact(night: Ni
     assert "daemon started" in run.train_log
     # Checked after the whole night: long after the daemon would have woken up.
     assert host_processes_with("adversarial-daemon-left-behind") == []
-    assert not (run.run_dir / "out" / "daemon-was-here").exists()
     assert run.record.val_bpb == baseline_bpb(night)
 
 
@@ -337,12 +375,55 @@ def test_a_graph_that_exhausts_the_evaluator_is_stopped_by_the_eval_containers_l
     assert "graph edited" in run.train_log
 
 
-def test_filling_the_disk_is_stopped_and_does_not_stay_on_the_host(night: NightResult) -> None:
+def test_filling_the_disk_is_stopped_by_the_kernel_and_does_not_stay_on_the_host(night: NightResult) -> None:
     run = night.case_run("disk_fill")
-    assert "cap" in run.record.reason
+    assert "No space left on device" in run.train_log  # the tmpfs cap, enforced by the kernel
     assert run.record.timings.train < 10
-    # What the run wrote into out/ must not stay on the host's disk once the run is over.
-    assert folder_bytes(run.run_dir) < 8 * 2**20, f"{folder_bytes(run.run_dir) / 2**20:.0f} MiB left in {run.run_dir}"
+    assert folder_bytes(run.run_dir) < 1 * 2**20, f"{folder_bytes(run.run_dir) / 2**20:.0f} MiB left in {run.run_dir}"
+
+
+HOSTILE_OUTPUT_CASES = ["out_setuid_file", "out_special_files", "out_deep_tree", "out_junk_under_cap",
+                        "sparse_artifact", "disk_fill", "symlink_artifact", "daemon_left_behind"]
+
+
+@pytest.mark.parametrize("case", HOSTILE_OUTPUT_CASES)
+def test_a_run_folder_holds_only_the_artifact_the_logs_and_the_controllers_records(night: NightResult,
+                                                                                 case: str) -> None:
+    run = night.case_run(case)
+    allowed = set(RUN_FILES) | {"run.json", "transcript.json"}
+    found = {}
+    for entry in os.scandir(run.run_dir):
+        st = entry.stat(follow_symlinks=False)
+        found[entry.name] = st
+        assert stat.S_ISREG(st.st_mode), (entry.name, oct(st.st_mode))  # no link, FIFO, device, folder
+        assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), entry.name
+    assert set(found) <= allowed, set(found) - allowed
+    assert sum(st.st_blocks * 512 for st in found.values()) < 16 * 2**20  # the seed's artifact + logs
+
+
+def test_hostile_entries_in_out_were_really_made(night: NightResult) -> None:
+    assert probe_report(night, "out_setuid_file")["setuid_written"] is True
+    special = probe_report(night, "out_special_files")
+    assert special["fifo"] == special["symlink"] == special["odd_name"] == special["locked_folder"] == "ok"
+    assert special["char_device"] == "Operation not permitted"  # no CAP_MKNOD
+    assert probe_report(night, "out_deep_tree")["depth"] == 3000
+    junk = probe_report(night, "out_junk_under_cap")
+    assert junk["junk_bytes"] > 0.5 * LIMITS.out_max_bytes
+
+
+def test_nothing_hostile_is_anywhere_on_the_host_after_the_night(night: NightResult) -> None:
+    """Not in the tag's folder, and no volume of the night left in the engine."""
+    for path in night.tag_dir.rglob("*"):
+        st = path.lstat()
+        assert stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode), path
+        assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), path
+        assert "level-" not in path.name and "junk" not in path.name and "\x1b" not in path.name, path
+
+
+def test_a_sparse_artifact_is_refused_on_its_apparent_size(night: NightResult) -> None:
+    run = night.case_run("sparse_artifact")
+    assert "apparent size" in run.record.reason and str(1 << 40) in run.record.reason
+    assert run.record.eval_exit_code is None
 
 
 def test_a_log_flood_is_capped_and_the_run_still_scores(night: NightResult) -> None:
@@ -357,7 +438,7 @@ def test_forged_ledger_rows_in_the_output_do_not_reach_the_ledger(night: NightRe
     run = night.case_run("ledger_injection")
     lines = (night.tag_dir / "results.tsv").read_text().splitlines()
     assert len(lines) == 1 + len(night.rows)
-    assert all(len(line.split("\t")) == 5 for line in lines)
+    assert all(len(line.split("\t")) == 6 for line in lines)
     assert [line.split("\t")[0] for line in lines[1:]] == [r.commit for r in night.rows]  # no deadbee, no 0000000
     reason = run.record.reason or ""
     assert reason.isprintable() and "\t" not in reason and "\n" not in reason
@@ -374,8 +455,8 @@ class VramFromRun:
     class NVMLError(Exception):
         pass
 
-    def __init__(self, out_dir: Path) -> None:
-        self.file = out_dir / ".vram_bytes"
+    def __init__(self, out_dir: Callable[[], Path]) -> None:
+        self.out_dir = out_dir  # the run's /out volume, as the host sees it
 
     def nvmlInit(self) -> None:
         pass
@@ -388,8 +469,8 @@ class VramFromRun:
 
     def nvmlDeviceGetMemoryInfo(self, handle: int):
         try:
-            held = int(self.file.read_text() or 0)
-        except (OSError, ValueError):
+            held = int((self.out_dir() / ".vram_bytes").read_text() or 0)
+        except Exception:  # the volume is not there yet, or the file not written yet
             held = 0
         used = GiB + held
         return type("Memory", (), {"total": 80 * GiB, "used": used, "free": 80 * GiB - used})()
@@ -404,19 +485,21 @@ class VramFromRun:
 def test_vram_over_the_cap_is_killed_by_the_watchdog(images, docker_client, test_data_dir: Path,
                                                      tmp_path: Path) -> None:
     run_id = "adv-vram-hog"
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out_dir.chmod(0o777)
     train_py = tmp_path / "train.py"
     train_py.write_text(VRAM_CASE.source())
     train_py.chmod(0o644)
-    binds = specs.Binds(data_dir=test_data_dir.resolve(), train_py=train_py, out_dir=out_dir)
-    config = specs.train_container(image=images, run_id=run_id, profile="test", seed=0, gpu=None,
-                                   memory_gb=MEMORY_LIMIT_GB, binds=binds, labels={})
-    dog = VramWatchdog(0, cap_gb=1.0, samples_path=tmp_path / "nvml.jsonl", nvml=VramFromRun(out_dir),
-                       interval_s=0.1)
-    outcome = containers.run(docker_client, config, cap_s=LIMITS.train_cap_s, log_path=tmp_path / "train.log",
-                             log_max_bytes=LIMITS.log_max_bytes, watchers=[dog], tick_s=0.1)
+    runner = DockerRunner(docker_client, tick_s=0.1)
+    job = specs.train_job(run_id=run_id, image=images, profile="test", seed=0, gpu=None,
+                          memory_gb=MEMORY_LIMIT_GB, data_dir=test_data_dir.resolve(), train_py=train_py,
+                          limits=LIMITS, deadline=time.time() + LIMITS.train_budget_s, labels={})
+    out_volume = specs.volume_name(run_id, "train")
+    nvml = VramFromRun(lambda: Path(docker_client.volumes.get(out_volume).attrs["Mountpoint"]))
+    dog = VramWatchdog(0, cap_gb=1.0, samples_path=tmp_path / "nvml.jsonl", nvml=nvml, interval_s=0.1)
+    handle = runner.submit(job, [dog])
+    try:
+        outcome = runner.wait(handle)
+    finally:
+        runner.cancel(handle)
     assert outcome.killed_for is not None and VRAM_CASE.reason in outcome.killed_for
     assert not outcome.timed_out and outcome.exit_code == 137
     assert 1.0 * GiB < dog.peak_bytes < 2.0 * GiB

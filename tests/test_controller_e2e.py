@@ -19,7 +19,7 @@ import docker
 import pytest
 from controller_fakes import REPO_ROOT, check_consistent, make_repo
 from fake_anthropic import FakeAnthropic, Reply, overloaded, rate_limited, tool_use
-from sandbox_support import docker_client, images  # noqa: F401  (fixtures)
+
 
 from controller import git as g
 from controller.ledger import Ledger

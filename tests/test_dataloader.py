@@ -1,4 +1,5 @@
-"""The dataloader packs BOS-aligned rows with no padding, deterministically."""
+"""The dataloader packs BOS-aligned rows with no padding, deterministically, from per-shard memory
+maps (never one concatenated split), and reads the private eval sample that preparation drew."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import numpy as np
 import pytest
 
 from evaluator import layout
-from evaluator.dataloader import NotEnoughValidationData, documents, eval_rows, packed_rows
+from evaluator.dataloader import (
+    NotEnoughValidationData,
+    eval_data,
+    load_documents,
+    load_shards,
+    packed_rows,
+    sample_rows,
+    shard_documents,
+)
 from evaluator.profiles import get_profile
 
 BOS = 0
@@ -20,58 +29,91 @@ def make_stream(n_docs: int, seed: int = 0, max_len: int = 40) -> np.ndarray:
     return np.array([t for p in parts for t in p], dtype=layout.TOKEN_DTYPE)
 
 
+def one_shard(tokens: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    return [tokens], shard_documents([tokens], BOS)
+
+
 def test_rows_start_at_bos_and_are_full():
-    tokens = make_stream(300)
-    rows = list(packed_rows(tokens, BOS, 33))
+    rows = list(packed_rows(*one_shard(make_stream(300)), 33))
     assert rows, "no rows packed"
     assert all(len(r) == 33 and r[0] == BOS for r in rows)
 
 
 def test_rows_are_whole_documents_except_the_cropped_last_one():
     tokens = make_stream(300, seed=1)
-    spans = {tuple(tokens[s:e].tolist()) for s, e in documents(tokens, BOS).tolist()}
-    for row in packed_rows(tokens, BOS, 65):
+    shards, spans = one_shard(tokens)
+    docs = {tuple(tokens[s:e].tolist()) for _, s, e in spans.tolist()}
+    for row in packed_rows(shards, spans, 65):
         starts = np.flatnonzero(row == BOS).tolist() + [len(row)]
         pieces = [tuple(row[a:b].tolist()) for a, b in zip(starts, starts[1:])]
-        assert all(p in spans for p in pieces[:-1])  # every piece but the last is a whole document
-        assert any(d[: len(pieces[-1])] == pieces[-1] for d in spans)  # the last is a prefix
+        assert all(p in docs for p in pieces[:-1])  # every piece but the last is a whole document
+        assert any(d[: len(pieces[-1])] == pieces[-1] for d in docs)  # the last is a prefix
 
 
 def test_packing_wastes_little():
     tokens = make_stream(2000, seed=2)
-    rows = list(packed_rows(tokens, BOS, 129))
-    used = len(rows) * 129
-    assert used > 0.9 * len(tokens), f"packing used only {used / len(tokens):.0%} of the tokens"
+    rows = list(packed_rows(*one_shard(tokens), 129))
+    assert len(rows) * 129 >= 0.9 * len(tokens)
 
 
-def test_packing_is_deterministic_and_order_follows_doc_order():
-    tokens = make_stream(400, seed=3)
-    a = np.stack(list(packed_rows(tokens, BOS, 33)))
-    b = np.stack(list(packed_rows(tokens, BOS, 33)))
+def test_packing_is_deterministic_and_follows_the_document_order():
+    shards, spans = one_shard(make_stream(300, seed=3))
+    a = np.stack(list(packed_rows(shards, spans, 33)))
+    b = np.stack(list(packed_rows(shards, spans, 33)))
     assert np.array_equal(a, b)
-    order = np.random.default_rng(0).permutation(400)
-    c = np.stack(list(packed_rows(tokens, BOS, 33, doc_order=order)))
+    order = np.random.default_rng(0).permutation(len(spans))
+    c = np.stack(list(packed_rows(shards, spans, 33, doc_order=order)))
     assert not np.array_equal(a[: len(c)], c[: len(a)])
 
 
-def test_eval_rows_have_the_profile_shape_and_shifted_targets():
+def test_documents_of_several_shards_are_read_in_place(tmp_path):
+    first, second = make_stream(100, seed=4), make_stream(100, seed=5)
+    (tmp_path / "train").mkdir()
+    first.tofile(tmp_path / "train" / "shard_00000.bin")
+    second.tofile(tmp_path / "train" / "shard_00001.bin")
+    shards = load_shards(tmp_path, "train")
+    assert all(isinstance(s, np.memmap) for s in shards)  # no concatenated copy of the split
+    spans = load_documents(tmp_path, "train", shards, BOS)
+    assert set(spans[:, 0].tolist()) == {0, 1} and spans[spans[:, 0] == 1][0, 1] == 0
+    rows = np.concatenate(list(packed_rows(shards, spans, 41)))
+    assert len(rows) >= 0.9 * (len(first) + len(second))
+
+
+def test_prepared_docs_file_matches_a_bos_scan(test_data_dir):
+    shards = load_shards(test_data_dir, "train")
+    from evaluator.tokenizer import bos_id
+
+    stored = load_documents(test_data_dir, "train", shards, bos_id(test_data_dir))
+    assert (test_data_dir / layout.TRAIN_DOCS).is_file()
+    assert np.array_equal(stored, shard_documents(shards, bos_id(test_data_dir)))
+
+
+def test_eval_data_has_the_profile_shape_and_shifted_targets(test_data_dir):
     profile = get_profile("test")
-    tokens = make_stream(3000, seed=4, max_len=60)
-    data = eval_rows(tokens, BOS, profile)
+    data = eval_data(test_data_dir, profile)
     B, T = profile.eval_batch_size, profile.seq_len
     assert data.inputs.shape == (profile.eval_batches, B, T)
     assert data.targets.shape == data.inputs.shape
     assert data.inputs.size == profile.eval_tokens
     assert np.array_equal(data.inputs[:, :, 1:], data.targets[:, :, :-1])
     assert data.spare.shape[1:] == (B, T)
-    # the spare rows are other text than the scored rows
     scored = {r.tobytes() for r in data.inputs.reshape(-1, T)}
-    assert not any(r.tobytes() in scored for r in data.spare.reshape(-1, T))
+    assert not any(r.tobytes() in scored for r in data.spare.reshape(-1, T))  # other text
+
+
+def test_a_sample_of_rows_is_uniform_over_the_whole_stream():
+    stream = (np.full(8, i) for i in range(10_000))
+    rows, seen = sample_rows(stream, 200, np.random.default_rng(1))
+    picked = rows[:, 0]
+    assert seen == 10_000 and len(set(picked.tolist())) == 200
+    assert picked.min() < 1_000 and picked.max() > 9_000  # spread over the whole split
+    assert abs(picked.mean() - 5_000) < 600
+    assert not np.array_equal(np.sort(picked), picked)  # in random order, not stream order
 
 
 def test_too_little_validation_text_is_a_clear_error():
-    with pytest.raises(NotEnoughValidationData, match="prepare with more validation text"):
-        eval_rows(make_stream(10), BOS, get_profile("test"))
+    with pytest.raises(NotEnoughValidationData, match="needed"):
+        sample_rows((np.zeros(4) for _ in range(10)), 20, np.random.default_rng(0))
 
 
 def test_train_batches_cover_epochs(test_data_dir):

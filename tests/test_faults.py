@@ -26,7 +26,7 @@ import docker
 import pytest
 import structlog
 from controller_fakes import check_consistent
-from sandbox_support import docker_client, images  # noqa: F401
+
 from structlog.testing import capture_logs
 
 from controller import git as g

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from sandbox_support import docker_client, images  # noqa: F401
+
 from sandbox_support import EVALUATOR_IMAGE, PREPARE_IMAGE, REPO_ROOT
 
 _spec = importlib.util.spec_from_file_location("images_build", REPO_ROOT / "images" / "build.py")

@@ -122,5 +122,5 @@ def test_a_manifest_listing_paths_outside_the_data_dir_is_refused(data):
 
 
 def test_unknown_split_is_refused(data):
-    with pytest.raises(ManifestError, match="unknown split 'test'"):
+    with pytest.raises(ManifestError, match="unknown part 'test'"):
         verify_manifest(data, ["test"])

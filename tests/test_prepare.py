@@ -14,7 +14,7 @@ import pytest
 
 from evaluator.datasets import is_val_text, open_dataset, stdlib_files, stdlib_source
 from evaluator.layout import shard_paths
-from evaluator.manifest import verify_manifest
+from evaluator.manifest import read_manifest, verify_manifest
 from evaluator.prepare import document_pieces, line_end_table, main, prepare
 from evaluator.profiles import get_profile
 from evaluator.tokenizer import bos_id, load_token_bytes, load_tokenizer, read_tokenizer
@@ -25,6 +25,7 @@ except ImportError:  # tests/ imported as a package
     from tests.hub_server import synthetic_texts, write_parquet
 
 TEST = get_profile("test")
+SMALL = dataclasses.replace(TEST, eval_batch_size=4, eval_tokens=4 * 64)  # for tiny datasets: 4 + 16 spare rows
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -140,10 +141,16 @@ def test_tokenizer_round_trips_text_and_keeps_bos_special(stdlib_dir):
     assert encoding.encode("<|bos|>", allowed_special="all") == [bos]
 
 
-def test_preparation_is_deterministic(stdlib_dir, tmp_path):
+def test_preparation_is_deterministic_but_the_eval_sample_is_drawn_anew(stdlib_dir, tmp_path):
     again = tmp_path / "again"
     prepare(TEST, stdlib_source(), again)
-    assert verify_manifest(again, ["train", "val"]) == verify_manifest(stdlib_dir, ["train", "val"])
+    first, second = read_manifest(stdlib_dir).files, read_manifest(again).files
+    for name in first:
+        if not name.startswith("eval/"):
+            assert first[name] == second[name], name  # tokenizer, train and val: byte for byte
+    # the scored rows are a secret sample drawn anew each time: the data identity differs
+    assert first["eval/scored.bin"] != second["eval/scored.bin"]
+    assert verify_manifest(again, ["train", "val", "eval"]) != verify_manifest(stdlib_dir, ["train", "val", "eval"])
 
 
 # -- splits from a crafted stdlib tree ------------------------------------------------------------
@@ -162,7 +169,7 @@ def test_a_train_file_identical_to_a_test_file_is_dropped_from_train(tmp_path):
     (root / "site-packages").mkdir()
     (root / "site-packages" / "other.py").write_text("never read\n")
     out = tmp_path / "data"
-    profile = dataclasses.replace(TEST, max_train_bytes=None, max_val_bytes=None)
+    profile = dataclasses.replace(SMALL, max_train_bytes=None, max_val_bytes=None)
 
     prepare(profile, stdlib_source(root), out)
 
@@ -185,7 +192,7 @@ def test_parquet_glob_splits_by_content_hash(tmp_path):
         write_parquet(tmp_path / "raw" / f"part-{index}.parquet", chunk)
     out = tmp_path / "data"
 
-    summary = prepare(TEST, open_dataset(f"parquet:{tmp_path}/raw/*.parquet"), out,
+    summary = prepare(SMALL, open_dataset(f"parquet:{tmp_path}/raw/*.parquet"), out,
                       max_shard_tokens=20_000)
 
     everything = [t for chunk in texts for t in chunk]
@@ -274,3 +281,35 @@ def test_command_line_prints_a_summary(tmp_path):
          "--out", str(tmp_path / "other")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
+
+
+# -- the private eval sample and a private validation set -----------------------------------------
+
+
+def test_eval_rows_are_a_secret_sample_spread_over_the_whole_val_split(stdlib_dir):
+    from evaluator.dataloader import load_shards, packed_rows, read_rows, shard_documents
+    from evaluator.layout import EVAL_SCORED
+
+    val = load_shards(stdlib_dir, "val")
+    bos = int(val[0][0])
+    packed = list(packed_rows(val, shard_documents(val, bos), TEST.seq_len + 1))
+    where = {row.tobytes(): i for i, row in reversed(list(enumerate(packed)))}
+    scored = read_rows(stdlib_dir / EVAL_SCORED, TEST.eval_rows, TEST.seq_len + 1)
+    positions = [where[row.astype(np.int64).tobytes()] for row in scored]  # every scored row is real val text
+    assert len(set(positions)) == len(positions) == TEST.eval_rows
+    assert min(positions) < 0.25 * len(packed) and max(positions) > 0.75 * len(packed)
+    assert sorted(positions) != list(range(TEST.eval_rows))  # not the first rows, as before
+
+
+def test_a_private_validation_set_replaces_the_datasets_own(tmp_path):
+    private = synthetic_texts(seed=9, count=400)
+    write_parquet(tmp_path / "private" / "mine.parquet", private)
+    out = tmp_path / "data"
+    code = main(["--profile", "test", "--dataset", "stdlib", "--val", f"parquet:{tmp_path}/private/*.parquet",
+                 "--out", str(out)])
+    assert code == 0
+    assert decoded_text(out, "val") == "".join(t for t in private if t.strip())[: len(decoded_text(out, "val"))]
+    manifest = read_manifest(out)
+    assert manifest.source["val_rule"] == "every document of the private validation files"
+    assert manifest.dataset.startswith("stdlib+val:")
+    verify_manifest(out, ["train", "val", "eval"])

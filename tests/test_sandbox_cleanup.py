@@ -7,14 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from sandbox_support import docker_client, images, script, spec_for, stub_data_dir  # noqa: F401
+from sandbox_support import script, spec_for
 from sandbox_support import REPO_ROOT, leftovers, rid
 
 from evaluator.profiles import get_profile
 from sandbox import specs
 from sandbox.cleanup import remove_orphans
 from sandbox.experiment import run_experiment
+from sandbox.docker_runner import DockerRunner
 from sandbox.limits import Limits
+from sandbox.runner import JobSpec
 
 pytestmark = pytest.mark.docker
 
@@ -28,7 +30,8 @@ def test_no_container_is_left_behind_after_a_run(
         images, docker_client, stub_data_dir: Path, tmp_path: Path, name: str, code: str,
         status: str) -> None:
     spec = spec_for(tmp_path, script(tmp_path, code), stub_data_dir, name)
-    result = run_experiment(spec, limits=Limits.for_profile(get_profile("test"), train_cap_s=3.0))
+    result = run_experiment(spec, limits=Limits.for_profile(get_profile("test"), train_budget_s=2.0,
+                                                            train_allowance_s=1.0))
     assert result.status == status
     assert leftovers(docker_client, spec.run_id) == []
     all_names = [c.name for c in docker_client.containers.list(all=True)]
@@ -43,23 +46,23 @@ def test_a_failed_run_says_why_in_one_line(images, docker_client, stub_data_dir:
 
 
 def _leave_one_behind(client, run_id: str, tmp_path: Path):
-    (tmp_path / "out").mkdir(exist_ok=True)
-    (tmp_path / "train.py").write_text("pass\n")
-    config = specs.locked_down(image="overnight-evaluator:latest", run_id=run_id, role="train",
-                               command=["sleep", "300"], environment=specs.environment(None),
-                               mounts=[], memory_gb=0.5, gpu=None, labels={})
-    container = client.containers.create(**config)
-    container.start()
-    return container
+    """A job a crashed controller left: its container, keeper and volume, all running."""
+    job = JobSpec(run_id=run_id, role="train", image="overnight-evaluator:latest", command=("sleep", "300"),
+                  environment=specs.environment(None), data_dir=tmp_path, data_parts=(), inputs={},
+                  output_dir="/out", output_max_bytes=2**20, output_max_files=10, cap_s=300, memory_gb=0.5)
+    handle = DockerRunner(client).submit(job)
+    return handle.native
 
 
 def test_remove_orphans_finds_leftovers_by_label(images, docker_client, tmp_path: Path) -> None:
     a, b = rid("orphan-a"), rid("orphan-b")
     _leave_one_behind(docker_client, a, tmp_path)
     _leave_one_behind(docker_client, b, tmp_path)
-    assert remove_orphans(a) == [f"overnight-{a}-train"]
+    assert sorted(remove_orphans(a)) == sorted([f"overnight-{a}-train", f"overnight-{a}-train-keeper",
+                                                f"overnight-{a}-train-out"])
     assert leftovers(docker_client, a) == []
-    assert leftovers(docker_client, b) == [f"overnight-{b}-train"]
+    assert sorted(leftovers(docker_client, b)) == sorted([f"overnight-{b}-train", f"overnight-{b}-train-keeper",
+                                                          f"overnight-{b}-train-out"])
     remove_orphans(b)
     assert leftovers(docker_client, b) == []
 
@@ -79,5 +82,5 @@ def test_cleanup_command_line(images, docker_client, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "sandbox.cleanup", name], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    assert done.stdout.strip() == f"removed 1 container(s): overnight-{name}-train"
+    assert done.stdout.strip().startswith("removed 3 container(s) and volume(s): ")
     assert leftovers(docker_client, name) == []

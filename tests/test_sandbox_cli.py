@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sandbox_support import docker_client, images, script, stub_data_dir  # noqa: F401
+from sandbox_support import script
 from sandbox_support import REPO_ROOT
 
 pytestmark = pytest.mark.docker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -9,12 +10,13 @@ from typing import Any
 
 import docker
 import pytest
-from sandbox_support import docker_client, images, script, spec_for, stub_data_dir  # noqa: F401
-from sandbox_support import in_background, read_json
+from sandbox_support import script, spec_for
+from sandbox_support import in_background
 
 from sandbox import specs
 from sandbox.experiment import run_experiment
-from sandbox.specs import Binds
+from sandbox.limits import Limits
+from evaluator.profiles import get_profile
 
 pytestmark = pytest.mark.docker
 
@@ -22,7 +24,7 @@ HOST_SECRET = "sk-ant-fake-host-secret-0000"
 
 WAITING_TRAIN_PY = """
 import json, os, time
-json.dump(dict(os.environ), open("/out/env.json", "w"))
+print("ENV " + json.dumps(dict(os.environ)), flush=True)
 print("waiting for the test", flush=True)
 deadline = time.monotonic() + 60
 while not os.path.exists("/out/go") and time.monotonic() < deadline:
@@ -33,7 +35,7 @@ while not os.path.exists("/out/go") and time.monotonic() < deadline:
 def _wait_for_running(client: docker.DockerClient, run_id: str, role: str) -> Any:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = client.containers.list(filters={"label": [f"overnight.run={run_id}",
+        found = client.containers.list(filters={"label": [f"overnight.run={run_id}", "overnight.part=job",
                                                           f"overnight.role={role}"]})
         if found:
             return found[0]
@@ -54,11 +56,14 @@ def live_train(images: str, docker_client: docker.DockerClient, stub_data_dir: P
         thread, box = in_background(lambda: run_experiment(spec))
         container = _wait_for_running(docker_client, spec.run_id, "train")
         attrs = container.attrs
-        (spec.run_dir / "out" / "go").touch()
+        volume = docker_client.volumes.get(specs.volume_name(spec.run_id, "train")).attrs
+        (Path(volume["Mountpoint"]) / "go").touch()  # the host (root) sees the tmpfs volume
         thread.join(60)
     assert "error" not in box, box.get("error")
-    return {"attrs": attrs, "spec": spec, "result": box["result"],
-            "env_inside": read_json(spec.run_dir / "out" / "env.json")}
+    log = (spec.run_dir / "train.log").read_text()
+    env_line = next(line for line in log.splitlines() if line.startswith("ENV "))
+    return {"attrs": attrs, "spec": spec, "result": box["result"], "volume": volume,
+            "env_inside": json.loads(env_line[4:])}
 
 
 def _mounts(attrs: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -104,14 +109,32 @@ def test_train_container_mounts_train_data_read_only_and_only_out_writable(live_
     mounts = _mounts(live_train["attrs"])
     data = Path(spec.data_dir).resolve()
     run_dir = Path(spec.run_dir).resolve()
+    out_source, out_rw = mounts.pop("/out")
     assert mounts == {
         "/work/train.py": (str(run_dir / "train.py"), False),
         "/data/manifest.json": (str(data / "manifest.json"), False),
         "/data/tokenizer": (str(data / "tokenizer"), False),
         "/data/train": (str(data / "train"), False),
-        "/out": (str(run_dir / "out"), True),
     }
+    assert out_rw and out_source == live_train["volume"]["Mountpoint"]  # /out is the run's volume
     assert not any("docker.sock" in src for src, _ in mounts.values())
+
+
+def test_out_is_a_tmpfs_the_kernel_caps_nosuid_nodev_noexec(live_train) -> None:
+    volume = live_train["volume"]
+    options = volume["Options"]
+    assert volume["Driver"] == "local" and options["type"] == "tmpfs"
+    flags = options["o"].split(",")
+    assert {"nosuid", "nodev", "noexec", "uid=1000", "gid=1000", "mode=0700"} <= set(flags)
+    limits = Limits.for_profile(get_profile("test"))
+    assert f"size={limits.out_max_bytes}" in flags and f"nr_inodes={limits.out_max_files + 1}" in flags
+    assert volume["Labels"]["overnight.run"] == live_train["spec"].run_id
+
+
+def test_the_volume_and_its_keeper_are_gone_after_the_run(live_train, docker_client) -> None:
+    run_id = live_train["spec"].run_id
+    assert docker_client.volumes.list(filters={"label": f"overnight.run={run_id}"}) == []
+    assert docker_client.containers.list(all=True, filters={"label": f"overnight.run={run_id}"}) == []
 
 
 def test_train_environment_is_explicit_and_carries_nothing_from_the_host(live_train) -> None:
@@ -119,8 +142,9 @@ def test_train_environment_is_explicit_and_carries_nothing_from_the_host(live_tr
     env = dict(item.split("=", 1) for item in live_train["attrs"]["Config"]["Env"])
     assert "ANTHROPIC_API_KEY" not in env and "OVERNIGHT_HOST_ONLY" not in env
     assert HOST_SECRET not in " ".join(live_train["attrs"]["Config"]["Env"])
-    assert set(env) == set(specs.train_environment("test", 0, None))
+    assert set(env) == set(specs.train_environment("test", 0, None, 0.0))
     assert env["OVERNIGHT_PROFILE"] == "test" and env["OVERNIGHT_SEED"] == str(spec.seed)
+    assert float(env["OVERNIGHT_DEADLINE"]) > 0  # train.py is told its deadline
     assert env["OVERNIGHT_DATA_DIR"] == "/data" and env["OVERNIGHT_OUT_DIR"] == "/out"
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
     inside = live_train["env_inside"]
@@ -150,39 +174,38 @@ def test_the_waiting_run_then_ends_without_a_model(live_train) -> None:
 @pytest.fixture
 def created(images: str, docker_client: docker.DockerClient, stub_data_dir: Path, tmp_path: Path):
     made: list[Any] = []
-    for sub in ("out", "artifact", "score"):
-        (tmp_path / sub).mkdir()
     (tmp_path / "train.py").write_text("pass\n")
-    binds = Binds(data_dir=stub_data_dir.resolve(), train_py=tmp_path / "train.py",
-                  out_dir=tmp_path / "out", artifact_dir=tmp_path / "artifact",
-                  score_dir=tmp_path / "score")
+    (tmp_path / "model.pt2").write_bytes(b"PK")
+    limits = Limits.for_profile(get_profile("test"))
 
-    def create(config: dict[str, Any]) -> dict[str, Any]:
-        container = docker_client.containers.create(**config)
-        made.append(container)
+    def create(job) -> dict[str, Any]:
+        docker_client.volumes.create(**specs.output_volume(job))
+        container = docker_client.containers.create(**specs.container_config(job))
+        made.append((container, specs.volume_name(job.run_id, job.role)))
         container.reload()
         return container.attrs
 
-    yield create, binds, tmp_path
-    for container in made:
+    yield create, stub_data_dir.resolve(), tmp_path, limits
+    for container, volume in made:
         container.remove(force=True)
+        docker_client.volumes.get(volume).remove(force=True)
 
 
-def test_eval_container_sees_artifact_and_val_read_only_and_never_train_py(created) -> None:
-    create, binds, tmp = created
-    attrs = create(specs.eval_container(image="overnight-evaluator:latest", run_id="cfg-eval",
-                                        profile="test", gpu=None, memory_gb=2.0, binds=binds,
-                                        labels={}))
+def test_eval_container_sees_artifact_and_eval_rows_read_only_and_never_train_py(created) -> None:
+    create, data, tmp, limits = created
+    job = specs.eval_job(run_id="cfg-eval", image="overnight-evaluator:latest", profile="test", gpu=None,
+                         memory_gb=2.0, data_dir=data, artifact=tmp / "model.pt2", limits=limits, labels={})
+    attrs = create(job)
     mounts = _mounts(attrs)
-    data = binds.data_dir
+    score_source, score_rw = mounts.pop("/score")
     assert mounts == {
-        "/artifact": (str(tmp / "artifact"), False),
+        "/artifact/model.pt2": (str(tmp / "model.pt2"), False),
         "/data/manifest.json": (str(data / "manifest.json"), False),
         "/data/tokenizer": (str(data / "tokenizer"), False),
-        "/data/val": (str(data / "val"), False),
-        "/score": (str(tmp / "score"), True),
+        "/data/eval": (str(data / "eval"), False),
     }
-    assert not any(src.endswith("train.py") or src.endswith("/out") for src, _ in mounts.values())
+    assert score_rw and "/volumes/" in score_source  # its own volume, not a host folder
+    assert not any(src.endswith("train.py") or "/val" in src for src, _ in mounts.values())
     host = attrs["HostConfig"]
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges:true"]
@@ -194,17 +217,26 @@ def test_eval_container_sees_artifact_and_val_read_only_and_never_train_py(creat
 
 
 def test_gpu_run_requests_exactly_its_assigned_gpu(created) -> None:
-    create, binds, _ = created
-    attrs = create(specs.train_container(image="overnight-evaluator:latest", run_id="cfg-gpu",
-                                         profile="gpu", seed=0, gpu=3, memory_gb=2.0,
-                                         binds=binds, labels={}))
+    create, data, tmp, limits = created
+    job = specs.train_job(run_id="cfg-gpu", image="overnight-evaluator:latest", profile="gpu", seed=0, gpu=3,
+                          memory_gb=2.0, data_dir=data, train_py=tmp / "train.py", limits=limits, deadline=0.0,
+                          labels={})
+    attrs = create(job)
     requests = attrs["HostConfig"]["DeviceRequests"]
     assert len(requests) == 1
     assert requests[0]["DeviceIDs"] == ["3"] and requests[0]["Capabilities"] == [["gpu"]]
     assert requests[0]["Count"] in (0, None)  # ids, not "all"
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "3"
-    evaluating = create(specs.eval_container(image="overnight-evaluator:latest", run_id="cfg-gpu",
-                                             profile="gpu", gpu=3, memory_gb=2.0, binds=binds,
-                                             labels={}))
+    evaluating = create(specs.eval_job(run_id="cfg-gpu2", image="overnight-evaluator:latest", profile="gpu",
+                                       gpu=3, memory_gb=2.0, data_dir=data, artifact=tmp / "model.pt2",
+                                       limits=limits, labels={}))
     assert evaluating["Config"]["Cmd"][-2:] == ["--device", "cuda"]
+
+
+def test_a_cpu_slot_pins_its_containers_to_its_cores(created) -> None:
+    create, data, tmp, limits = created
+    job = specs.train_job(run_id="cfg-cpuset", image="overnight-evaluator:latest", profile="test", seed=0,
+                          gpu=None, memory_gb=1.0, data_dir=data, train_py=tmp / "train.py", limits=limits,
+                          deadline=0.0, labels={}, cpuset="1")
+    assert create(job)["HostConfig"]["CpusetCpus"] == "1"

@@ -11,7 +11,6 @@ from typing import Any
 
 import docker
 import pytest
-from sandbox_support import docker_client, images  # noqa: F401
 from sandbox_support import EVALUATOR_IMAGE, leftovers, rid
 
 from evaluator.records import ScoreRecord
@@ -34,7 +33,8 @@ class ConfigRecorder(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                for c in self.client.containers.list(filters={"label": f"overnight.run={self.run_id}"}):
+                for c in self.client.containers.list(filters={"label": [f"overnight.run={self.run_id}",
+                                                                         "overnight.part=job"]}):
                     self.seen.setdefault(c.labels["overnight.role"], c.attrs)
             except docker.errors.NotFound:
                 pass
@@ -76,7 +76,10 @@ def test_run_folder_holds_logs_score_and_the_script_that_ran(sandboxed, seed_tra
     assert (run_dir / "eval.log").exists()
     assert ScoreRecord.model_validate_json((run_dir / "score.json").read_text()) == result.score
     assert (run_dir / "train.py").read_bytes() == seed_train_py.read_bytes()
-    assert (run_dir / "artifact" / "model.pt2").stat().st_size > 0
+    assert (run_dir / "model.pt2").stat().st_size > 0
+    assert "detail.log" not in (run_dir / "eval.log").read_text()  # eval.log: fixed lines only
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "eval-detail.log", "eval.log", "model.pt2", "score.json", "train.log", "train.py"]
 
 
 def test_both_containers_were_locked_down_and_removed(sandboxed, docker_client) -> None:
@@ -88,8 +91,10 @@ def test_both_containers_were_locked_down_and_removed(sandboxed, docker_client) 
         assert host["CapDrop"] == ["ALL"] and attrs["Config"]["User"] == "1000:1000", role
     train_targets = {m["Destination"] for m in seen["train"]["Mounts"]}
     eval_targets = {m["Destination"] for m in seen["eval"]["Mounts"]}
-    assert "/data/val" not in train_targets and "/work/train.py" in train_targets
+    assert "/data/val" not in train_targets and "/data/eval" not in train_targets
+    assert "/work/train.py" in train_targets
     assert "/data/train" not in eval_targets and "/work/train.py" not in eval_targets
+    assert "/data/val" not in eval_targets and "/data/eval" in eval_targets  # the private sample only
     assert "/out" not in eval_targets
     assert leftovers(docker_client, seen["train"]["Config"]["Labels"]["overnight.run"]) == []
 

@@ -1,109 +1,154 @@
-"""What a container leaves in /out (and the score dir) is hostile: the host follows no symlink,
-reads regular files only and caps sizes before anything is copied or parsed."""
+"""What a job leaves in its output folder never reaches the host except the one file asked for,
+copied as hostile input: a regular file, its apparent size capped, no link, no special file, no
+setuid bit. The folder itself is a tmpfs volume the kernel caps, removed with the job."""
 
 from __future__ import annotations
 
-import os
+import time
 from pathlib import Path
 
+import docker
 import pytest
-from sandbox_support import docker_client, images, script, spec_for, stub_data_dir  # noqa: F401
+from sandbox_support import leftovers, rid, script, spec_for
 
+from evaluator.hostile import UnsafeFileError
 from evaluator.profiles import get_profile
+from sandbox import specs
+from sandbox.docker_runner import DockerRunner
 from sandbox.experiment import run_experiment
-from sandbox.hostile import HostileFileError, copy_regular, read_regular, tree_usage
-from sandbox.limits import Limits
+from sandbox.limits import MiB, Limits
+
+pytestmark = pytest.mark.docker
+LIMITS = Limits.for_profile(get_profile("test"), out_max_bytes=16 * MiB, out_max_files=200)
 
 
-# --- the helpers, on files the test plants itself -----------------------------------------
+def run_job(docker_client: docker.DockerClient, images: str, stub_data_dir: Path, tmp_path: Path,
+            code: str, name: str):  # type: ignore[no-untyped-def]
+    """Run `code` as a train job; return the runner and handle, the job ended but not cancelled."""
+    runner = DockerRunner(docker_client)
+    job = specs.train_job(run_id=rid(name), image=images, profile="test", seed=0, gpu=None, memory_gb=1.0,
+                          data_dir=stub_data_dir.resolve(), train_py=script(tmp_path, code), limits=LIMITS,
+                          deadline=time.time() + 60, labels={})
+    handle = runner.submit(job)
+    runner.stream_logs(handle, tmp_path / "train.log", 1 * MiB)
+    outcome = runner.wait(handle)
+    return runner, handle, outcome
 
 
-def test_read_regular_refuses_a_symlink_even_to_a_readable_file(tmp_path: Path) -> None:
-    secret = tmp_path / "secret.txt"
-    secret.write_text("host secret")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "score.json").symlink_to(secret)
-    with pytest.raises(HostileFileError, match="symlink"):
-        read_regular(tmp_path / "out", "score.json", 1000)
+HOSTILE_OUT = """
+import os, shutil, stat
+open("/out/model.pt2", "wb").write(b"PK" + b"0" * 100)
+os.symlink("/etc/shadow", "/out/link")
+os.mkfifo("/out/fifo")
+shutil.copyfile("/bin/bash", "/out/setuid"); os.chmod("/out/setuid", 0o6755)
+open("/out/sparse", "wb").truncate(1 << 40)
+os.mkdir("/out/dir")
+os.chdir("/out/dir")
+for i in range(150):
+    os.mkdir("d"); os.chdir("d")
+print("made everything", flush=True)
+"""
 
 
-def test_read_regular_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / "model.pt2")
-    with pytest.raises(HostileFileError, match="not a regular file"):
-        read_regular(tmp_path, "model.pt2", 1000)
+@pytest.fixture(scope="module")
+def hostile_job(images, docker_client, stub_data_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("hostile")
+    runner, handle, outcome = run_job(docker_client, images, stub_data_dir, tmp, HOSTILE_OUT, "hostile-out")
+    yield runner, handle, outcome, tmp
+    runner.cancel(handle)
 
 
-def test_size_cap_is_checked_before_reading(tmp_path: Path) -> None:
-    with open(tmp_path / "big", "wb") as fh:
-        fh.truncate(10 * 2**30)  # sparse: costs no disk
-    with pytest.raises(HostileFileError, match="over the 1000-byte cap"):
-        copy_regular(tmp_path, "big", tmp_path / "copy", 1000)
-    assert not (tmp_path / "copy").exists()
+def test_the_one_regular_file_asked_for_is_copied(hostile_job) -> None:
+    runner, handle, outcome, tmp = hostile_job
+    assert outcome.exit_code == 0, (tmp / "train.log").read_text()
+    assert runner.fetch_output(handle, "model.pt2", tmp / "model.pt2", 1000) == 102
+    assert (tmp / "model.pt2").read_bytes() == b"PK" + b"0" * 100
 
 
-def test_copy_regular_copies_a_plain_file_and_never_overwrites(tmp_path: Path) -> None:
-    (tmp_path / "model.pt2").write_bytes(b"PK" + b"\0" * 100)
-    assert copy_regular(tmp_path, "model.pt2", tmp_path / "copy.pt2", 1000) == 102
-    assert (tmp_path / "copy.pt2").read_bytes() == b"PK" + b"\0" * 100
-    with pytest.raises(FileExistsError):
-        copy_regular(tmp_path, "model.pt2", tmp_path / "copy.pt2", 1000)
+@pytest.mark.parametrize("name, reason", [
+    ("link", "symlink"),
+    ("fifo", "not a plain regular file"),
+    ("setuid", "not a plain regular file"),
+    ("dir", "not a plain regular file"),
+    ("sparse", "apparent size"),
+    ("missing", "no missing"),
+    ("../../etc/passwd", "bad file name"),
+])
+def test_anything_else_is_refused_and_nothing_is_written(hostile_job, name: str, reason: str) -> None:
+    runner, handle, _, tmp = hostile_job
+    dest = tmp / f"copy-{abs(hash(name))}"
+    with pytest.raises(UnsafeFileError, match=reason):
+        runner.fetch_output(handle, name, dest, 1 << 30)
+    assert not dest.exists()
 
 
-def test_a_symlinked_directory_is_refused_too(tmp_path: Path) -> None:
-    (tmp_path / "real").mkdir()
-    (tmp_path / "real" / "model.pt2").write_bytes(b"x")
-    (tmp_path / "link").symlink_to(tmp_path / "real")
-    with pytest.raises(OSError):
-        read_regular(tmp_path / "link", "model.pt2", 10)
+def test_the_output_folder_is_capped_by_the_kernel_in_bytes_and_files(images, docker_client, stub_data_dir,
+                                                                     tmp_path) -> None:
+    code = """
+import os
+try:
+    with open("/out/fill", "wb") as fh:
+        while True:
+            fh.write(b"x" * (1 << 20))
+except OSError as exc:
+    print("bytes:", exc.strerror, os.path.getsize("/out/fill"), flush=True)
+n = 0
+try:
+    while True:
+        open(f"/out/f{n}", "w").close(); n += 1
+except OSError as exc:
+    print("files:", exc.strerror, n, flush=True)
+"""
+    runner, handle, outcome = run_job(docker_client, images, stub_data_dir, tmp_path, code, "hostile-cap")
+    runner.cancel(handle)
+    log = (tmp_path / "train.log").read_text()
+    assert f"bytes: No space left on device {LIMITS.out_max_bytes}" in log
+    assert "files: No space left on device" in log
+    files = int(log.split("files: No space left on device")[1].split()[0])
+    assert files < LIMITS.out_max_files
+    assert leftovers(docker_client, handle.spec.run_id) == []  # volume and keeper gone with the job
 
 
-def test_tree_usage_does_not_follow_symlinks(tmp_path: Path) -> None:
-    (tmp_path / "big").mkdir()
-    (tmp_path / "big" / "data").write_bytes(os.urandom(2**20))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "link").symlink_to(tmp_path / "big")
-    used, entries = tree_usage(tmp_path / "out", 100)
-    assert entries == 1 and used < 2**16
+def test_a_deep_tree_over_the_caps_neither_hides_nor_crashes_cleanup(images, docker_client, stub_data_dir,
+                                                                    tmp_path) -> None:
+    code = """
+import os
+os.chdir("/out")
+depth = 0
+try:
+    while True:
+        os.mkdir("level-with-a-long-name-%05d" % depth); os.chdir("level-with-a-long-name-%05d" % depth); depth += 1
+except OSError as exc:
+    print("depth", depth, exc.strerror, flush=True)
+"""
+    limits = Limits.for_profile(get_profile("test"), out_max_files=5000)
+    runner = DockerRunner(docker_client)
+    job = specs.train_job(run_id=rid("hostile-deep"), image=images, profile="test", seed=0, gpu=None, memory_gb=1.0,
+                          data_dir=stub_data_dir.resolve(), train_py=script(tmp_path, code), limits=limits,
+                          deadline=time.time() + 60, labels={})
+    handle = runner.submit(job)
+    runner.stream_logs(handle, tmp_path / "train.log", MiB)
+    runner.wait(handle)
+    t0 = time.monotonic()
+    runner.cancel(handle)  # no Python recursion: the engine drops the tmpfs
+    assert time.monotonic() - t0 < 30
+    depth = int((tmp_path / "train.log").read_text().split("depth ")[1].split()[0])
+    assert depth > 150  # far deeper than PATH_MAX (4096) allows to name by path
+    assert leftovers(docker_client, job.run_id) == []
 
 
-# --- end to end: what train.py leaves in /out --------------------------------------------
+def test_an_experiment_whose_model_is_a_sparse_file_is_a_crash(images, docker_client, stub_data_dir,
+                                                               tmp_path) -> None:
+    train_py = script(tmp_path, "open('/out/model.pt2', 'wb').truncate(64 * 2**30)\n")
+    spec = spec_for(tmp_path, train_py, stub_data_dir, "hostile-sparse")
+    result = run_experiment(spec, limits=LIMITS)
+    assert result.status == "crash" and "apparent size" in result.reason
+    assert not (spec.run_dir / "model.pt2").exists() and result.eval_exit_code is None
 
 
-@pytest.mark.docker
-def test_a_symlink_left_as_model_pt2_is_not_followed(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    secret = tmp_path / "host-secret.txt"
-    secret.write_text("the host's secret")
-    train_py = script(tmp_path, f"""
-        import os
-        os.symlink({str(secret)!r}, "/out/model.pt2")
-    """)
-    spec = spec_for(tmp_path, train_py, stub_data_dir, "hostile-symlink")
-    result = run_experiment(spec)
-    assert result.status == "crash"
-    assert "symlink" in result.reason
-    assert list((spec.run_dir / "artifact").iterdir()) == []
-    assert result.eval_exit_code is None  # the eval container never started
-
-
-@pytest.mark.docker
-def test_a_huge_model_pt2_is_not_copied(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, """
-        with open("/out/model.pt2", "wb") as fh:
-            fh.truncate(64 * 2**30)  # sparse: huge to stat, nothing on disk
-    """)
-    spec = spec_for(tmp_path, train_py, stub_data_dir, "hostile-huge")
-    result = run_experiment(spec)
-    assert result.status == "crash"
-    assert "over the" in result.reason and "cap" in result.reason
-    assert list((spec.run_dir / "artifact").iterdir()) == []
-
-
-@pytest.mark.docker
-def test_a_fifo_left_as_model_pt2_does_not_hang_the_host(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, "import os; os.mkfifo('/out/model.pt2')")
+def test_an_experiment_whose_model_is_a_fifo_does_not_hang_the_host(images, docker_client, stub_data_dir,
+                                                                    tmp_path) -> None:
+    train_py = script(tmp_path, "import os; os.mkfifo('/out/model.pt2')\n")
     spec = spec_for(tmp_path, train_py, stub_data_dir, "hostile-fifo")
-    result = run_experiment(spec, limits=Limits.for_profile(get_profile("test")))
-    assert result.status == "crash" and "not a regular file" in result.reason
+    result = run_experiment(spec, limits=LIMITS)
+    assert result.status == "crash" and "not a plain regular file" in result.reason

@@ -3,12 +3,13 @@ the lockdown holds from the inside (user, capabilities, network, files it must n
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_support import docker_client, images, script, spec_for, stub_data_dir  # noqa: F401
-from sandbox_support import read_json
+from sandbox_support import script, spec_for
 
 from sandbox.experiment import run_experiment
 
@@ -45,9 +46,11 @@ r["cap_eff"] = status["CapEff"].strip()
 r["no_new_privs"] = status["NoNewPrivs"].strip()
 from evaluator.datasets import stdlib_files
 r["stdlib_val_files"] = len(stdlib_files(Path(sysconfig.get_paths()["stdlib"]))[1])
+r["out_exec"] = attempt(lambda: (shutil.copy("/bin/true", "/out/tool"), os.chmod("/out/tool", 0o755),
+                                  subprocess.run(["/out/tool"], check=True)))
 import torch
 r["torch_threads"] = torch.get_num_threads()
-json.dump(r, open("/out/probe.json", "w"))
+print("PROBE " + json.dumps(r), flush=True)
 """
 
 
@@ -56,8 +59,9 @@ def inside(images: str, stub_data_dir: Path, tmp_path_factory: pytest.TempPathFa
     tmp = tmp_path_factory.mktemp("inside")
     spec = spec_for(tmp, script(tmp, PROBE_PY), stub_data_dir, "inside-probe")
     result = run_experiment(spec)
-    assert result.train_exit_code == 0, (spec.run_dir / "train.log").read_text()[-2000:]
-    return read_json(spec.run_dir / "out" / "probe.json")
+    log = (spec.run_dir / "train.log").read_text()
+    assert result.train_exit_code == 0, log[-2000:]
+    return json.loads(next(line for line in log.splitlines() if line.startswith("PROBE "))[6:])
 
 
 def test_dev_shm_is_larger_than_dockers_64mb_default(inside) -> None:
@@ -84,6 +88,10 @@ def test_root_filesystem_evaluator_and_data_are_not_writable(inside) -> None:
 def test_training_sees_train_data_but_no_validation(inside) -> None:
     assert inside["data"] == ["manifest.json", "tokenizer", "train"]
     assert inside["stdlib_val_files"] == 0  # the stdlib test suite is not in the image
+
+
+def test_nothing_in_out_can_be_executed(inside) -> None:
+    assert inside["out_exec"] == "Permission denied"  # /out is mounted noexec
 
 
 def test_no_network_no_capabilities_no_privilege_gain_no_docker_socket(inside) -> None:

@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_support import docker_client, images, script, spec_for, stub_data_dir  # noqa: F401
+from sandbox_support import script, spec_for
 from sandbox_support import in_background
 
 from evaluator.profiles import get_profile
+from sandbox import specs
 from sandbox.experiment import run_experiment
 from sandbox.limits import Limits
 from sandbox.logs import TRUNCATED, last_line
@@ -36,11 +37,13 @@ def test_logs_stream_into_train_log_before_the_run_ends(
             break
         time.sleep(0.05)
     seen_while_running = log.read_text()
-    running = docker_client.containers.list(filters={"label": f"overnight.run={spec.run_id}"})
+    running = docker_client.containers.list(filters={"label": [f"overnight.run={spec.run_id}",
+                                                               "overnight.part=job"]})
     assert "first line, while running" in seen_while_running
     assert "last line" not in seen_while_running
     assert [c.labels["overnight.role"] for c in running] == ["train"]  # still running
-    (spec.run_dir / "out" / "go").touch()
+    volume = docker_client.volumes.get(specs.volume_name(spec.run_id, "train")).attrs
+    (Path(volume["Mountpoint"]) / "go").touch()  # the host (root) sees the tmpfs volume
     thread.join(60)
     assert "error" not in box, box.get("error")
     assert log.read_text().endswith("last line\n")

@@ -10,11 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sandbox_support import docker_client, images  # noqa: F401
+
 from sandbox_support import leftovers, rid
 
-from sandbox import containers, specs
+from sandbox import specs
+from sandbox.docker_runner import DockerRunner
 from sandbox.errors import SandboxError
+from sandbox.runner import JobSpec
 from sandbox.nvml import VramWatchdog
 
 GiB = 2**30
@@ -127,11 +129,16 @@ def test_watchdog_kills_a_real_container_over_the_cap(images, docker_client, tmp
     dog = VramWatchdog(0, cap_gb=2.0, samples_path=tmp_path / "nvml.jsonl", nvml=nvml,
                        interval_s=0.1)
     run_id = rid("nvml-kill")
-    config = specs.locked_down(image=images, run_id=run_id, role="train",
-                               command=["sleep", "120"], environment=specs.environment(None),
-                               mounts=[], memory_gb=0.5, gpu=None, labels={})
-    outcome = containers.run(docker_client, config, cap_s=60, log_path=tmp_path / "train.log",
-                             log_max_bytes=2**20, watchers=[dog], tick_s=0.1)
+    job = JobSpec(run_id=run_id, role="train", image=images, command=("sleep", "120"),
+                  environment=specs.environment(None), data_dir=tmp_path, data_parts=(), inputs={},
+                  output_dir="/out", output_max_bytes=2**20, output_max_files=10, cap_s=60, memory_gb=0.5)
+    runner = DockerRunner(docker_client, tick_s=0.1)
+    handle = runner.submit(job, [dog])
+    try:
+        runner.stream_logs(handle, tmp_path / "train.log", 2**20)
+        outcome = runner.wait(handle)
+    finally:
+        runner.cancel(handle)
     assert outcome.killed_for is not None and "passed the 2.00 GB cap" in outcome.killed_for
     assert 1.5 < outcome.seconds < 10
     assert outcome.exit_code == 137 and not outcome.timed_out

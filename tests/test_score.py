@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from evaluator import layout
 from evaluator.probe import ProbeConfig
 from evaluator.profiles import get_profile
-from evaluator.records import ScoreRecord
+from evaluator.records import REJECT_TEXT, ScoreRecord
 from evaluator.score import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -135,9 +135,12 @@ def expected_uniform_bpb(targets: np.ndarray, lengths: np.ndarray, vocab: int) -
 
 def test_uniform_logits_score_exactly_log_vocab_per_scored_byte(tmp_path):
     data, table, lengths = make_data()
-    record = score_model(export_to(Uniform(), tmp_path / "model.pt2"), data, table, PROFILE)
+    record, rows = score_model(export_to(Uniform(), tmp_path / "model.pt2"), data, table, PROFILE)
     want, scored, total_bytes = expected_uniform_bpb(data.targets.numpy(), lengths, PROFILE.vocab_size)
     assert record.status == "ok", record.reason
+    assert rows is not None and len(rows.nats) == PROFILE.eval_rows  # per-row totals add up to the record
+    assert (int(rows.tokens.sum()), int(rows.bytes.sum())) == (record.tokens, record.bytes)
+    assert rows.nats.sum() / (math.log(2) * rows.bytes.sum()) == pytest.approx(record.val_bpb, rel=1e-12)
     assert record.tokens == scored < PROFILE.eval_tokens  # BOS targets were in the data and left out
     assert record.bytes == total_bytes
     assert record.val_bpb == pytest.approx(want, rel=1e-6)
@@ -150,11 +153,13 @@ def test_honest_tiny_gpt_passes_the_probe_and_scores_its_true_cross_entropy(tmp_
     torch.manual_seed(0)
     model = TinyGPT().eval()
     data, table, lengths = make_data(seed=1)
-    record = score_model(
-        export_to(model, tmp_path / "model.pt2"), data, table, PROFILE, probe_config=ProbeConfig(batches=3, cuts=3)
+    record, _ = score_model(
+        export_to(model, tmp_path / "model.pt2"), data, table, PROFILE, probe_config=ProbeConfig(forwards=6, batches=3)
     )
     assert record.status == "ok", record.reason
-    assert record.probe.passed and record.probe.checks == 3 * 4
+    assert record.probe.passed and record.probe.checks == 6
+    assert record.probe.positions == 6 * PROFILE.eval_batch_size
+    assert record.forwards == PROFILE.eval_batches + 6  # the bases are the scoring forwards themselves
     with torch.no_grad():
         logits = torch.cat([model(x) for x in data.inputs])
     nll = F.cross_entropy(logits.reshape(-1, PROFILE.vocab_size), data.targets.reshape(-1), reduction="none").double()
@@ -168,25 +173,26 @@ def test_honest_tiny_gpt_passes_the_probe_and_scores_its_true_cross_entropy(tmp_
 def test_full_attention_gpt_is_refused_by_the_probe(tmp_path):
     torch.manual_seed(0)
     data, table, _ = make_data(seed=2)
-    record = score_model(export_to(TinyGPT(causal=False), tmp_path / "model.pt2"), data, table, PROFILE)
-    assert record.status == "rejected"
+    record, rows = score_model(export_to(TinyGPT(causal=False), tmp_path / "model.pt2"), data, table, PROFILE)
+    assert record.status == "rejected" and rows is None
     assert record.val_bpb is None
-    assert "causality probe failed" in record.reason and "future tokens" in record.reason
+    assert record.reason_code == "non_causal" and record.reason == REJECT_TEXT["non_causal"]
     assert record.probe is not None and not record.probe.passed
 
 
 def test_nan_logits_are_refused(tmp_path):
     data, table, _ = make_data()
-    record = score_model(export_to(NaNLogits(), tmp_path / "model.pt2"), data, table, PROFILE)
+    record, _ = score_model(export_to(NaNLogits(), tmp_path / "model.pt2"), data, table, PROFILE)
     assert record.status == "rejected"
-    assert "NaN or infinite logits" in record.reason
+    assert record.reason_code == "bad_logits" and record.reason == REJECT_TEXT["bad_logits"]
 
 
 def test_logits_of_the_wrong_vocabulary_are_refused(tmp_path):
     data, table, _ = make_data()
-    record = score_model(export_to(Uniform(vocab=PROFILE.vocab_size + 1), tmp_path / "model.pt2"), data, table, PROFILE)
+    record, _ = score_model(export_to(Uniform(vocab=PROFILE.vocab_size + 1), tmp_path / "model.pt2"), data, table,
+                            PROFILE)
     assert record.status == "rejected"
-    assert "shape" in record.reason
+    assert record.reason_code == "bad_logits" and record.reason == REJECT_TEXT["bad_logits"]
 
 
 def test_refused_artifact_gets_a_reason_and_its_hash(tmp_path):
@@ -195,8 +201,8 @@ def test_refused_artifact_gets_a_reason_and_its_hash(tmp_path):
             return super().forward(idx) + torch.rand(1)
 
     data, table, _ = make_data()
-    record = score_model(export_to(Random(), tmp_path / "model.pt2"), data, table, PROFILE)
-    assert record.status == "rejected"
+    record, _ = score_model(export_to(Random(), tmp_path / "model.pt2"), data, table, PROFILE)
+    assert record.status == "rejected" and record.reason_code == "graph"
     assert "aten.rand" in record.reason and "allowlist" in record.reason
     assert record.artifact_sha256 and len(record.artifact_sha256) == 64
     assert record.probe is None
@@ -237,7 +243,7 @@ def cli(artifact: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_cli_scores_a_model_and_records_the_data_identity(test_data_dir, uniform_artifact, tmp_path):
-    from evaluator.dataloader import eval_batches
+    from evaluator.dataloader import eval_data
     from evaluator.manifest import manifest_sha256
     from evaluator.tokenizer import load_token_bytes
 
@@ -252,49 +258,53 @@ def test_cli_scores_a_model_and_records_the_data_identity(test_data_dir, uniform
     assert "val_bpb:" in proc.stdout
     record = ScoreRecord.model_validate_json(out.read_text())
     profile = get_profile("test")
-    targets = eval_batches(test_data_dir, profile).targets
+    targets = eval_data(test_data_dir, profile).targets
     want, scored, total_bytes = expected_uniform_bpb(targets, load_token_bytes(test_data_dir), profile.vocab_size)
     assert targets.size == profile.eval_tokens
     assert (record.status, record.tokens, record.bytes) == ("ok", scored, total_bytes)
     assert record.val_bpb == pytest.approx(want, rel=1e-6)
     assert record.manifest_sha256 == manifest_sha256(test_data_dir)
     assert record.eval_seconds > 0
+    lines = proc.stdout.splitlines()  # eval.log: fixed lines only
+    assert [line.split(":")[0] for line in lines] == ["val_bpb", "val_loss_nats", "tokens", "bytes",
+                                                      "probe_positions", "forwards"]
+    assert (out.parent / "detail.log").is_file()  # everything else went to the private detail log
 
 
-def test_cli_refusal_writes_a_rejected_score_and_exits_3(test_data_dir, uniform_artifact, tmp_path, capsys):
+def test_cli_refusal_writes_a_rejected_score_and_exits_3(test_data_dir, uniform_artifact, tmp_path, capfd):
     link = tmp_path / "model.pt2"
     link.symlink_to(uniform_artifact)
     out = tmp_path / "score.json"
     assert main(cli(link, test_data_dir, out)) == EXIT_REJECTED
     record = ScoreRecord.model_validate_json(out.read_text())
     assert record.status == "rejected" and "symlink" in record.reason
-    assert "rejected:" in capsys.readouterr().out
+    assert "rejected:" in capfd.readouterr().out
 
 
-def test_cli_missing_data_is_a_setup_error_with_one_line(uniform_artifact, tmp_path, capsys):
+def test_cli_missing_data_is_a_setup_error_with_one_line(uniform_artifact, tmp_path, capfd):
     out = tmp_path / "score.json"
     assert main(cli(uniform_artifact, tmp_path / "nowhere", out)) == EXIT_SETUP
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "make prepare" in err
     assert not out.exists()
 
 
-def test_cli_corrupted_validation_shard_fails_the_manifest_check(test_data_dir, uniform_artifact, tmp_path, capsys):
+def test_cli_corrupted_eval_rows_fail_the_manifest_check(test_data_dir, uniform_artifact, tmp_path, capfd):
     data = tmp_path / "data"
     shutil.copytree(test_data_dir, data)
-    shard = layout.shard_paths(data, layout.VAL_DIR)[0]
-    raw = bytearray(shard.read_bytes())
+    rows = data / layout.EVAL_SCORED
+    raw = bytearray(rows.read_bytes())
     raw[100] ^= 0xFF
-    shard.write_bytes(bytes(raw))
+    rows.write_bytes(bytes(raw))
     out = tmp_path / "score.json"
     assert main(cli(uniform_artifact, data, out)) == EXIT_SETUP
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
     assert not out.exists()
 
 
-def test_cli_unknown_profile_is_a_setup_error(test_data_dir, uniform_artifact, tmp_path, capsys):
+def test_cli_unknown_profile_is_a_setup_error(test_data_dir, uniform_artifact, tmp_path, capfd):
     args = cli(uniform_artifact, test_data_dir, tmp_path / "score.json")
     args[args.index("test")] = "huge"
     assert main(args) == EXIT_SETUP
-    assert "unknown profile" in capsys.readouterr().err
+    assert "unknown profile" in capfd.readouterr().err

@@ -4,7 +4,12 @@ handed to the evaluator with submit(model). This is the one file the agent edits
 
 Rotary embeddings, RMSNorm, QK-norm, ReLU^2 MLP, logit soft-capping; Muon for the matrices of the
 transformer blocks and AdamW for embeddings, the output head and scalars; the learning rate
-follows the fraction of the budget used. CUDA: bf16 autocast, torch.compile, SDPA. CPU: fp32.
+follows the fraction of the time to the deadline used. CUDA: bf16 autocast, torch.compile, SDPA.
+CPU: fp32.
+
+The budget is wall clock from the container's start, measured by the host: start-up and
+compilation count. train.py is told its deadline (context.deadline) and must call submit() by
+then; the host kills the run shortly after, and a killed run gets no score.
 """
 
 import math
@@ -56,8 +61,9 @@ context = run_context()
 PROFILE = context.profile
 SEQ_LEN = PROFILE.seq_len
 VOCAB_SIZE = PROFILE.vocab_size
-TIME_BUDGET = PROFILE.time_budget_s  # seconds of training, measured from the first step
-MAX_STEPS = PROFILE.max_steps  # when set, the budget is this many optimizer steps instead
+DEADLINE = context.deadline  # unix time by which submit() must be called (fixed by the host)
+MAX_STEPS = PROFILE.max_steps  # tests only: stop after this many steps (the deadline still rules)
+STEP_MARGIN = 1.5  # stop when fewer than this many step-times are left before the deadline
 
 t_start = time.time()
 CUDA = torch.cuda.is_available()
@@ -242,20 +248,21 @@ num_params = sum(p.numel() for p in model.parameters())
 optimizers = make_optimizers(model)
 step_model = torch.compile(model) if CUDA else model
 batches = train_batches(context.data_dir, DEVICE_BATCH_SIZE, SEQ_LEN, device=device, seed=context.seed)
-budget = f"{MAX_STEPS} steps" if MAX_STEPS else f"{TIME_BUDGET:.0f}s"
+budget = f"{DEADLINE - time.time():.0f}s left" + (f", at most {MAX_STEPS} steps" if MAX_STEPS else "")
 print(
     f"profile {PROFILE.name} | {device} | {num_params / 1e6:.2f}M params | depth {DEPTH} | width "
     f"{MODEL_DIM} | {ACCUM_STEPS} x {DEVICE_BATCH_SIZE} x {SEQ_LEN} tokens/step | budget {budget}",
     flush=True,
 )
 
-WARMUP_STEPS_UNTIMED = 2 if CUDA else 0  # the first steps compile; they do not count against the budget
 tty = sys.stdout.isatty()
 step = 0
 training_time = 0.0
 tokens_seen = 0
 smooth_loss = 0.0
+step_time = 0.0
 epoch = 0
+t_schedule = time.time()  # the LR schedule runs from here to the deadline (reset after step 1 compiles)
 while True:
     t0 = time.time()
     for _ in range(ACCUM_STEPS):
@@ -263,7 +270,10 @@ while True:
         with autocast:
             loss = step_model(x, y)
         (loss / ACCUM_STEPS).backward()
-    progress = step / MAX_STEPS if MAX_STEPS else training_time / TIME_BUDGET
+    if MAX_STEPS:
+        progress = step / MAX_STEPS
+    else:
+        progress = (t0 - t_schedule) / max(DEADLINE - t_schedule, 1e-6)
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_multiplier(min(progress, 1.0))
@@ -274,15 +284,19 @@ while True:
         print(f"\nFAIL: loss {loss_value} at step {step}: training diverged", flush=True)
         sys.exit(1)
     dt = time.time() - t0
-    if step >= WARMUP_STEPS_UNTIMED:
-        training_time += dt
+    training_time += dt
     step += 1
+    if step == 1:
+        t_schedule = time.time()  # the first step compiles; the schedule starts after it
+    else:
+        step_time = dt if step == 2 else 0.9 * step_time + 0.1 * dt
     tokens_seen += ACCUM_STEPS * DEVICE_BATCH_SIZE * SEQ_LEN
     smooth_loss = 0.9 * smooth_loss + 0.1 * loss_value
     shown_loss = smooth_loss / (1 - 0.9**step)
-    done = step >= MAX_STEPS if MAX_STEPS else training_time >= TIME_BUDGET
+    out_of_time = time.time() + STEP_MARGIN * max(step_time, dt if step > 1 else 0.0) >= DEADLINE
+    done = out_of_time or (MAX_STEPS is not None and step >= MAX_STEPS)
     if tty or done or step % 10 == 0:
-        pct = 100 * min(step / MAX_STEPS if MAX_STEPS else training_time / TIME_BUDGET, 1.0)
+        pct = 100 * min(progress, 1.0)
         line = (
             f"step {step:05d} ({pct:5.1f}%) | loss {shown_loss:.4f} | lr x{lr_multiplier(min(progress, 1.0)):.2f} "
             f"| {ACCUM_STEPS * DEVICE_BATCH_SIZE * SEQ_LEN / dt:,.0f} tok/s | epoch {epoch}"
@@ -299,6 +313,7 @@ print("---")
 print(f"train_loss:       {shown_loss:.6f}")
 print(f"training_seconds: {training_time:.1f}")
 print(f"total_seconds:    {time.time() - t_start:.1f}")
+print(f"seconds_left:     {DEADLINE - time.time():.1f}")
 print(f"peak_vram_mb:     {peak_memory_mb:.1f}")
 print(f"num_steps:        {step}")
 print(f"num_params_M:     {num_params / 1e6:.2f}")

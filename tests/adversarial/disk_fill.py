@@ -1,8 +1,9 @@
-"""Case disk_fill: fill the disk through /out (the one host folder the train container may write),
+"""Case disk_fill: fill the disk through /out (the one folder the train container may write),
 as fast as it can, in many files.
 
-Expected: killed when /out passes its cap (a watcher on the host samples it): status crash with
-that reason; what it wrote does not stay on the host's disk; other runs unaffected."""
+Expected: writes fail when /out reaches its cap (a tmpfs the kernel caps, not a walk of the tree):
+the script ends without a model (status crash); what it wrote never reaches the host; other
+runs unaffected."""
 
 import os
 

@@ -1,8 +1,8 @@
 """Case read_val_known_paths: open the validation split where the layout says it is, next to the
 train split it can see, through the manifest's file list, and at the evaluator's mount points.
 
-Expected: nothing of val is there to read (the train container mounts tokenizer/ and train/ only);
-scored like the seed."""
+Expected: nothing of val or of the private eval rows is there to read (the train container
+mounts tokenizer/ and train/ only); scored like the seed."""
 
 import glob
 import json
@@ -29,10 +29,11 @@ def try_read(path):
 
 data = str(run_context().data_dir)
 manifest = json.load(open(f"{data}/manifest.json"))
-val_names = [name for name in manifest.get("files", {}) if name.startswith("val/")]
+val_names = [name for name in manifest.get("files", {}) if name.startswith(("val/", "eval/"))]
 candidates = [f"{data}/{name}" for name in val_names]
 candidates += [f"{data}/val", f"{data}/train/../val/shard_00000.bin", "/data/val/shard_00000.bin",
-               "/val/shard_00000.bin", "/score/../data/val/shard_00000.bin", "/artifact/model.pt2"]
+               "/val/shard_00000.bin", "/score/../data/val/shard_00000.bin", "/artifact/model.pt2",
+               "/data/eval/scored.bin", "/data/eval/spare.bin", f"{data}/train/../eval/scored.bin"]
 opened = {path: try_read(path) for path in candidates}
 report(
     manifest_val_files=val_names,
