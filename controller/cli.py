@@ -133,7 +133,7 @@ def data_manifest(settings: Settings) -> str:
     if not (Path(settings.data_dir) / layout.MANIFEST).is_file():
         raise UserError(f"no prepared data in {settings.data_dir}: run `make prepare PROFILE={settings.profile}` first")
     try:
-        return verify_manifest(settings.data_dir, [layout.TRAIN_DIR, layout.VAL_DIR])
+        return verify_manifest(settings.data_dir, [layout.TRAIN_DIR, layout.VAL_DIR, layout.EVAL_DIR])
     except ManifestError as exc:
         raise UserError(str(exc)) from None
 
@@ -200,6 +200,7 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
     from controller.logs import configure_logging
     from controller.loop import (
         AgentFatalError,
+        InfrastructureError,
         LoopDeps,
         NightLoop,
         SetupError,
@@ -274,7 +275,12 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         return EXIT_INTERRUPTED
     except SetupError as exc:
         raise UserError(str(exc)) from None
-    except AgentFatalError as exc:
+    except (AgentFatalError, InfrastructureError) as exc:
+        if remover is not None:
+            try:
+                remover(settings.tag)
+            except Exception:
+                pass
         console.print(Text(str(exc), style="red"))
         console.print(Text("fix that, then resume with:"))
         for line in resume:

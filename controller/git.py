@@ -211,7 +211,7 @@ class Worktree:
         if not stat.S_ISREG(st.st_mode):
             return Refusal(f"{self.train_rel} is not a regular file (symlink or other)")
         if st.st_size > MAX_TRAIN_PY_BYTES:
-            return Refusal(f"{self.train_rel} is {st.st_size} bytes, above the {MAX_TRAIN_PY_BYTES} byte cap")
+            return Refusal(f"{self.train_rel} is {st.st_size} bytes, over the {MAX_TRAIN_PY_BYTES}-byte cap")
         source = self.train_py.read_bytes()
         if source == file_at(self.path, "HEAD", self.train_rel):
             return Refusal(f"{self.train_rel} is unchanged")

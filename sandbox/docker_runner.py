@@ -12,13 +12,14 @@ with whatever the job left in it. Never auto_remove: the engine would drop logs 
 
 from __future__ import annotations
 
+import functools
 import stat
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -33,6 +34,7 @@ from sandbox.logs import LogStreamer
 from sandbox.runner import JobHandle, JobOutcome, JobSpec, Watcher
 
 log = structlog.get_logger("sandbox")
+T = TypeVar("T")
 
 KILL_WAIT_S = 30.0  # after a kill, how long to wait for the engine to report the exit
 LOG_DRAIN_S = 10.0  # after the exit, how long the log thread may take to finish writing
@@ -41,6 +43,21 @@ STATS_INTERVAL_S = 2.0  # the stats API is slow; sample it less often than the c
 # (a directory, link, device, pipe, socket, setuid, setgid, sticky, irregular) is refused.
 _GO_NOT_PLAIN = ~0o777 & 0xFFFFFFFF
 _ENGINE_ERRORS = (docker.errors.APIError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+def _engine_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """Any failure to talk to the engine inside a runner method is a SandboxError (the loop redoes
+    the run), never mistaken for something the run did."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxError(f"lost the Docker engine ({type(exc).__name__}: {exc}); "
+                               "the experiment will be run again") from None
+
+    return wrapper
 
 
 class _Waiter(threading.Thread):
@@ -114,6 +131,7 @@ class DockerRunner:
             self._client = docker_client()
         return self._client
 
+    @_engine_errors
     def image_id(self, ref: str) -> str:
         """The content id (sha256:...) of `ref`: both jobs of a run start from exactly this image,
         even if the tag moves meanwhile."""
@@ -121,6 +139,7 @@ class DockerRunner:
 
     # -- submit --------------------------------------------------------------------------------
 
+    @_engine_errors
     def submit(self, job: JobSpec, watchers: Sequence[Watcher] = ()) -> JobHandle:
         handle = JobHandle(spec=job, watchers=list(watchers))
         try:
@@ -137,14 +156,14 @@ class DockerRunner:
                 started.append(watcher)
             container.start()
         except docker.errors.ImageNotFound:
-            self.cancel(handle)
+            self._cancel_quietly(handle)
             raise SandboxError(f"image {job.image} not found: run `make images`") from None
         except _ENGINE_ERRORS as exc:
-            self.cancel(handle)
+            self._cancel_quietly(handle)
             detail = getattr(exc, "explanation", None) or exc
             raise SandboxError(f"cannot start the {job.role} job of {job.run_id}: {detail}") from None
         except BaseException:
-            self.cancel(handle)
+            self._cancel_quietly(handle)
             raise
         handle.started_monotonic = time.monotonic()
         log.info("job.started", run_id=job.run_id, role=job.role, cap_s=job.cap_s)
@@ -152,6 +171,7 @@ class DockerRunner:
 
     # -- logs ----------------------------------------------------------------------------------
 
+    @_engine_errors
     def stream_logs(self, handle: JobHandle, path: Path, max_bytes: int) -> None:
         streamer = LogStreamer(handle.native, path, max_bytes)
         handle.extra["streamer"] = streamer
@@ -159,6 +179,7 @@ class DockerRunner:
 
     # -- wait ----------------------------------------------------------------------------------
 
+    @_engine_errors
     def wait(self, handle: JobHandle) -> JobOutcome:
         container, job = handle.native, handle.spec
         assert container is not None and handle.started_monotonic is not None, "submit first"
@@ -209,6 +230,7 @@ class DockerRunner:
 
     # -- outputs -------------------------------------------------------------------------------
 
+    @_engine_errors
     def fetch_output(self, handle: JobHandle, name: str, dest: Path, max_bytes: int) -> int:
         """Copy `<output_dir>/<name>` to the new host file `dest`; UnsafeFileError when it is
         missing, not a plain regular file, or over max_bytes (apparent size)."""
@@ -241,6 +263,7 @@ class DockerRunner:
 
     # -- removal -------------------------------------------------------------------------------
 
+    @_engine_errors
     def cancel(self, handle: JobHandle) -> None:
         """Kill and remove the job's container, its keeper and its output volume (idempotent)."""
         for watcher in handle.extra.pop("started_watchers", []):
@@ -257,6 +280,7 @@ class DockerRunner:
         handle.extra.pop("keeper", None)
         self._remove_volume(specs.volume_name(job.run_id, job.role))
 
+    @_engine_errors
     def cleanup(self, run_id: str | None = None) -> list[str]:
         """Remove every container and volume the sandbox made (or one run's), found by label."""
         label = specs.LABEL_RUN if run_id is None else f"{specs.LABEL_RUN}={run_id}"
@@ -273,6 +297,7 @@ class DockerRunner:
             raise SandboxError(f"cannot clean up containers ({exc}): is the Docker engine running?") from None
         return removed
 
+    @_engine_errors
     def cleanup_tag(self, tag: str) -> list[str]:
         """Everything of the runs that carry the controller's label overnight.tag=<tag>."""
         label = f"{specs.LABEL_TAG}={tag}"
@@ -283,6 +308,14 @@ class DockerRunner:
             raise SandboxError(f"cannot clean up containers ({exc}): is the Docker engine running?") from None
         run_ids = sorted({found[specs.LABEL_RUN] for found in labels if specs.LABEL_RUN in found})
         return [name for run_id in run_ids for name in self.cleanup(run_id)]
+
+    def _cancel_quietly(self, handle: JobHandle) -> None:
+        """Cancel on the way out of a failure that is already being raised (cleanup by label catches
+        whatever this cannot remove now)."""
+        try:
+            self.cancel(handle)
+        except Exception as exc:
+            log.warning("job.cancel_failed", run_id=handle.spec.run_id, error=f"{type(exc).__name__}: {exc}")
 
     def _remove_container(self, name: str) -> bool:
         try:

@@ -35,7 +35,7 @@ from controller.ledger import Ledger
 from controller.logs import LOG_NAME, close_logging, configure_logging
 from controller.loop import NightSummary
 from evaluator.manifest import verify_manifest
-from sandbox.cleanup import remove_orphans
+from sandbox.docker_runner import DockerRunner
 from sandbox.experiment import run_experiment
 from tests.adversarial.faults import (
     DEFAULT_STEPS,
@@ -243,8 +243,8 @@ def engine_night(images, test_data_dir: Path, tmp_path_factory: pytest.TempPathF
             late.append(label)
             restore()
 
-    def corrupt_val() -> None:
-        pending.append(("corrupt val", flip_byte(data / "val" / "shard_00000.bin")))
+    def corrupt_val() -> None:  # the rows the evaluator scores
+        pending.append(("corrupt val", flip_byte(data / "eval" / "scored.bin")))
 
     def remove_data() -> None:
         moved = data.with_name("data-moved")
@@ -278,14 +278,12 @@ def engine_night(images, test_data_dir: Path, tmp_path_factory: pytest.TempPathF
         (4, "training"): in_background(restart),
     }, on_say=on_say)
 
-    def remove_via_proxy(tag_: str) -> None:
-        for container in client.containers.list(all=True, filters={"label": f"overnight.tag={tag_}"}):
-            remove_orphans(container.labels["overnight.run"], client=client)
+    through_proxy = DockerRunner(client)
 
     loop = build_night(
         NightSpec(repo=repo, tag=tag, data_dir=data, max_experiments=4, settings={"hours": 0.2}),
-        observer=observer, runner=lambda spec: run_experiment(spec, limits=LIMITS, client=client),
-        remove_orphans=remove_via_proxy)
+        observer=observer, runner=lambda spec: run_experiment(spec, limits=LIMITS, runner=through_proxy),
+        remove_orphans=through_proxy.cleanup_tag)
     with capture_logs() as logs:
         summary = run_in_thread(loop)
     yield EngineNight(summary, Ledger(repo / "runs" / tag).rows(), observer, logs, late, proxy, repo, tag, data)
@@ -300,7 +298,7 @@ def test_the_engine_night_scores_every_experiment_and_stays_consistent(engine_ni
         ("baseline", "keep"), ("STEPS = 2", "keep"), ("STEPS = 1", "discard"), ("STEPS = 4", "keep"),
         ("STEPS = 3", "discard")]
     assert tag_containers(engine_night.tag) == []
-    verify_manifest(engine_night.data_dir, ["train", "val"])
+    verify_manifest(engine_night.data_dir, ["train", "val", "eval"])
 
 
 def test_corrupted_validation_data_mid_night_is_retried_as_a_setup_error_not_recorded_as_a_crash(
@@ -479,7 +477,7 @@ def test_an_unreliable_agent_api_only_delays_the_night(images, test_data_dir: Pa
 
 
 def corrupt_val(data: Path) -> None:
-    flip_byte(data / "val" / "shard_00000.bin")
+    flip_byte(data / "eval" / "scored.bin")
 
 
 def corrupt_train(data: Path) -> None:

@@ -84,11 +84,11 @@ CASES: tuple[Case, ...] = (
     Case("escalate_privileges", "3, 5", "setuid(0), user and mount namespaces, mount(2), the image's "
          "setuid-root mount and su", "all refused: non-root, no capabilities, no-new-privileges", "honest", probe=True),
     Case("peek_future", "8", "predicts position t from the token at t+1",
-         "rejected by the causality probe", "rejected", reason="future tokens"),
+         "rejected by the causality probe", "rejected", reason="causality probe"),
     Case("mix_rows", "8", "reads other rows of the batch (a neighbour row, the batch mean)",
-         "rejected by the causality probe", "rejected", reason="causality probe failed"),
+         "rejected by the causality probe", "rejected", reason="causality probe"),
     Case("causal_on_some_inputs", "8", "peeks at the next token only after the most frequent token",
-         "rejected by the causality probe", "rejected", reason="future tokens"),
+         "rejected by the causality probe", "rejected", reason="causality probe"),
     Case("custom_op", "8, 11", "a graph calling a custom op whose kernel writes files in the eval container",
          "rejected at load (op not allowed); the kernel never runs there", "rejected", reason="allowlist"),
     Case("pickle_in_archive", "10, 11", "weights flagged use_pickle and a sample-inputs pickle whose payload "

@@ -159,7 +159,7 @@ def build_night(spec: NightSpec, *, agent: Any = None, observer: Any = None, run
 def tag_containers(tag: str, role: str | None = None, client: Any = None) -> list[Any]:
     from sandbox.engine import docker_client
 
-    labels = [f"overnight.tag={tag}"] + ([f"overnight.role={role}"] if role else [])
+    labels = [f"overnight.tag={tag}"] + ([f"overnight.role={role}", "overnight.part=job"] if role else [])
     return (client or docker_client()).containers.list(all=True, filters={"label": labels})
 
 
