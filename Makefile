@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.13.0
+# The one torch of the project: images/requirements.txt pins it for the images and the host alike.
+TORCH_SPEC ?= $(shell sed -n 's/^\(torch==[^ #;]*\).*/\1/p' images/requirements.txt)
 PROFILE ?= cpu
 DATASET ?=
 DATA_DIR ?= data/$(PROFILE)
@@ -37,9 +38,10 @@ setup: $(VENV)/.dev
 # --- images and data -------------------------------------------------------------------------
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-# Local base (debootstrap + host wheelhouse) with no registry, or BASE_IMAGE=<CUDA PyTorch image>.
+# Local base (debootstrap + host wheelhouse) with no registry, or BASE_IMAGE=<Debian/Ubuntu image>;
+# the pinned torch either way (KEEP_BASE_TORCH=1 keeps a PyTorch base's own). Ends with a smoke test.
 images: $(VENV)/.host
-	$(PY) images/build.py $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+	$(PY) images/build.py $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(KEEP_BASE_TORCH),--keep-base-torch)
 
 # The one-off compose job (the only container with a network) writes data/$(PROFILE).
 prepare: images

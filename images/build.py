@@ -1,17 +1,49 @@
-"""Build the images, from the bottom layer up: base -> runtime -> evaluator -> prepare.
+"""Build the images, from the bottom layer up: base -> runtime -> evaluator -> prepare, then a
+smoke test in the evaluator image.
 
-    python images/build.py [--base auto|local|registry] [--base-image IMAGE] [-v]
+    python images/build.py [--base auto|local|registry] [--base-image IMAGE] [--keep-base-torch]
+                           [--debian-image IMAGE] [--smoke auto|cpu|cuda] [--prefix NAME] [-v]
 
-Two ways to get a base, both real:
-- registry: pull BASE_IMAGE (a CUDA PyTorch image) and install the rest of the dependencies on
-  top of its own torch. `auto` tries this when BASE_IMAGE is set or the host has an NVIDIA GPU.
-- local: `debootstrap --variant=minbase` a Debian root with python3, `docker import` it as
-  overnight-base:bookworm, and install torch plus the dependencies from wheels the host
-  downloads with pip into images/.wheelhouse. Needs no container registry.
-Whatever was picked is printed. Rebuilds are cached: an existing local base is reused, the
-wheelhouse is downloaded once per requirements set, and docker's layer cache does the rest
-(build contexts are packed deterministically so unchanged inputs hit the cache).
-Image building talks to the engine through the docker SDK; debootstrap and pip run on the host.
+One torch. The images run the torch everything is tested on: the `torch==` line of
+images/requirements.txt, which `make setup` installs on the host too (the Makefile's TORCH_SPEC
+reads that line), so the two cannot drift. It is installed from the host's wheelhouse on every
+base; the build fails if the version in the image differs, and records it in the label
+`overnight.torch` (the evaluator and prepare images inherit it), which `docker image inspect`
+reads without running anything. On a GPU host pip downloads the CUDA build of that version with
+its nvidia-* wheels (CUDA runtime, cuDNN, NCCL); the NVIDIA container toolkit injects only the
+driver, so no CUDA base image is needed. Why not the torch a CUDA PyTorch image brings: its version
+is whatever the image's tag froze (the old default, pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime,
+had 2.9.0 against 2.13.0 under test), and evaluator/artifact.py calls torch's private export serde
+functions, which change between releases.
+
+Two ways to get a base: Python, venv, and the compiler toolchain that Triton and Inductor need the
+first time torch.compile runs (gcc, g++, libc6-dev, Python.h).
+- local (the default, CPU or GPU host): `debootstrap --variant=minbase` a Debian root with those
+  packages, `docker import` it as overnight-base:bookworm. Needs root once and no registry.
+- registry: BASE_IMAGE=<image>, any Debian or Ubuntu image (e.g. a CUDA runtime image), pulled and
+  completed by images/base.Dockerfile, which apt-installs what of the above is missing, as
+  overnight-base:registry. The pinned torch goes into an isolated venv: a torch the base brings is
+  not seen (it is dead weight, so prefer a base without one). --keep-base-torch (KEEP_BASE_TORCH=1)
+  opts out: the venv sees the base's torch and installs none; the label then records the base's
+  version and the build warns that it is not the one under test. `auto` uses the registry when
+  BASE_IMAGE is set and builds the local base when it cannot be pulled.
+The prepare image's stdlib test suites come from Debian's package, installed in a stage built from
+a Debian bookworm image (--debian-image; default: the local base when it exists, else
+debian:bookworm-slim pulled, else the local base made), and go into whatever stdlib the evaluator
+image's Python has (see prepare.Dockerfile).
+
+Smoke test: the build ends by running images/smoke.py in a fresh evaluator-image container locked
+down like a train container (sandbox/specs.py: no network, read-only root, tmpfs /tmp, non-root,
+no capabilities): torch.compile of a tiny model (forward and backward), torch.export, and the
+evaluator's own loader. On CUDA when the host has an NVIDIA GPU, else on CPU. A failure fails the
+build; its time is printed.
+
+Builds run with no network (the wheels come from the host's wheelhouse), except base.Dockerfile
+and the prepare image's Debian stage, which apt-get packages over the host's network (so they also
+work where dockerd has no bridge). Whatever was picked is printed. Rebuilds are cached: an existing local base is reused, the
+wheelhouse is downloaded once per requirements set, and docker's layer cache does the rest (build
+contexts are packed deterministically so unchanged inputs hit the cache). Image building talks to
+the engine through the docker SDK; debootstrap and pip run on the host.
 """
 
 from __future__ import annotations
@@ -23,6 +55,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -35,19 +68,33 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests.exceptions
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's sandbox/specs.py locks the smoke test down
+from sandbox import specs  # noqa: E402
+
 IMAGES = REPO / "images"
 WHEELHOUSE = IMAGES / ".wheelhouse"
+SMOKE_STAMP = IMAGES / ".smoke-passed"  # the evaluator image id (and device) the smoke test last passed on
 REQUIREMENTS = IMAGES / "requirements.txt"
+SMOKE_SCRIPT = IMAGES / "smoke.py"
 
-DEFAULT_CUDA_BASE = "pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime"
-TORCH_REQUIREMENT = "torch==2.13.0"  # the CPU wheel the bare runner uses too
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv")
-# Trimmed from the debootstrapped root: never needed at run time.
+SUITE_PYTHON = "3.11"  # bookworm's python3: its libpython3.11-testsuite feeds the prepare image
+DEBIAN_REGISTRY_IMAGE = f"debian:{SUITE}-slim"
+# Python with venv, and the toolchain Triton and Inductor compile with (Python.h: python3-dev).
+BASE_PACKAGES = ("python3", "python3-venv", "python3-dev", "gcc", "g++", "libc6-dev")
+# Trimmed from the debootstrapped root (globs; a folder is emptied): never needed at run time.
+# Python's config folder holds static libraries nothing links (and python-config.py, which would
+# join the `stdlib` dataset's train text); lto-dump is a gcc debugging tool.
 ROOTFS_TRIM = ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man",
-               "usr/share/info", "usr/share/locale")
+               "usr/share/info", "usr/share/locale", f"usr/lib/python{SUITE_PYTHON}/config-*",
+               "usr/bin/*lto-dump*")
+LABEL_TORCH = "overnight.torch"  # the torch version the image runs
+LABEL_BASE = "overnight.base"  # the image it was built on
+SMOKE_MEMORY_GB = 4.0
+SMOKE_TIMEOUT_S = 900
 
 
 class BuildError(RuntimeError):
@@ -57,13 +104,14 @@ class BuildError(RuntimeError):
 @dataclass(frozen=True)
 class Tags:
     base: str  # the local base (debootstrap + import)
+    registry_base: str  # BASE_IMAGE completed by base.Dockerfile
     runtime: str
     evaluator: str  # what the sandbox runs (sandbox.result.ExperimentSpec.image)
     prepare: str
 
     @classmethod
     def named(cls, prefix: str) -> Tags:
-        return cls(f"{prefix}-base:{SUITE}", f"{prefix}-runtime:latest",
+        return cls(f"{prefix}-base:{SUITE}", f"{prefix}-base:registry", f"{prefix}-runtime:latest",
                    f"{prefix}-evaluator:latest", f"{prefix}-prepare:latest")
 
 
@@ -72,7 +120,7 @@ TAGS = Tags.named("overnight")
 
 @dataclass(frozen=True)
 class Base:
-    image: str
+    image: str  # the local base's tag, or the registry image as given
     kind: str  # "local" or "registry"
     why: str
 
@@ -81,6 +129,18 @@ class Base:
 class PythonFacts:
     version: str  # "3.11"
     stdlib: str  # e.g. /usr/lib/python3.11
+    torch: str | None  # the base's own torch, if it has one (a PyTorch image)
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    torch: str  # torch.__version__ in the image
+    cuda: str | None  # the CUDA version torch was built for
+    device: str  # "cpu" or the GPU's name
+    compile_s: float
+    export_s: float
+    load_s: float
+    wall_s: float  # container create to exit
 
 
 def log(msg: str) -> None:
@@ -127,17 +187,31 @@ def try_pull(client: docker.DockerClient, ref: str) -> str | None:
 
 def choose_base(client: docker.DockerClient, mode: str, base_image: str | None,
                 local_base: str = TAGS.base) -> Base:
+    """The local base unless a registry image is asked for and can be had."""
     if mode == "local":
         return Base(local_base, "local", "asked for the local base")
-    wanted = base_image or DEFAULT_CUDA_BASE
-    if mode == "auto" and base_image is None and not host_has_nvidia_gpu():
-        return Base(local_base, "local", "no NVIDIA GPU on this host and no BASE_IMAGE given")
-    failure = try_pull(client, wanted)
+    if base_image is None:
+        if mode == "registry":
+            raise BuildError("--base registry needs an image: pass --base-image or set BASE_IMAGE")
+        return Base(local_base, "local", "no BASE_IMAGE given")
+    failure = try_pull(client, base_image)
     if failure is None:
-        return Base(wanted, "registry", f"pulled {wanted}")
+        return Base(base_image, "registry", f"BASE_IMAGE {base_image} is here")
     if mode == "registry":
-        raise BuildError(f"cannot pull {wanted}: {failure}; use --base local for an offline build")
+        raise BuildError(f"cannot pull {base_image}: {failure}; use --base local for an offline build")
     return Base(local_base, "local", f"registry not usable ({failure}); built offline instead")
+
+
+def debian_image(client: docker.DockerClient, given: str | None, local_base: str) -> str:
+    """A Debian bookworm image with apt for the prepare image's test-suite stage."""
+    if given is not None:
+        if not image_exists(client, given) and try_pull(client, given) is not None:
+            raise BuildError(f"--debian-image {given} is neither here nor pullable")
+        return given
+    if image_exists(client, local_base) or try_pull(client, DEBIAN_REGISTRY_IMAGE) is not None:
+        build_local_base(client, local_base)
+        return local_base
+    return DEBIAN_REGISTRY_IMAGE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +245,16 @@ def host_debian_mirror(suite: str = SUITE, sources: list[Path] | None = None) ->
     return None
 
 
+def trim_rootfs(rootfs: Path, patterns: Iterable[str] = ROOTFS_TRIM) -> None:
+    for pattern in patterns:
+        for target in rootfs.glob(pattern):
+            if target.is_dir() and not target.is_symlink():
+                for child in target.iterdir():
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            else:
+                target.unlink()
+
+
 def build_local_base(client: docker.DockerClient, tag: str) -> None:
     if image_exists(client, tag):
         log(f"{tag} exists: skipping debootstrap")
@@ -190,11 +274,7 @@ def build_local_base(client: docker.DockerClient, tag: str) -> None:
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"]
             raise BuildError(f"debootstrap failed: {tail[0]}")
-        for rel in ROOTFS_TRIM:
-            target = rootfs / rel
-            if target.is_dir():
-                for child in target.iterdir():
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        trim_rootfs(rootfs)
         archive = Path(tmp) / "rootfs.tar"
         subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(archive), "."],
                        check=True)
@@ -212,17 +292,32 @@ def build_local_base(client: docker.DockerClient, tag: str) -> None:
 
 
 def probe_python(client: docker.DockerClient, image: str) -> PythonFacts:
-    script = ("import json, sys, sysconfig; print(json.dumps({'version': '%d.%d' % "
-              "sys.version_info[:2], 'stdlib': sysconfig.get_paths()['stdlib']}))")
+    script = ("import json, sys, sysconfig, importlib.metadata as md\n"
+              "try: torch = md.version('torch')\n"
+              "except md.PackageNotFoundError: torch = None\n"
+              "print(json.dumps({'version': '%d.%d' % sys.version_info[:2], "
+              "'stdlib': sysconfig.get_paths()['stdlib'], 'torch': torch}))")
     out = client.containers.run(image, ["python3", "-c", script], entrypoint=[],
                                 network_mode="none", remove=True, user="0")
     return PythonFacts(**json.loads(out.decode().strip().splitlines()[-1]))
 
 
-def wheel_requirements(base: Base) -> list[str]:
-    lines = [ln.split("#")[0].strip() for ln in REQUIREMENTS.read_text().splitlines()]
-    reqs = [ln for ln in lines if ln]
-    return reqs + ([TORCH_REQUIREMENT] if base.kind == "local" else [])
+def requirement_lines(path: Path = REQUIREMENTS) -> list[str]:
+    lines = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+    return [ln for ln in lines if ln]
+
+
+def pinned_torch(path: Path = REQUIREMENTS) -> str:
+    """The torch version of the project: the `torch==` line of images/requirements.txt."""
+    pins = [ln.split("==", 1)[1] for ln in requirement_lines(path) if ln.startswith("torch==")]
+    if len(pins) != 1:
+        raise BuildError(f"{path} must pin torch with exactly one `torch==X.Y.Z` line")
+    return pins[0]
+
+
+def wheel_requirements(keep_base_torch: bool, path: Path = REQUIREMENTS) -> list[str]:
+    return [ln for ln in requirement_lines(path)
+            if not (keep_base_torch and ln.startswith("torch=="))]
 
 
 def ensure_wheelhouse(reqs: list[str], python: PythonFacts) -> None:
@@ -280,12 +375,16 @@ def pack_context(files: list[Path], into: io.BufferedRandom) -> None:
 
 
 def docker_build(client: docker.DockerClient, tag: str, dockerfile: str, files: list[Path],
-                 buildargs: dict[str, str], verbose: bool) -> str:
+                 buildargs: dict[str, str], verbose: bool, network: str = "none",
+                 labels: dict[str, str] | None = None) -> str:
+    """Build with the legacy builder. `network`: "none" for the offline builds; "host" only for
+    Dockerfiles that apt-get Debian packages (works where dockerd has no bridge, too)."""
     t0 = time.monotonic()
     with tempfile.TemporaryFile(dir="/var/tmp") as ctx:
         pack_context(files, ctx)
         stream = client.api.build(fileobj=ctx, custom_context=True, dockerfile=dockerfile,
-                                  tag=tag, buildargs=buildargs, rm=True, forcerm=True,
+                                  tag=tag, buildargs=buildargs, labels=labels, network_mode=network,
+                                  rm=True, forcerm=True,
                                   pull=False, decode=True)
         image_id, cached, steps = None, 0, 0
         for chunk in stream:
@@ -303,8 +402,33 @@ def docker_build(client: docker.DockerClient, tag: str, dockerfile: str, files: 
     return image_id
 
 
-def build_all(mode: str, base_image: str | None, verbose: bool,
-              only_through: str = "prepare", tags: Tags = TAGS) -> Base:
+def image_torch(python: PythonFacts, keep_base_torch: bool, base: Base) -> str:
+    """The torch version the runtime image will run (its label); says when it is not the pin."""
+    pin = pinned_torch()
+    if not keep_base_torch:
+        return pin
+    if python.torch is None:
+        raise BuildError(f"--keep-base-torch: {base.image} has no torch to keep; drop the option")
+    if python.torch.split("+")[0] != pin:
+        log(f"warning: keeping the base's torch {python.torch}, not torch=={pin} that everything "
+            "is tested with (images/requirements.txt)")
+    return python.torch
+
+
+def prepare_base(client: docker.DockerClient, base: Base, tags: Tags, verbose: bool) -> str:
+    """The tag runtime.Dockerfile builds FROM: the local base, or BASE_IMAGE completed."""
+    if base.kind == "local":
+        build_local_base(client, tags.base)
+        return tags.base
+    docker_build(client, tags.registry_base, "images/base.Dockerfile",
+                 context_files(["images/base.Dockerfile"]), {"BASE_IMAGE": base.image}, verbose,
+                 network="host")
+    return tags.registry_base
+
+
+def build_all(mode: str, base_image: str | None, verbose: bool, only_through: str = "prepare",
+              tags: Tags = TAGS, keep_base_torch: bool = False, smoke: str = "auto", force_smoke: bool = False,
+              debian: str | None = None) -> Base:
     try:
         client = docker.from_env(timeout=600)
         client.ping()
@@ -312,28 +436,85 @@ def build_all(mode: str, base_image: str | None, verbose: bool,
         raise BuildError(f"no Docker engine reachable ({exc.__class__.__name__}): start dockerd") from None
     base = choose_base(client, mode, base_image, tags.base)
     log(f"base: {base.image} [{base.kind}] because {base.why}")
-    if base.kind == "local":
-        build_local_base(client, tags.base)
-    python = probe_python(client, base.image)
-    reqs = wheel_requirements(base)
-    ensure_wheelhouse(reqs, python)
-    torch_req = TORCH_REQUIREMENT if base.kind == "local" else ""
+    from_image = prepare_base(client, base, tags, verbose)
+    python = probe_python(client, from_image)
+    torch_version = image_torch(python, keep_base_torch, base)
+    ensure_wheelhouse(wheel_requirements(keep_base_torch), python)
     docker_build(client, tags.runtime, "images/runtime.Dockerfile",
                  context_files(["images/runtime.Dockerfile", "images/requirements.txt",
                                 "images/.wheelhouse/*"]),
-                 {"BASE_IMAGE": base.image, "TORCH_REQUIREMENT": torch_req}, verbose)
+                 {"BASE_IMAGE": from_image, "KEEP_BASE_TORCH": "1" if keep_base_torch else ""},
+                 verbose, labels={LABEL_TORCH: torch_version, LABEL_BASE: base.image})
     if only_through == "runtime":
+        log("no smoke test: it runs in the evaluator image (--through evaluator or prepare)")
         return base
     docker_build(client, tags.evaluator, "images/evaluator.Dockerfile",
                  context_files(["images/evaluator.Dockerfile", "evaluator/**/*.py",
                                 "evaluator/**/*.json", "evaluator/**/*.txt"]),
                  {"RUNTIME_IMAGE": tags.runtime}, verbose)
-    if only_through == "evaluator":
+    if only_through == "prepare":
+        docker_build(client, tags.prepare, "images/prepare.Dockerfile",
+                     context_files(["images/prepare.Dockerfile"]),
+                     {"DEBIAN_IMAGE": debian_image(client, debian, tags.base),
+                      "SUITE_PYTHON": SUITE_PYTHON, "EVALUATOR_IMAGE": tags.evaluator,
+                      "STDLIB": python.stdlib}, verbose,
+                     network="host")
+    device = smoke_device(smoke)
+    evaluator_id = client.images.get(tags.evaluator).id
+    passed = SMOKE_STAMP.read_text().strip() if SMOKE_STAMP.exists() else ""
+    if passed == f"{evaluator_id} {device}" and not force_smoke:
+        log(f"smoke test: passed before for exactly this image ({evaluator_id[:19]}) on {device}")
         return base
-    docker_build(client, tags.prepare, "images/prepare.Dockerfile",
-                 context_files(["images/prepare.Dockerfile"]),
-                 {"BASE_IMAGE": base.image, "EVALUATOR_IMAGE": tags.evaluator}, verbose)
+    result = smoke_test(client, tags.evaluator, device)
+    log(f"smoke test in {tags.evaluator}: torch {result.torch} on {result.device}: compile "
+        f"{result.compile_s:.1f} s, export {result.export_s:.1f} s, load {result.load_s:.1f} s, "
+        f"{result.wall_s:.1f} s in all")
+    print(f"smoke_s: {result.wall_s:.1f}", flush=True)
+    SMOKE_STAMP.write_text(f"{evaluator_id} {device}\n")
     return base
+
+
+# ---------------------------------------------------------------------------------------------
+# the smoke test
+
+
+def smoke_device(smoke: str) -> str:
+    if smoke != "auto":
+        return smoke
+    return "cuda" if host_has_nvidia_gpu() else "cpu"
+
+
+def smoke_test(client: docker.DockerClient, image: str, device: str) -> SmokeResult:
+    """Run images/smoke.py in `image`, locked down as a train container; raises BuildError."""
+    gpu = 0 if device == "cuda" else None
+    run_id = f"images-smoke-{secrets.token_hex(3)}"
+    kwargs = specs.oneoff_config(image=image, name=run_id, command=["python", "-c", SMOKE_SCRIPT.read_text(), device],
+                                 gpu=gpu, memory_gb=SMOKE_MEMORY_GB, labels={"overnight.smoke": "1"})
+    log(f"smoke test in {image} on {device} (torch.compile, torch.export, the evaluator's loader) ...")
+    t0 = time.monotonic()
+    container = client.containers.create(**kwargs)
+    try:
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            why = str(exc.explanation or exc).splitlines()[0]
+            if gpu is not None:
+                raise BuildError(f"the smoke test could not get the GPU ({why}): install the NVIDIA "
+                                 "container toolkit and restart dockerd, or pass --smoke cpu") from None
+            raise BuildError(f"the smoke test container did not start: {why}") from None
+        try:
+            status = container.wait(timeout=SMOKE_TIMEOUT_S)
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+            raise BuildError(f"the smoke test in {image} ran past {SMOKE_TIMEOUT_S} s") from None
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    wall = time.monotonic() - t0
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    if status.get("StatusCode") != 0 or not lines:
+        tail = (lines[-1] if lines else f"exit code {status.get('StatusCode')}")[:400]
+        raise BuildError(f"the smoke test failed in {image} on {device}: {tail}")
+    return SmokeResult(**json.loads(lines[-1]), wall_s=wall)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +522,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", choices=["auto", "local", "registry"],
                         default=os.environ.get("OVERNIGHT_BASE", "auto"))
     parser.add_argument("--base-image", default=os.environ.get("BASE_IMAGE") or None,
-                        help=f"registry base image (default for GPU hosts: {DEFAULT_CUDA_BASE})")
+                        help="a Debian or Ubuntu image from a registry to build on (BASE_IMAGE)")
+    parser.add_argument("--keep-base-torch", action="store_true",
+                        default=bool(os.environ.get("KEEP_BASE_TORCH")),
+                        help="run the base image's own torch instead of the pinned one (KEEP_BASE_TORCH=1)")
+    parser.add_argument("--debian-image", default=os.environ.get("DEBIAN_IMAGE") or None,
+                        help="Debian bookworm image for the stdlib test-suite stage (DEBIAN_IMAGE)")
+    parser.add_argument("--smoke", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the smoke test runs (auto: cuda when the host has an NVIDIA GPU)")
+    parser.add_argument("--force-smoke", action="store_true",
+                        help="run the smoke test even if it passed before for exactly this image")
     parser.add_argument("--through", choices=["runtime", "evaluator", "prepare"], default="prepare",
                         help="stop after this image")
     parser.add_argument("--prefix", default="overnight",
@@ -351,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         tags = Tags.named(args.prefix)
-        base = build_all(args.base, args.base_image, args.verbose, args.through, tags)
+        base = build_all(args.base, args.base_image, args.verbose, args.through, tags,
+                         args.keep_base_torch, args.smoke, debian=args.debian_image,
+                         force_smoke=args.force_smoke)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,34 +1,38 @@
 # Prepare image: the evaluator image plus the Python stdlib's test suites, which the `stdlib`
 # dataset uses as its validation text. Only the one-off data preparation job runs from it
 # (compose.yaml, `make prepare`); no experiment container ever does.
-ARG BASE_IMAGE=overnight-base:bookworm
+#
+# The suites come from Debian's packaged test suite, installed in a stage of their own built
+# from a Debian bookworm image (the local base, or debian:bookworm-slim; images/build.py picks),
+# and are copied into the stdlib of the evaluator image's interpreter, whatever Python that is
+# (Debian's /usr/lib/python3.11, a conda prefix, ...). So the validation text is the same files
+# whichever base the images were built on, and no base needs a test suite of its own.
+ARG DEBIAN_IMAGE=overnight-base:bookworm
 ARG EVALUATOR_IMAGE=overnight-evaluator:latest
 
-# --- the base's stdlib test suites (Debian ships them in a separate package) ---
-FROM ${BASE_IMAGE} AS stdlib-tests
+# --- Debian's stdlib test suites ----------------------------------------------------------------
+FROM ${DEBIAN_IMAGE} AS stdlib-tests
 USER root
+ARG SUITE_PYTHON=3.11
 RUN set -eu; \
-    stdlib="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"; \
-    if [ ! -e "$stdlib/test/test_grammar.py" ]; then \
-        ver="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
-        apt-get update -qq; \
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "libpython$ver-testsuite" >/dev/null; \
-        rm -rf /var/lib/apt/lists/*; \
-    fi; \
-    cd "$stdlib"; \
+    apt-get update -qq; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "libpython${SUITE_PYTHON}-testsuite" >/dev/null; \
+    rm -rf /var/lib/apt/lists/*; \
+    mkdir /suites; cd "/usr/lib/python${SUITE_PYTHON}"; \
     find . \( -name site-packages -o -name dist-packages \) -prune -o \
         -type d \( -name test -o -name tests -o -name idle_test \) -prune -print \
-        | tar -cf /stdlib-tests.tar -T -; \
-    tar -tf /stdlib-tests.tar | grep -q 'test/test_grammar.py'
+        | tar -cf - -T - | tar -xf - -C /suites; \
+    test -e /suites/test/test_grammar.py
 
+# --- the image ----------------------------------------------------------------------------------
 FROM ${EVALUATOR_IMAGE}
-USER root
-COPY --from=stdlib-tests /stdlib-tests.tar /tmp/stdlib-tests.tar
-RUN set -eu; \
-    stdlib="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"; \
-    tar -xf /tmp/stdlib-tests.tar -C "$stdlib"; rm /tmp/stdlib-tests.tar; \
-    test -e "$stdlib/test/test_grammar.py"
+# The evaluator image's stdlib (images/build.py reads it from the base's interpreter).
+ARG STDLIB=/usr/lib/python3.11
+COPY --from=stdlib-tests /suites/ ${STDLIB}/
+RUN python3 -c "import os, sys, sysconfig; stdlib = sysconfig.get_paths()['stdlib']; \
+sys.exit(0 if os.path.exists(stdlib + '/test/test_grammar.py') else \
+         'the test suites went to %s but the stdlib is %s: build with images/build.py' % ('$STDLIB', stdlib))"
 USER 1000:1000
 ENTRYPOINT ["python3", "-m", "evaluator.prepare"]
 CMD ["--help"]

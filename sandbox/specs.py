@@ -200,6 +200,22 @@ def container_config(job: JobSpec) -> dict[str, Any]:
     )
 
 
+def oneoff_config(*, image: str, name: str, command: list[str], gpu: int | None = None,
+                  memory_gb: float = 2.0, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A one-off container of trusted code (the images' smoke test, `make doctor`'s probes),
+    locked down exactly like a job: no network, read-only root, no capabilities, non-root."""
+    job = JobSpec(run_id=name, role="train", image=image, command=tuple(command), environment=environment(gpu),
+                  data_dir=Path("/nonexistent"), data_parts=(), inputs={}, output_dir=OUT, output_max_bytes=0,
+                  output_max_files=0, cap_s=0.0, memory_gb=memory_gb, gpu=gpu, labels=labels or {})
+    memory = int(memory_gb * 2**30)
+    return dict(
+        _locked_down(job, memory, PIDS_LIMIT),
+        command=command, name=name, labels=dict(labels or {}), environment=environment(gpu),
+        tmpfs=dict(TMPFS), shm_size=SHM_SIZE,
+        device_requests=(None if gpu is None else [DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])]),
+    )
+
+
 def keeper_config(job: JobSpec) -> dict[str, Any]:
     """The keeper: holds the job's output volume mounted (read-only) so that it outlives the job
     until the host has copied what it wants; runs no agent code, only `sleep`."""
