@@ -11,7 +11,7 @@ DATA_DIR ?= data/$(PROFILE)
 TRAIN ?= programs/default/train.py
 PYTEST_ARGS ?=
 
-.PHONY: help setup test prepare prepare-bare experiment experiment-bare bench-sandbox images overnight replay logs status report cleanup
+.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox images overnight replay logs status report cleanup
 
 help:
 	@echo "make overnight              run the research loop (cpu or gpu profile, search or anthropic agent)"
@@ -35,12 +35,23 @@ $(VENV)/.dev: $(VENV)/.host
 
 setup: $(VENV)/.dev
 
+# The Docker engine, compose, debootstrap: installed and started when missing (says what it runs),
+# nothing at all when the machine is ready. `make test` needs no GPU, so no NVIDIA runtime check.
+SETUP_HOST_ARGS = $(if $(call given,PROFILE),--profile $(PROFILE))
+test: SETUP_HOST_ARGS = --profile cpu
+setup-host:
+	@VENV=$(VENV) scripts/setup-host $(SETUP_HOST_ARGS)
+
+# Everything a night depends on, as a table; exits non-zero when a night could not start.
+doctor: $(VENV)/.host
+	@$(PY) -m controller doctor $(if $(call given,PROFILE),--profile $(PROFILE)) $(if $(AGENT),--agent $(AGENT))
+
 # --- images and data -------------------------------------------------------------------------
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 # Local base (debootstrap + host wheelhouse) with no registry, or BASE_IMAGE=<Debian/Ubuntu image>;
 # the pinned torch either way (KEEP_BASE_TORCH=1 keeps a PyTorch base's own). Ends with a smoke test.
-images: $(VENV)/.host
+images: setup-host $(VENV)/.host
 	$(PY) images/build.py $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(KEEP_BASE_TORCH),--keep-base-torch)
 
 # The one-off compose job (the only container with a network) writes data/$(PROFILE).
@@ -71,14 +82,14 @@ experiment-bare: $(VENV)/.dev
 
 # --- tests -----------------------------------------------------------------------------------
 
-test: $(VENV)/.dev images
+test: setup-host $(VENV)/.dev images
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # --- the research loop -----------------------------------------------------------------------
 # PROFILE is passed on only when the user gave it: otherwise the controller picks gpu or cpu.
 given = $(filter command line environment override,$(origin $(1)))
 
-overnight: $(VENV)/.host images
+overnight: setup-host $(VENV)/.host images
 	@p=$(if $(call given,PROFILE),$(PROFILE),$$($(PY) -m controller profile)); \
 	  test -f data/$$p/manifest.json || $(MAKE) --no-print-directory prepare PROFILE=$$p
 	$(PY) -m controller overnight $(if $(TAG),--tag $(TAG)) $(if $(call given,PROFILE),--profile $(PROFILE)) \

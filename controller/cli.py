@@ -1,4 +1,4 @@
-"""`python -m controller overnight|replay|logs|status|report|cleanup|profile`.
+"""`python -m controller overnight|replay|logs|status|report|cleanup|profile|doctor`.
 
 Errors meant for a person are one line on stderr (exit 2), never a traceback."""
 
@@ -47,6 +47,7 @@ OVERNIGHT_FLAGS: dict[str, str] = {
     "seed": "seed handed to train.py",
 }
 COMMON_FLAGS = ("runs_dir", "repo", "data_dir", "image", "sandbox")
+DOCTOR_FLAGS = ("profile", "agent", "data_dir", "runs_dir", "image")
 
 
 class UserError(RuntimeError):
@@ -82,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--tag", default=None, help="only this tag's containers (default: all of the sandbox's)")
     _add_flags(cl, ("repo",))
     sub.add_parser("profile", help="print the profile a night would use here (gpu or cpu)")
+    dr = sub.add_parser("doctor", help="everything a night depends on, as a table (exit 1: a night could not start)")
+    _add_flags(dr, DOCTOR_FLAGS)
     return p
 
 
@@ -402,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args, console)
         if args.command == "cleanup":
             return cmd_cleanup(args, console)
+        if args.command == "doctor":
+            from controller.doctor import run_doctor
+
+            return run_doctor(_overrides(args, DOCTOR_FLAGS), console)
         if args.command == "profile":
             print(load_settings().profile)
             return 0
