@@ -634,8 +634,15 @@ class ContainerFS:
         self.root = root
         self.mounts = sorted(mounts, key=lambda m: -len(m[0]))
         self.image_paths = image_paths
-        for target, source, read_only in mounts:
-            place = root / target.lstrip("/")
+        self._composed = False
+
+    def _compose(self) -> None:
+        """Make the folder tree of the mounts (only when a path above a mount is used)."""
+        if self._composed:
+            return
+        self._composed = True
+        for target, source, read_only in sorted(self.mounts):
+            place = self.root / target.lstrip("/")
             place.parent.mkdir(parents=True, exist_ok=True)
             if not read_only:
                 place.symlink_to(source, target_is_directory=source.is_dir())
@@ -654,6 +661,7 @@ class ContainerFS:
             if value == prefix or value.startswith(prefix + "/"):
                 return str(folder) + value[len(prefix):]
         if any(target.startswith(value.rstrip("/") + "/") for target, _, _ in self.mounts):
+            self._compose()
             return str(self.root / value.lstrip("/"))
         return value
 

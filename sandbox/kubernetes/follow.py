@@ -29,22 +29,11 @@ class LogFollower(threading.Thread):
         self.done = done  # set once the job has ended (or is cancelled) and the log is complete
         self.written = 0
         self.truncated = False
-        self._response: Any = None
 
     def begin(self) -> None:
         self.path.unlink(missing_ok=True)
         self.path.touch()
         self.start()
-
-    def close(self) -> None:
-        """Cut the stream now (cancel)."""
-        self.done.set()
-        response = self._response
-        if response is not None:
-            try:
-                response.close()
-            except Exception:
-                pass
 
     def run(self) -> None:
         with self.path.open("ab", buffering=0) as out:
@@ -52,10 +41,11 @@ class LogFollower(threading.Thread):
                 pod = self._started_pod()
                 if pod is None:
                     return
-                self._response = self.core.read_namespaced_pod_log(
+                # The stream ends when the container ends or its pod is deleted (cancel).
+                response = self.core.read_namespaced_pod_log(
                     pod, self.namespace, follow=True, _preload_content=False,
                     _request_timeout=(TIMEOUT[0], SILENT_MAX_S))
-                for chunk in self._response.stream(1 << 16):
+                for chunk in response.stream(1 << 16):
                     self._write(out, chunk)
             except Exception as exc:  # the API went away, or cancel cut the stream
                 if not self.done.is_set():

@@ -103,6 +103,8 @@ class PodWatch(threading.Thread):
                         break
                 failures = 0
             except Exception as exc:
+                if self._stop.is_set():
+                    return
                 if status_of(exc) == 410:  # the watch's start is too old: list again
                     continue
                 failures += 1

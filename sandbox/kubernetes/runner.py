@@ -383,9 +383,7 @@ class KubernetesRunner:
         """Kill the job and remove its objects (idempotent). An output volume goes once neither
         its own job nor a job that mounts a file of it is left."""
         state = _state(handle)
-        state.done.set()
-        if state.logs is not None:
-            state.logs.close()
+        state.done.set()  # the log stream ends with the pod
         self._delete("Job", state.name)
         role_selector = names.selector({names.LABEL_RUN: names.run_key(state.spec.run_id),
                                         names.LABEL_ROLE: state.spec.role})
@@ -430,13 +428,15 @@ class KubernetesRunner:
                 if kind == "PersistentVolumeClaim":
                     with self._lock:
                         self._forget(obj.metadata.name)
+        with self._lock:
+            for dest in [d for d, f in self._fetched.items() if f.claim not in self._live]:
+                del self._fetched[dest]
         return removed
 
     def _forget(self, claim: str) -> None:
+        """The claim is gone; what was fetched from it stays known (a late eval job is told)."""
         self._live.discard(claim)
         self._consumers.pop(claim, None)
-        for dest in [d for d, f in self._fetched.items() if f.claim == claim]:
-            del self._fetched[dest]
 
     def _delete_pods(self, selector: str) -> list[str]:
         """Delete the pods of `selector` with no grace and wait (bounded) until they are gone,
