@@ -216,7 +216,7 @@ class FakeKube:
             process.kill()
 
     def kubeconfig(self, path: Path) -> Path:
-        ns = sorted(self.namespaces)[0]
+        ns = min(self.namespaces)
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
@@ -229,7 +229,7 @@ class FakeKube:
 
     def add_claim(self, name: str, folder: Path, namespace: str | None = None) -> None:
         """A PVC that exists before the sandbox comes (the data volume), backed by `folder`."""
-        ns = namespace or sorted(self.namespaces)[0]
+        ns = namespace or min(self.namespaces)
         self._create("persistentvolumeclaims", ns, {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "namespace": ns},
@@ -249,7 +249,7 @@ class FakeKube:
         return found
 
     def claim_dir(self, name: str, namespace: str | None = None) -> Path:
-        return self.claim_dirs[(namespace or sorted(self.namespaces)[0], name)]
+        return self.claim_dirs[(namespace or min(self.namespaces), name)]
 
     # -- the store -------------------------------------------------------------------------
 
@@ -262,7 +262,6 @@ class FakeKube:
     def _get(self, plural: str, ns: str, name: str) -> dict[str, Any]:
         obj = self.objects.get((plural, ns, name))
         if obj is None:
-            _, kind = KINDS[plural]
             raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
         return obj
 
@@ -537,7 +536,7 @@ class FakeKube:
             status: dict[str, Any] = {"phase": "Succeeded" if code == 0 and reason is None else "Failed"}
             if reason == "DeadlineExceeded":
                 status.update(reason="DeadlineExceeded",
-                              message=f"Pod was active on the node longer than the specified deadline")
+                              message="Pod was active on the node longer than the specified deadline")
             status["containerStatuses"] = self._container_status(pod, {"terminated": terminated},
                                                                  pod["status"]["containerStatuses"][0]["imageID"])
             self._set_status(ns, name, **status)

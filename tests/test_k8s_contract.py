@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from k8s_support import IMAGE, kube_setup
-from runner_contract import *  # noqa: F403  (the contract's tests run here, on this backend)
+from runner_contract import *  # the contract's tests run here, on this backend
 from runner_contract import Backend
 
 

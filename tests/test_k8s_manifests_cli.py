@@ -25,7 +25,7 @@ def k8s_manifests(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERNIGHT_", "KUBE"))}
     env["PYTHONPATH"] = str(REPO_ROOT)
     return subprocess.run([sys.executable, "-m", "controller", "k8s-manifests", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, check=False, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("profile", ["gpu", "cpu"])
@@ -64,6 +64,6 @@ def test_cluster_settings_show_in_the_manifests(tmp_path: Path) -> None:
 def test_a_bad_cluster_setting_is_one_line(tmp_path: Path) -> None:
     done = k8s_manifests(tmp_path, "--profile", "gpu", "--gpu-resource-name", "gpu")
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [
+    assert done.stderr.strip().splitlines() == [(
         "error: bad setting --gpu-resource-name / OVERNIGHT_GPU_RESOURCE_NAME: 'gpu' is not an "
-        "extended resource name like nvidia.com/gpu"]
+        "extended resource name like nvidia.com/gpu")]

@@ -43,7 +43,7 @@ def test_damaged_data_on_the_volume_is_found_by_its_manifest(tmp_path: Path) -> 
     try:
         prepare_on_cluster(setup.runner, profile="test", data_name="test", dataset="stdlib",
                            image=IMAGE, say=lambda _: None, log_path=tmp_path / "p.log")
-        shard = sorted((setup.data_dir.parent / "test" / "val").iterdir())[0]
+        shard = min((setup.data_dir.parent / "test" / "val").iterdir())
         shard.write_bytes(shard.read_bytes()[:-2] + b"\0\0")
         with pytest.raises(SandboxError, match="does not match its manifest hash"):
             setup.runner.data_manifest("test", IMAGE)

@@ -110,7 +110,7 @@ def test_a_gpu_job_gets_exactly_one_gpu_and_runs(made: list, tmp_path: Path) -> 
 
 
 def test_an_image_the_cluster_cannot_pull_says_to_push_the_images(made: list, tmp_path: Path) -> None:
-    setup, backend = make(made, tmp_path)
+    _, backend = make(made, tmp_path)
     job = backend.job(run_id("pull"), SLEEP)
     handle = backend.runner.submit(
         type(job)(**{**job.__dict__, "image": "registry.test/overnight-evaluator:gone"}))

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sandbox.errors import SandboxError
 
-T = TypeVar("T")
 TIMEOUT = (10, 60)  # (connect, read) seconds of an ordinary call
 RBAC_HINT = "give the controller's account the Role in docs/kubernetes.md"
 
@@ -70,7 +69,7 @@ def error(what: str, exc: BaseException) -> SandboxError:
     return SandboxError(f"{what}: {message_of(exc)}")
 
 
-def call(what: str, fn: Callable[..., T], *args: Any, missing_ok: bool = False, **kwargs: Any) -> T | None:
+def call(what: str, fn: Callable[..., Any], *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
     """fn(*args) with the ordinary timeout; every failure becomes one SandboxError line
     (a 404 becomes None when missing_ok)."""
     kwargs.setdefault("_request_timeout", TIMEOUT)

@@ -17,7 +17,7 @@ LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGED_BY = "overnight"
 ANNOTATION_RUN_ID = "overnight.run-id"
 
-__all__ = ["LABEL_RUN", "LABEL_ROLE", "LABEL_POD", "run_key", "label_value", "object_name",
+__all__ = ["LABEL_POD", "LABEL_ROLE", "LABEL_RUN", "label_value", "object_name", "run_key",
            "selector", "valid_label_key"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -27,27 +27,27 @@ def refuse(reason):
 
 def main(directory, name, max_bytes):
     if "/" in name or name in ("", ".", ".."):
-        refuse("bad file name %r" % name)
+        refuse(f"bad file name {name!r}")
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
-        refuse("no %s" % name)
+        refuse(f"no {name}")
     if stat.S_ISLNK(st.st_mode):
-        refuse("%s is a symlink; refused" % name)
+        refuse(f"{name} is a symlink; refused")
     if not stat.S_ISREG(st.st_mode):
-        refuse("%s is not a regular file; refused" % name)
+        refuse(f"{name} is not a regular file; refused")
     if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-        refuse("%s has a setuid or setgid bit; refused" % name)
+        refuse(f"{name} has a setuid or setgid bit; refused")
     if st.st_size > max_bytes:
-        refuse("%s is %d bytes, over the %d-byte cap" % (name, st.st_size, max_bytes))
+        refuse(f"{name} is {st.st_size} bytes, over the {max_bytes}-byte cap")
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
-        refuse("cannot open %s: %s" % (name, exc.strerror))
+        refuse(f"cannot open {name}: {exc.strerror}")
     st2 = os.fstat(fd)
     if not stat.S_ISREG(st2.st_mode) or (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
-        refuse("%s changed while it was checked; refused" % name)
+        refuse(f"{name} changed while it was checked; refused")
     size = st2.st_size
     out = sys.stdout.buffer
     out.write(b"OK %d\n" % size)

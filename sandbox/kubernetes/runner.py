@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -488,14 +488,15 @@ class KubernetesRunner:
 
     # -- objects -------------------------------------------------------------------------------
 
+    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
+        api, resource = _APIS[kind]
+        return getattr(getattr(self, api), f"{verb}_namespaced_{resource}")
+
     def _create(self, obj: dict[str, Any], exists_ok: bool = False) -> None:
         kind, name = obj["kind"], obj["metadata"]["name"]
-        create = {"Job": self.batch.create_namespaced_job, "Pod": self.core.create_namespaced_pod,
-                  "ConfigMap": self.core.create_namespaced_config_map,
-                  "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
-                  "NetworkPolicy": self.net.create_namespaced_network_policy}[kind]
-        try:
-            create(self.ns, obj, _request_timeout=TIMEOUT)
+        create = self._method("create", kind)
+        try:  # the answer (the object as created) is not needed
+            create(self.ns, obj, _request_timeout=TIMEOUT, _preload_content=False).read()
         except Exception as exc:
             if status_of(exc) == 409:
                 if exists_ok:
@@ -505,10 +506,7 @@ class KubernetesRunner:
             raise error(f"create {kind} {name}", exc) from None
 
     def _delete(self, kind: str, name: str) -> None:
-        delete = {"Job": self.batch.delete_namespaced_job, "Pod": self.core.delete_namespaced_pod,
-                  "ConfigMap": self.core.delete_namespaced_config_map,
-                  "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim,
-                  "NetworkPolicy": self.net.delete_namespaced_network_policy}[kind]
+        delete = self._method("delete", kind)
         extra: dict[str, Any] = {"grace_period_seconds": 0} if kind == "Pod" else {}
         if kind == "Job":
             extra["propagation_policy"] = "Background"  # else the API orphans the Job's pods
@@ -518,6 +516,11 @@ class KubernetesRunner:
         if response is not None:
             response.read()
             response.release_conn()
+
+
+_APIS = {"Job": ("batch", "job"), "Pod": ("core", "pod"), "ConfigMap": ("core", "config_map"),
+         "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
+         "NetworkPolicy": ("net", "network_policy")}
 
 
 def make_kubernetes_runner(settings: Any) -> KubernetesRunner:

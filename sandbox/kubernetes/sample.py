@@ -27,9 +27,9 @@ def sample_jobs(profile_name: str, cluster: Cluster, *, image: str, data_dir: Pa
     profile = get_profile(profile_name)
     limits = Limits.for_profile(profile)
     gpu = 0 if profile.name == "gpu" else None
-    common: dict[str, Any] = dict(run_id=SAMPLE_RUN_ID, image=cluster.image(image),
-                                  data_dir=data_dir, memory_gb=memory_gb, gpu=gpu,
-                                  labels=SAMPLE_LABELS)
+    common: dict[str, Any] = {"run_id": SAMPLE_RUN_ID, "image": cluster.image(image),
+                              "data_dir": data_dir, "memory_gb": memory_gb, "gpu": gpu,
+                              "labels": SAMPLE_LABELS}
     train = JobSpec(
         role="train", command=("python", specs.TRAIN_PY),
         environment=specs.train_environment(profile.name, seed, gpu),
