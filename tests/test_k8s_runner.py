@@ -292,3 +292,18 @@ def test_cleanup_of_a_tag_removes_every_run_of_that_night(made: list, tmp_path: 
     removed = backend.runner.cleanup_tag("contract")
     assert len([r for r in removed if r.startswith("job/")]) == 2
     assert setup.leftovers(first) == [] and setup.leftovers(second) == []
+
+
+def test_a_job_that_ended_before_wait_reports_the_containers_own_time(made: list,
+                                                                      tmp_path: Path) -> None:
+    setup, backend = make(made, tmp_path)
+    rid = run_id("early")
+    handle = backend.runner.submit(backend.job(rid, "import time\ntime.sleep(1.2)\n"))
+    ends = time.monotonic() + 30
+    while not any(p["status"].get("phase") == "Succeeded"
+                  for p in setup.kube.list("pods", f"overnight.run={rid}")):
+        assert time.monotonic() < ends
+        time.sleep(0.1)
+    outcome = backend.runner.wait(handle)
+    assert outcome.exit_code == 0 and 1.0 <= outcome.seconds <= 3.0
+    backend.runner.cancel(handle)

@@ -101,8 +101,14 @@ class KubernetesRunner:
         once per runner)."""
         if self._ready:
             return
-        if call(f"namespace {self.ns}", self.core.read_namespace, self.ns, missing_ok=True) is None:
-            raise SandboxError(f"namespace {self.ns} does not exist: kubectl create namespace {self.ns}")
+        try:  # namespaces are cluster-wide: an account limited to the namespace may not read it
+            self.core.read_namespace(self.ns, _request_timeout=TIMEOUT, _preload_content=False).read()
+        except Exception as exc:
+            if status_of(exc) == 404:
+                raise SandboxError(f"namespace {self.ns} does not exist: "
+                                   f"kubectl create namespace {self.ns}") from None
+            if status_of(exc) != 403:
+                raise error(f"namespace {self.ns}", exc) from None
         self.ensure_network_policy()
         self._ready = True
 
@@ -158,7 +164,8 @@ class KubernetesRunner:
         inputs: dict[str, manifests.Input] = {}
         consumed: list[str] = []
         for path, host in job.inputs.items():
-            fetched = self._fetched.get(os.path.abspath(host))
+            with self._lock:
+                fetched = self._fetched.get(os.path.abspath(host))
             if fetched is not None:
                 if fetched.run != names.run_key(job.run_id):
                     raise SandboxError(f"{job.run_id}: input {path} was fetched from another run; "
@@ -268,6 +275,10 @@ class KubernetesRunner:
         if terminated is not None:
             outcome.exit_code = terminated.exit_code
             outcome.oom_killed = terminated.reason == "OOMKilled"
+            if view.started_at == view.ended_at and terminated.started_at and terminated.finished_at:
+                # Over before the host saw it run: the container's own times (whole seconds).
+                reported = (terminated.finished_at - terminated.started_at).total_seconds()
+                outcome.seconds = max(outcome.seconds, reported)
         if view.pod is not None and view.pod.status is not None and \
                 view.pod.status.reason == "DeadlineExceeded":
             outcome.timed_out = True
