@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from typing_extensions import override
 
 from sandbox.errors import SandboxError
 from sandbox.hostile import HostileFileError, read_regular
@@ -37,7 +38,7 @@ from sandbox.kubernetes.cluster import Cluster
 from sandbox.kubernetes.fetch import Receiver, fetch_command
 from sandbox.kubernetes.follow import LogFollower
 from sandbox.kubernetes.podwatch import FATAL_WAITING, PodView, PodWatch
-from sandbox.runner import JobHandle, JobOutcome, JobSpec, Watcher
+from sandbox.runner import JobHandle, JobOutcome, JobSpec, Runner, Watcher
 
 log = structlog.get_logger("sandbox")
 
@@ -73,7 +74,7 @@ class _Fetched:
     name: str
 
 
-class KubernetesRunner:
+class KubernetesRunner(Runner):
     """sandbox.runner.Runner on a Kubernetes cluster, through the official client."""
 
     name = "kubernetes"
@@ -102,7 +103,9 @@ class KubernetesRunner:
         if self._ready:
             return
         try:  # namespaces are cluster-wide: an account limited to the namespace may not read it
-            self.core.read_namespace(self.ns, _request_timeout=TIMEOUT, _preload_content=False).read()
+            response: Any = self.core.read_namespace(self.ns, _request_timeout=TIMEOUT,
+                                                     _preload_content=False)
+            response.read()
         except Exception as exc:
             if status_of(exc) == 404:
                 raise SandboxError(f"namespace {self.ns} does not exist: "
@@ -132,6 +135,7 @@ class KubernetesRunner:
 
     # -- submit --------------------------------------------------------------------------------
 
+    @override
     def submit(self, job: JobSpec) -> JobHandle:
         self.preflight()
         inputs, consumed = self._inputs(job)
@@ -187,6 +191,7 @@ class KubernetesRunner:
 
     # -- logs ----------------------------------------------------------------------------------
 
+    @override
     def stream_logs(self, handle: JobHandle, path: Path, max_bytes: int) -> None:
         """Starts following the job's log into `path` and returns; wait() drains it."""
         state = _state(handle)
@@ -195,6 +200,7 @@ class KubernetesRunner:
 
     # -- wait ----------------------------------------------------------------------------------
 
+    @override
     def wait(self, handle: JobHandle, watchers: Sequence[Watcher] = ()) -> JobOutcome:
         state = _state(handle)
         job = state.spec
@@ -310,6 +316,7 @@ class KubernetesRunner:
 
     # -- fetch ---------------------------------------------------------------------------------
 
+    @override
     def fetch_output(self, handle: JobHandle, name: str, dest: Path, max_bytes: int) -> int:
         """Copy ONE regular file of the job's output volume to the new host file `dest`;
         HostileFileError when the file is refused, SandboxError when the transfer fails."""
@@ -390,6 +397,7 @@ class KubernetesRunner:
 
     # -- cancel and cleanup --------------------------------------------------------------------
 
+    @override
     def cancel(self, handle: JobHandle) -> None:
         """Kill the job and remove its objects (idempotent). An output volume goes once neither
         its own job nor a job that mounts a file of it is left."""
@@ -413,6 +421,7 @@ class KubernetesRunner:
             self._delete("PersistentVolumeClaim", claim)
         log.info("job.cancelled", job=state.name)
 
+    @override
     def cleanup(self, run_id: str | None = None) -> list[str]:
         """Remove every object of a run (or of every run), found by its label; their names."""
         selector = names.LABEL_RUN if run_id is None else \
