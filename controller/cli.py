@@ -48,6 +48,18 @@ OVERNIGHT_FLAGS: dict[str, str] = {
 }
 COMMON_FLAGS = ("runs_dir", "repo", "data_dir", "image", "sandbox")
 DOCTOR_FLAGS = ("profile", "agent", "data_dir", "runs_dir", "image")
+# Settings of the Kubernetes backend (sandbox.kubernetes, docs/kubernetes.md).
+K8S_FLAGS: dict[str, str] = {
+    "backend": "docker | kubernetes (default: docker)",
+    "kube_config": "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)",
+    "kube_namespace": "namespace of the experiments' Jobs (default: overnight)",
+    "image_registry": "registry the cluster pulls the images from, e.g. registry.example.com/team",
+    "storage_class": "storage class of the per-job output volumes (default: the cluster's)",
+    "gpu_resource_name": "the GPU resource the device plugin advertises (default: nvidia.com/gpu)",
+    "kube_data_volume": "PVC with the prepared data (default: overnight-data)",
+    "kube_runtime_class": "RuntimeClass for every sandbox pod, e.g. gvisor",
+    "kube_cpus": "CPU limit of each job (default: 8)",
+}
 
 
 class UserError(RuntimeError):
@@ -85,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("profile", help="print the profile a night would use here (gpu or cpu)")
     dr = sub.add_parser("doctor", help="everything a night depends on, as a table (exit 1: a night could not start)")
     _add_flags(dr, DOCTOR_FLAGS)
+    km = sub.add_parser("k8s-manifests", help="print the Kubernetes objects of one experiment, to review")
+    km.add_argument("--profile", default=None, help=OVERNIGHT_FLAGS["profile"])
+    for name in ("image", "memory_limit_gb", "data_dir"):
+        km.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X",
+                        help=OVERNIGHT_FLAGS[name])
+    for name, text in K8S_FLAGS.items():
+        km.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X", help=text)
     return p
 
 
@@ -383,6 +402,21 @@ def cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_k8s_manifests(args: argparse.Namespace) -> int:
+    from sandbox.kubernetes.cluster import Cluster
+    from sandbox.kubernetes.sample import sample_manifests, to_yaml
+
+    settings = load_settings(**_overrides(args, ["profile", "image", "memory_limit_gb", "data_dir",
+                                                 *K8S_FLAGS]))
+    objects = sample_manifests(settings.profile, Cluster.from_settings(settings), image=settings.image,
+                               data_dir=Path(settings.data_dir), memory_gb=settings.memory_limit_gb)
+    print(f"# The Kubernetes objects of one {settings.profile} experiment, as the kubernetes backend\n"
+          f"# creates them in namespace {settings.kube_namespace} (train.py shortened). Review, or\n"
+          "# check with: kubectl apply --dry-run=server -f <this file>")
+    print(to_yaml(objects), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -412,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             print(load_settings().profile)
             return 0
+        if args.command == "k8s-manifests":
+            return cmd_k8s_manifests(args)
     except (UserError, SettingsError, GitError, LedgerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

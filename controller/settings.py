@@ -22,8 +22,13 @@ __all__ = ["Settings", "SettingsError", "detect_profile", "docker_runtimes", "lo
 
 AgentName = Literal["anthropic", "search"]
 SandboxName = Literal["docker", "bare"]
+BackendName = Literal["docker", "kubernetes"]
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _UNTIL = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_RESOURCE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_REGISTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_/-]*$")
 DEFAULT_IMAGE = "overnight-evaluator:latest"
 
 
@@ -75,6 +80,18 @@ class Settings(BaseSettings):
     until: str | None = None  # HH:MM, local time, the next time it comes round
     max_experiments: int | None = Field(default=None, ge=0)  # experiments after the baseline, per tag
     seed: int = Field(default=0, ge=0)
+    # Where experiments run: the local Docker engine, or Jobs on a Kubernetes cluster
+    # (sandbox.kubernetes, docs/kubernetes.md).
+    backend: BackendName = "docker"
+    kube_config: Path | None = None  # kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)
+    kube_namespace: str = "overnight"  # a namespace of its own: a deny-all NetworkPolicy covers it
+    image_registry: str | None = None  # the cluster pulls <image_registry>/overnight-evaluator:latest
+    storage_class: str | None = None  # per-job output volumes (None: the cluster's default class)
+    gpu_resource_name: str = "nvidia.com/gpu"  # what the GPU device plugin advertises
+    kube_data_volume: str = "overnight-data"  # PVC with the prepared data dirs (data/<profile> -> <profile>/)
+    kube_runtime_class: str | None = None  # e.g. gvisor: a RuntimeClass for every sandbox pod
+    kube_cpus: float = Field(default=8.0, gt=0)  # CPU limit of each job
+    kube_start_timeout_s: float = Field(default=600.0, gt=0)  # scheduling + image pull, then an error
 
     @field_validator("tag", "program")
     @classmethod
@@ -109,6 +126,35 @@ class Settings(BaseSettings):
         if value is not None and not _UNTIL.match(value):
             raise ValueError(f"{value!r} is not a time like 07:30")
         return value
+
+    @field_validator("kube_namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} must be a namespace name: lowercase letters, digits and '-', "
+                             "at most 63")
+        return value
+
+    @field_validator("kube_data_volume", "kube_runtime_class", "storage_class")
+    @classmethod
+    def _object_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 253 or not _DNS_SUBDOMAIN.match(value)):
+            raise ValueError(f"{value!r} must be a Kubernetes name: lowercase letters, digits, '-' and '.'")
+        return value
+
+    @field_validator("gpu_resource_name")
+    @classmethod
+    def _resource(cls, value: str) -> str:
+        if not _RESOURCE.match(value) or "/" not in value:
+            raise ValueError(f"{value!r} is not an extended resource name like nvidia.com/gpu")
+        return value
+
+    @field_validator("image_registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if value is not None and ("://" in value or not _REGISTRY.match(value)):
+            raise ValueError(f"{value!r} is not a registry like registry.example.com/team (no scheme)")
+        return value.rstrip("/") if value else value
 
     @property
     def tag_dir(self) -> Path:

@@ -255,10 +255,21 @@ def trim_rootfs(rootfs: Path, patterns: Iterable[str] = ROOTFS_TRIM) -> None:
                 target.unlink()
 
 
+LABEL_BASE_KEY = "overnight.base-key"  # what the local base was made from: a different recipe rebuilds it
+
+
+def base_key() -> str:
+    recipe = json.dumps([SUITE, BASE_PACKAGES, ROOTFS_TRIM])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
 def build_local_base(client: docker.DockerClient, tag: str) -> None:
     if image_exists(client, tag):
-        log(f"{tag} exists: skipping debootstrap")
-        return
+        made_from = (client.images.get(tag).labels or {}).get(LABEL_BASE_KEY)
+        if made_from == base_key():
+            log(f"{tag} exists: skipping debootstrap")
+            return
+        log(f"{tag} was made from another recipe ({made_from or 'unlabelled'}): making it again")
     if shutil.which("debootstrap") is None:
         raise BuildError("debootstrap is not installed: `apt-get install debootstrap`, then retry")
     if os.geteuid() != 0:
@@ -282,7 +293,7 @@ def build_local_base(client: docker.DockerClient, tag: str) -> None:
         client.api.import_image_from_file(
             str(archive), repository=repo, tag=version,
             changes=['ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-                     'CMD ["/bin/bash"]'],
+                     'CMD ["/bin/bash"]', f"LABEL {LABEL_BASE_KEY}={base_key()}"],
         )
     log(f"{tag} imported in {time.monotonic() - t0:.0f} s")
 

@@ -41,7 +41,7 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, cap_s: float
             time.sleep(0.05)
 
 
-def _env(spec: ExperimentSpec, out_dir: Path, deadline: float) -> dict[str, str]:
+def _env(spec: ExperimentSpec, out_dir: Path, budget_s: float) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -51,7 +51,8 @@ def _env(spec: ExperimentSpec, out_dir: Path, deadline: float) -> dict[str, str]
         "OVERNIGHT_DATA_DIR": str(Path(spec.data_dir).resolve()),
         "OVERNIGHT_OUT_DIR": str(out_dir),
         "OVERNIGHT_SEED": str(spec.seed),
-        "OVERNIGHT_DEADLINE": f"{deadline:.3f}",
+        "OVERNIGHT_BUDGET_S": f"{budget_s:g}",
+        "OVERNIGHT_STARTED": f"{time.time():.3f}",  # the clock starts now, as the cap below
     }
 
 
@@ -68,7 +69,7 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
     train_py = run_dir / "train.py"
     if Path(spec.train_py).resolve() != train_py:
         shutil.copyfile(spec.train_py, train_py)
-    env = _env(spec, out_dir, time.time() + profile.time_budget_s)
+    env = _env(spec, out_dir, profile.time_budget_s)
 
     code, train_s, train_gb = _run(
         [sys.executable, str(train_py)], env, run_dir, run_dir / "train.log", profile.train_cap_s

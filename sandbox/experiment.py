@@ -89,45 +89,44 @@ def _train_then_score(runner: Runner, spec: ExperimentSpec, limits: Limits, imag
                       data_dir: Path, paths: RunPaths, nvml: Any) -> ExperimentResult:
     memory: VramWatchdog | None = (
         None if spec.gpu is None else VramWatchdog(spec.gpu, spec.vram_cap_gb, paths.nvml_jsonl, nvml=nvml))
-    deadline = time.time() + limits.train_budget_s
     train_job = specs.train_job(run_id=spec.run_id, image=image, profile=spec.profile, seed=spec.seed,
                                 gpu=spec.gpu, memory_gb=spec.memory_limit_gb, data_dir=data_dir,
-                                train_py=paths.train_py, limits=limits, deadline=deadline,
-                                labels=spec.labels, cpuset=spec.cpuset)
+                                train_py=paths.train_py, limits=limits, labels=spec.labels, cpuset=spec.cpuset)
     watchers: list[Watcher] = [memory] if memory is not None else []
-    handle = runner.submit(train_job, watchers)
     facts: dict[str, Any] = dict(run_dir=paths.run_dir, image_id=image, train_budget_s=limits.train_budget_s,
                                  train_cap_s=limits.train_cap_s, memory_kind="ram" if spec.gpu is None else "vram")
+    train = runner.submit(train_job, watchers)
     try:
-        runner.stream_logs(handle, paths.train_log, limits.log_max_bytes)
-        train = runner.wait(handle)
-        peak = memory.peak_bytes if memory is not None else train.peak_memory_bytes
-        facts.update(train_seconds=train.seconds, train_exit_code=train.exit_code, peak_memory_gb=peak / GiB)
-        problem = _train_problem(train, limits, spec, paths)
+        runner.stream_logs(train, paths.train_log, limits.log_max_bytes)
+        trained = runner.wait(train)
+        peak = memory.peak_bytes if memory is not None else trained.peak_memory_bytes
+        facts.update(train_seconds=trained.seconds, train_exit_code=trained.exit_code, peak_memory_gb=peak / GiB)
+        problem = _train_problem(trained, limits, spec, paths)
         if problem is not None:
             return ExperimentResult(status=problem[0], reason=problem[1], **facts)
         try:
-            runner.fetch_output(handle, layout.ARTIFACT_NAME, paths.artifact, limits.artifact_max_bytes)
+            runner.fetch_output(train, layout.ARTIFACT_NAME, paths.artifact, limits.artifact_max_bytes)
         except UnsafeFileError as exc:
             if str(exc) == f"no {layout.ARTIFACT_NAME}":
                 return ExperimentResult(status="crash", reason=(
                     "train.py finished without calling submit(model): no model.pt2"), **facts)
             return ExperimentResult(status="crash", reason=f"the model artifact was refused: {exc}", **facts)
+        eval_job = specs.eval_job(run_id=spec.run_id, image=image, profile=spec.profile, gpu=spec.gpu,
+                                  memory_gb=spec.memory_limit_gb, data_dir=data_dir, artifact=paths.artifact,
+                                  limits=limits, labels=spec.labels, cpuset=spec.cpuset)
+        # Submitted before the train job is cancelled: a cluster backend serves the artifact from
+        # the train job's volume; the Docker backend mounts the host's checked copy.
+        scorer = runner.submit(eval_job)
     finally:
-        runner.cancel(handle)
-
-    eval_job = specs.eval_job(run_id=spec.run_id, image=image, profile=spec.profile, gpu=spec.gpu,
-                              memory_gb=spec.memory_limit_gb, data_dir=data_dir, artifact=paths.artifact,
-                              limits=limits, labels=spec.labels, cpuset=spec.cpuset)
-    handle = runner.submit(eval_job)
+        runner.cancel(train)
     try:
-        runner.stream_logs(handle, paths.eval_log, limits.log_max_bytes)
-        scoring = runner.wait(handle)
+        runner.stream_logs(scorer, paths.eval_log, limits.log_max_bytes)
+        scoring = runner.wait(scorer)
         facts.update(eval_seconds=scoring.seconds, eval_exit_code=scoring.exit_code)
-        _keep_detail(runner, handle, paths, limits)
-        return _scored(runner, handle, scoring, limits, paths, facts)
+        _keep_detail(runner, scorer, paths, limits)
+        return _scored(runner, scorer, scoring, limits, paths, facts)
     finally:
-        runner.cancel(handle)
+        runner.cancel(scorer)
 
 
 def _train_problem(train: JobOutcome, limits: Limits, spec: ExperimentSpec,

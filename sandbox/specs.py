@@ -21,7 +21,7 @@ from typing import Any
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from evaluator import layout
-from evaluator.context import DATA_DIR_ENV, DEADLINE_ENV, OUT_DIR_ENV, SEED_ENV
+from evaluator.context import BUDGET_ENV, CLOCK_ENV, DATA_DIR_ENV, OUT_DIR_ENV, SEED_ENV
 from evaluator.profiles import PROFILE_ENV
 from sandbox.limits import Limits
 from sandbox.runner import JobSpec, Role
@@ -74,13 +74,15 @@ def environment(gpu: int | None, extra: Mapping[str, str] | None = None) -> dict
     }
 
 
-def train_environment(profile: str, seed: int, gpu: int | None, deadline: float) -> dict[str, str]:
+def train_environment(profile: str, seed: int, gpu: int | None, budget_s: float) -> dict[str, str]:
+    """train.py is told its budget, counted from the container's start (evaluator.context)."""
     return environment(gpu, {
         PROFILE_ENV: profile,
         DATA_DIR_ENV: DATA,
         OUT_DIR_ENV: OUT,
         SEED_ENV: str(seed),
-        DEADLINE_ENV: f"{deadline:.3f}",
+        BUDGET_ENV: f"{budget_s:g}",
+        CLOCK_ENV: "container",
     })
 
 
@@ -92,12 +94,12 @@ def eval_command(profile: str, gpu: int | None) -> tuple[str, ...]:
 
 
 def train_job(*, run_id: str, image: str, profile: str, seed: int, gpu: int | None,
-              memory_gb: float, data_dir: Path, train_py: Path, limits: Limits, deadline: float,
+              memory_gb: float, data_dir: Path, train_py: Path, limits: Limits,
               labels: Mapping[str, str], cpuset: str | None = None) -> JobSpec:
-    """The train job: agent code, told its deadline, killed at budget + allowance."""
+    """The train job: agent code, told its budget, killed at budget + allowance."""
     return JobSpec(
         run_id=run_id, role="train", image=image, command=("python", TRAIN_PY),
-        environment=train_environment(profile, seed, gpu, deadline),
+        environment=train_environment(profile, seed, gpu, limits.train_budget_s),
         data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
         inputs={TRAIN_PY: train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
         output_max_files=limits.out_max_files, cap_s=limits.train_cap_s, memory_gb=memory_gb,

@@ -493,7 +493,7 @@ def test_vram_over_the_cap_is_killed_by_the_watchdog(images, docker_client, test
     runner = DockerRunner(docker_client, tick_s=0.1)
     job = specs.train_job(run_id=run_id, image=images, profile="test", seed=0, gpu=None,
                           memory_gb=MEMORY_LIMIT_GB, data_dir=test_data_dir.resolve(), train_py=train_py,
-                          limits=LIMITS, deadline=time.time() + LIMITS.train_budget_s, labels={})
+                          limits=LIMITS, labels={})
     out_volume = specs.volume_name(run_id, "train")
     nvml = VramFromRun(lambda: Path(docker_client.volumes.get(out_volume).attrs["Mountpoint"]))
     dog = VramWatchdog(0, cap_gb=1.0, samples_path=tmp_path / "nvml.jsonl", nvml=nvml, interval_s=0.1)

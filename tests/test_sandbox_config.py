@@ -144,7 +144,7 @@ def test_train_environment_is_explicit_and_carries_nothing_from_the_host(live_tr
     assert HOST_SECRET not in " ".join(live_train["attrs"]["Config"]["Env"])
     assert set(env) == set(specs.train_environment("test", 0, None, 0.0))
     assert env["OVERNIGHT_PROFILE"] == "test" and env["OVERNIGHT_SEED"] == str(spec.seed)
-    assert float(env["OVERNIGHT_DEADLINE"]) > 0  # train.py is told its deadline
+    assert env["OVERNIGHT_BUDGET_S"] == "20" and env["OVERNIGHT_CLOCK"] == "container"  # told its budget
     assert env["OVERNIGHT_DATA_DIR"] == "/data" and env["OVERNIGHT_OUT_DIR"] == "/out"
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
     inside = live_train["env_inside"]
@@ -219,7 +219,7 @@ def test_eval_container_sees_artifact_and_eval_rows_read_only_and_never_train_py
 def test_gpu_run_requests_exactly_its_assigned_gpu(created) -> None:
     create, data, tmp, limits = created
     job = specs.train_job(run_id="cfg-gpu", image="overnight-evaluator:latest", profile="gpu", seed=0, gpu=3,
-                          memory_gb=2.0, data_dir=data, train_py=tmp / "train.py", limits=limits, deadline=0.0,
+                          memory_gb=2.0, data_dir=data, train_py=tmp / "train.py", limits=limits,
                           labels={})
     attrs = create(job)
     requests = attrs["HostConfig"]["DeviceRequests"]
@@ -238,5 +238,5 @@ def test_a_cpu_slot_pins_its_containers_to_its_cores(created) -> None:
     create, data, tmp, limits = created
     job = specs.train_job(run_id="cfg-cpuset", image="overnight-evaluator:latest", profile="test", seed=0,
                           gpu=None, memory_gb=1.0, data_dir=data, train_py=tmp / "train.py", limits=limits,
-                          deadline=0.0, labels={}, cpuset="1")
+                          labels={}, cpuset="1")
     assert create(job)["HostConfig"]["CpusetCpus"] == "1"

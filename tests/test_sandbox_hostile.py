@@ -28,7 +28,7 @@ def run_job(docker_client: docker.DockerClient, images: str, stub_data_dir: Path
     runner = DockerRunner(docker_client)
     job = specs.train_job(run_id=rid(name), image=images, profile="test", seed=0, gpu=None, memory_gb=1.0,
                           data_dir=stub_data_dir.resolve(), train_py=script(tmp_path, code), limits=LIMITS,
-                          deadline=time.time() + 60, labels={})
+                          labels={})
     handle = runner.submit(job)
     runner.stream_logs(handle, tmp_path / "train.log", 1 * MiB)
     outcome = runner.wait(handle)
@@ -125,7 +125,7 @@ except OSError as exc:
     runner = DockerRunner(docker_client)
     job = specs.train_job(run_id=rid("hostile-deep"), image=images, profile="test", seed=0, gpu=None, memory_gb=1.0,
                           data_dir=stub_data_dir.resolve(), train_py=script(tmp_path, code), limits=limits,
-                          deadline=time.time() + 60, labels={})
+                          labels={})
     handle = runner.submit(job)
     runner.stream_logs(handle, tmp_path / "train.log", MiB)
     runner.wait(handle)
