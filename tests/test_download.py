@@ -77,7 +77,7 @@ def tampered(data: bytes) -> bytes:
     return data[:marker] + b"Document X-0" + data[marker + 12 :]
 
 
-def largest_size_while(path: Path, action) -> tuple[int, BaseException | None]:
+def largest_size_while(path: Path, action) -> tuple[int, DownloadError | None]:
     """Run `action` while watching `path`; the largest size it had, and what `action` raised."""
     largest, done = 0, threading.Event()
 
@@ -95,7 +95,7 @@ def largest_size_while(path: Path, action) -> tuple[int, BaseException | None]:
     try:
         action()
         error = None
-    except Exception as raised:  # handed back to the test
+    except DownloadError as raised:  # handed back to the test
         error = raised
     finally:
         done.set()
