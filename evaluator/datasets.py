@@ -13,8 +13,12 @@ train any document whose exact text also occurs in validation.
   validation text is not readable by training code even though the library itself is.
 `climbmix` -- parquet shards of karpathy/climbmix-400b-shuffle from the Hugging Face hub, as the
   original autoresearch uses: train is the first N shards (shard_00000.parquet, ...), validation
-  is the last shard (shard_06542.parquet), pinned. The base URL can be overridden with
-  OVERNIGHT_HF_BASE_URL (a mirror; tests point it at a loopback server).
+  is the last shard (shard_06542.parquet), pinned. The repo's `main` is resolved to a commit once,
+  every shard is downloaded at that commit, bounded by and checked against the size and sha256
+  (LFS object id) the hub's API publishes for it (evaluator/hub.py), and the commit and hashes go
+  into the manifest. OVERNIGHT_HF_BASE_URL sets where shards are downloaded from (a mirror that
+  serves the hub's paths), OVERNIGHT_HF_API_URL where their hashes are asked; both default to
+  https://huggingface.co, and tests point them at a loopback server.
 `parquet:<glob>` -- bring your own parquet files with a `text` column. A document goes to
   validation when the first 8 bytes of the sha256 of its UTF-8 text, as an integer, mod 100 is
   below 5 (about 5%): the split depends only on the content, so it does not change when files
@@ -35,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.download import DownloadJob, RetryPolicy, download_all
+from evaluator.hub import HF_ENDPOINT, published_files, resolve_revision, resolve_url
 
 STDLIB_TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
 CLIMBMIX_REPO = "karpathy/climbmix-400b-shuffle"
-CLIMBMIX_BASE_URL = f"https://huggingface.co/datasets/{CLIMBMIX_REPO}/resolve/main"
+CLIMBMIX_REVISION = "main"  # resolved to a commit once per preparation, recorded in the manifest
 CLIMBMIX_VAL_SHARD = 6542  # the last shard of the repo, pinned as validation
 CLIMBMIX_TRAIN_SHARDS = 10  # default number of train shards, as in the original
-HF_BASE_URL_ENV = "OVERNIGHT_HF_BASE_URL"
+HF_BASE_URL_ENV = "OVERNIGHT_HF_BASE_URL"  # where shards are downloaded from: the hub or a mirror
+HF_API_URL_ENV = "OVERNIGHT_HF_API_URL"  # where their hashes are asked: the hub
 CACHE_DIR_ENV = "OVERNIGHT_CACHE_DIR"
 
 PARQUET_VAL_PERCENT = 5
@@ -265,11 +271,16 @@ def climbmix_source(train_shards: int, cache_dir: Path, retry: RetryPolicy, with
     if not 1 <= train_shards <= CLIMBMIX_VAL_SHARD:
         raise DatasetError(f"--train-shards must be between 1 and {CLIMBMIX_VAL_SHARD}, "
                            f"got {train_shards}")
-    base_url = (os.environ.get(HF_BASE_URL_ENV) or CLIMBMIX_BASE_URL).rstrip("/")
+    base_url, api_url = hub_address(HF_BASE_URL_ENV), hub_address(HF_API_URL_ENV)
     shard_dir = Path(cache_dir) / "climbmix"
     train_names = [climbmix_shard_name(index) for index in range(train_shards)]
     val_names = [climbmix_shard_name(CLIMBMIX_VAL_SHARD)] if with_val else []
-    jobs = [DownloadJob(f"{base_url}/{name}", shard_dir / name) for name in val_names + train_names]
+    names = val_names + train_names
+    commit = resolve_revision(api_url, CLIMBMIX_REPO, CLIMBMIX_REVISION, retry)
+    published = published_files(api_url, CLIMBMIX_REPO, commit, names, retry)
+    jobs = [DownloadJob(resolve_url(base_url, CLIMBMIX_REPO, commit, name), shard_dir / name,
+                        sha256=published[name].sha256, size=published[name].size)
+            for name in names]
     paths = download_all(jobs, retry, verify=verify_parquet)
     for path in paths:
         check_text_parquet(path)
@@ -281,11 +292,22 @@ def climbmix_source(train_shards: int, cache_dir: Path, retry: RetryPolicy, with
         facts={
             "kind": "climbmix",
             "repo": CLIMBMIX_REPO,
+            "revision": commit,
             "train_files": train_names,
             "val_files": val_names,
+            "sha256": {name: published[name].sha256 for name in names},
             "val_rule": "the repo's last shard, pinned",
         },
     )
+
+
+def hub_address(variable: str) -> str:
+    """The hub address set in `variable` (default: the hub itself), without a trailing slash."""
+    value = (os.environ.get(variable) or HF_ENDPOINT).rstrip("/")
+    if not value.startswith(("http://", "https://")) or "/resolve/" in value or "/api/" in value:
+        raise DatasetError(f"{variable} must be a hub address such as {HF_ENDPOINT} (a mirror "
+                           "serving the hub's paths), without /resolve/ or /api/ in it")
+    return value
 
 
 def climbmix_shard_name(index: int) -> str:
