@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import shlex
 import signal
 import sys
@@ -69,17 +70,17 @@ class UserError(RuntimeError):
 def _add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | list[str]) -> None:
     for name in names:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X",
-                            help=OVERNIGHT_FLAGS[name])
+                            help={**OVERNIGHT_FLAGS, **K8S_FLAGS}[name])
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m controller", description="overnight: autonomous ML research")
     sub = p.add_subparsers(dest="command", required=True)
     night = sub.add_parser("overnight", help="run the research loop until stopped or a limit is reached")
-    _add_flags(night, list(OVERNIGHT_FLAGS))
+    _add_flags(night, [*OVERNIGHT_FLAGS, *K8S_FLAGS])
     rp = sub.add_parser("replay", help="run a recorded commit again and compare val_bpb")
     rp.add_argument("sha", help="commit (prefix) of the run to replay")
-    _add_flags(rp, COMMON_FLAGS)
+    _add_flags(rp, [*COMMON_FLAGS, *K8S_FLAGS])
     lg = sub.add_parser("logs", help="print a run's train.log and eval.log")
     lg.add_argument("run", help="experiment number (in --tag, default the latest tag) or commit prefix")
     lg.add_argument("--tag", default=None)
@@ -114,44 +115,70 @@ def _overrides(args: argparse.Namespace, names: Any) -> dict[str, Any]:
 # -- sandbox adapters ------------------------------------------------------------------------
 
 
-def make_runner(settings: Settings) -> Callable:
+def make_backend(settings: Settings) -> Any:
+    """The runner (sandbox.runner.Runner) the night's experiments go through: the local Docker
+    engine, or Kubernetes Jobs (docs/kubernetes.md)."""
+    from sandbox.errors import SandboxError
+
+    try:
+        if settings.backend == "kubernetes":
+            from sandbox.kubernetes.runner import make_kubernetes_runner
+
+            return make_kubernetes_runner(settings)
+        from sandbox.docker_runner import DockerRunner
+
+        return DockerRunner()
+    except SandboxError as exc:
+        raise UserError(str(exc)) from None
+
+
+def make_runner(settings: Settings, backend: Any = None) -> Callable:
+    """spec -> result for the loop: the bare runner (development), or the sandbox on a backend."""
     if settings.sandbox == "bare":
         from sandbox.bare import run_bare
 
         return run_bare
     from sandbox.experiment import run_experiment
 
-    return run_experiment
+    return functools.partial(run_experiment, runner=backend if backend is not None else make_backend(settings))
 
 
-def current_image_id(settings: Settings) -> str | None:
-    """The content id of the evaluator image (None for the bare runner); one-line errors."""
+def current_image_id(settings: Settings, backend: Any = None) -> str | None:
+    """What exactly the image is (a content id; a registry reference on a cluster), None for the
+    bare runner; one-line errors."""
     if settings.sandbox == "bare":
         return None
-    from sandbox.engine import docker_client, image_id
     from sandbox.errors import SandboxError
 
     try:
-        return image_id(docker_client(), settings.image)
+        return str((backend if backend is not None else make_backend(settings)).image_id(settings.image))
     except SandboxError as exc:
         raise UserError(str(exc)) from None
 
 
-def remove_tag_containers(tag: str | None) -> list[str]:
-    """Force-remove the containers and volumes of `tag` (by the controller's overnight.tag label),
-    or everything the sandbox made when tag is None."""
+def remove_tag_containers(tag: str | None, backend: Any = None) -> list[str]:
+    """Force-remove the containers and volumes (or pods, jobs and claims) of `tag`, by the
+    controller's overnight.tag label, or everything the sandbox made when tag is None."""
     from sandbox.docker_runner import DockerRunner
 
-    runner = DockerRunner()
+    runner = backend if backend is not None else DockerRunner()
     return runner.cleanup() if tag is None else runner.cleanup_tag(tag)
 
 
-def data_manifest(settings: Settings) -> str:
+def data_manifest(settings: Settings, backend: Any = None) -> str:
     """The data's identity, after checking every file against the manifest (a damaged data dir
-    is a one-line error now, not a crash in every experiment of the night)."""
+    is a one-line error now, not a crash in every experiment of the night). On a cluster the
+    data lives on its volume and is checked there."""
     from evaluator import layout
     from evaluator.manifest import ManifestError, verify_manifest
 
+    if settings.backend == "kubernetes" and settings.sandbox != "bare":
+        from sandbox.errors import SandboxError
+
+        try:
+            return str(backend.data_manifest(Path(settings.data_dir).name, current_image_id(settings, backend)))
+        except SandboxError as exc:
+            raise UserError(str(exc)) from None
     if not (Path(settings.data_dir) / layout.MANIFEST).is_file():
         raise UserError(f"no prepared data in {settings.data_dir}: run `make prepare PROFILE={settings.profile}` first")
     try:
@@ -230,16 +257,17 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         agent_model,
         resume_settings,
     )
-    settings = load_settings(**_overrides(args, OVERNIGHT_FLAGS))
+    settings = load_settings(**_overrides(args, [*OVERNIGHT_FLAGS, *K8S_FLAGS]))
     try:
         settings = resume_settings(settings)
     except SetupError as exc:
         raise UserError(str(exc)) from None
-    manifest = data_manifest(settings)
-    image = current_image_id(settings)
+    backend = None if settings.sandbox == "bare" else make_backend(settings)
+    manifest = data_manifest(settings, backend)
+    image = current_image_id(settings, backend)
     log_path = configure_logging(settings.tag_dir)
     agent = make_agent_for(settings)
-    runner = make_runner(settings)
+    runner = make_runner(settings, backend)
 
     if "profile" in settings.model_fields_set:
         why_profile = "chosen explicitly"
@@ -274,7 +302,7 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         stop.request_now()
         raise KeyboardInterrupt
 
-    remover = None if settings.sandbox == "bare" else remove_tag_containers
+    remover = None if backend is None else functools.partial(remove_tag_containers, backend=backend)
     deps = LoopDeps(agent=agent, runner=runner, observer=observer, remove_orphans=remover,
                     manifest_sha256=manifest, stop=stop)
     loop = NightLoop(settings, deps)
@@ -372,13 +400,14 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     from controller.logs import configure_logging
     from controller.replay import ReplayError, describe, locate, replay
 
-    settings = load_settings(**_overrides(args, COMMON_FLAGS))
+    settings = load_settings(**_overrides(args, [*COMMON_FLAGS, *K8S_FLAGS]))
     try:
         loc, _ = locate(settings, args.sha)
         configure_logging(settings.runs_dir / loc.tag)
-        image = current_image_id(settings)
+        backend = None if settings.sandbox == "bare" else make_backend(settings)
+        image = current_image_id(settings, backend)
         console.print(Text(f"replaying {loc.tag} #{loc.n} {loc.row.commit} ...", style="bold"))
-        outcome = replay(settings, args.sha, make_runner(settings), image)
+        outcome = replay(settings, args.sha, make_runner(settings, backend), image)
     except ReplayError as exc:
         raise UserError(str(exc)) from None
     for line in describe(outcome):

@@ -308,8 +308,9 @@ def cli_with_fakes(argv: list[str], script: dict, run_seconds: float = 0.0) -> i
         time.sleep(run_seconds)
         return fake(spec)
 
-    cli.make_runner = lambda settings: runner
+    cli.make_backend = lambda settings: None  # no engine: the fake runner below stands in for it
+    cli.make_runner = lambda settings, backend=None: runner
     cli.make_agent_for = lambda settings: ScriptedAgent(script)
-    cli.current_image_id = lambda settings: "sha256:fake"
-    cli.remove_tag_containers = lambda tag: []
+    cli.current_image_id = lambda settings, backend=None: "sha256:fake"
+    cli.remove_tag_containers = lambda tag, backend=None: []
     return cli.main(argv)
