@@ -58,11 +58,11 @@ images: setup-host $(VENV)/.host
 prepare: images
 	mkdir -p data
 	OVERNIGHT_UID=$$(id -u) OVERNIGHT_GID=$$(id -g) $(COMPOSE) -p overnight run --rm prepare \
-	  --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) --out /data/$(PROFILE)
+	  --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(VAL),--val $(VAL)) --out /data/$(PROFILE)
 
 # Prepare on the host (development): the host Python's stdlib test suite is the validation text.
 prepare-bare: $(VENV)/.dev
-	$(PY) -m evaluator.prepare --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) --out $(DATA_DIR)
+	$(PY) -m evaluator.prepare --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(VAL),--val $(VAL)) --out $(DATA_DIR)
 
 # --- one experiment --------------------------------------------------------------------------
 
