@@ -1,15 +1,19 @@
-"""Git, and only git: the experiment worktree on branch `autoresearch/<tag>`, the checks on a
-proposal (only train.py changed, and it compiles), controller-owned commits, and the refs
-`refs/autoresearch/<tag>/<n>` that keep every experiment replayable. Real git via subprocess.
+"""Git, and only git: the experiment worktree (detached, where the agent edits train.py), the checks
+on a proposal (only train.py changed, and it may run), controller-owned commits made with plumbing
+(never on a checked-out branch, so several experiments can be in flight), three-way merges of
+train.py, and the refs `refs/autoresearch/<tag>/<n>` that keep every experiment replayable. Real
+git via subprocess.
 
-The branch always holds the baseline plus the kept experiments, each the parent of the next; a
-discarded or crashed experiment lives on only under its ref."""
+The branch `autoresearch/<tag>` always holds the baseline plus the kept experiments, each the
+parent of the next; it only moves by a compare-and-swap to a commit that was measured. A discarded
+or crashed experiment lives on only under its ref."""
 
 from __future__ import annotations
 
 import os
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +46,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def git(cwd: Path, *args: str, check: bool = True, input: bytes | None = None) -> str:
-    return git_bytes(cwd, *args, check=check, input=input).decode("utf-8", errors="replace").strip()
+def git(cwd: Path, *args: str, check: bool = True, input: bytes | None = None,
+        env: dict[str, str] | None = None) -> str:
+    return git_bytes(cwd, *args, check=check, input=input, env=env).decode("utf-8", errors="replace").strip()
 
 
-def git_bytes(cwd: Path, *args: str, check: bool = True, input: bytes | None = None) -> bytes:
+def git_bytes(cwd: Path, *args: str, check: bool = True, input: bytes | None = None,
+              env: dict[str, str] | None = None) -> bytes:
     proc = subprocess.run(
-        ["git", *_SAFE_CONFIG, *args], cwd=cwd, env=_env(), input=input, capture_output=True,
+        ["git", *_SAFE_CONFIG, *args], cwd=cwd, env={**_env(), **(env or {})}, input=input, capture_output=True,
     )
     if check and proc.returncode != 0:
         lines = proc.stderr.decode("utf-8", errors="replace").strip().splitlines() or ["(no output)"]
@@ -165,9 +171,8 @@ class Worktree:
         return git(self.path, "symbolic-ref", "--quiet", "HEAD", check=False) == f"refs/heads/{self.branch}"
 
     def reset_to(self, commit: str) -> None:
-        """Branch and files to `commit`, everything else in the worktree removed."""
-        if not self.on_branch():
-            git(self.path, "checkout", "--force", self.branch)
+        """The worktree at `commit`, detached, everything else in it removed."""
+        git(self.path, "checkout", "--force", "--quiet", "--detach", commit)
         git(self.path, "reset", "--hard", "--quiet", commit)
         git(self.path, "clean", "-ffdxq")
 
@@ -198,7 +203,7 @@ class Worktree:
         """None when the worktree holds a committable proposal: HEAD untouched, only train.py
         changed, a regular file of sane size that differs from HEAD (and from `previous`, the
         crashed version a fix starts from) and compiles. Never runs the code."""
-        if not self.on_branch() or self.head() != expected_head:
+        if self.on_branch() or self.head() != expected_head:
             return Refusal("the branch or HEAD of the worktree was moved; only train.py may change")
         others = [p for p in self.changed_paths() if p != self.train_rel]
         if others:
@@ -220,13 +225,45 @@ class Worktree:
         problem = compile_error(source)
         return Refusal(problem) if problem else None
 
-    def commit_train_py(self, message: str) -> str:
-        git(self.path, "add", "--", self.train_rel)
-        mode = git(self.path, "ls-files", "--stage", "--", self.train_rel).split(" ", 1)[0]
-        if mode not in ("100644", "100755"):
-            raise GitError(f"{self.train_rel} would be committed with mode {mode}, not as a regular file")
-        git(self.path, "commit", "--quiet", "--no-verify", "-m", message, "--", self.train_rel)
-        return self.head()
+    def commit_train_py(self, message: str, parent: str) -> str:
+        """A commit of the worktree's train.py on top of `parent`, made with plumbing: no branch
+        moves and HEAD stays where it is. Returns its sha."""
+        st = os.lstat(self.train_py)
+        if not stat.S_ISREG(st.st_mode):
+            raise GitError(f"{self.train_rel} is not a regular file")
+        return commit_file(self.repo, parent, self.train_rel, self.train_py.read_bytes(), message)
+
+
+def commit_file(repo: Path, parent: str, path: str, content: bytes, message: str) -> str:
+    """A new commit: `parent`'s tree with `path` set to `content` (a regular file), parent `parent`."""
+    blob = git_bytes(repo, "hash-object", "-w", "--stdin", input=content).decode().strip()
+    with tempfile.TemporaryDirectory(prefix="overnight-index-") as tmp:
+        env_index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(repo, "read-tree", parent, env=env_index)
+        git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env_index)
+        tree = git(repo, "write-tree", env=env_index)
+    return git(repo, "commit-tree", tree, "-p", parent, input=message.encode("utf-8"))
+
+
+def merge_text(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
+    """A three-way merge of one file (git merge-file): the merged bytes, or None on a conflict."""
+    with tempfile.TemporaryDirectory(prefix="overnight-merge-") as tmp:
+        paths = []
+        for name, data in (("ours", ours), ("base", base), ("theirs", theirs)):
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            paths.append(str(path))
+        done = subprocess.run(["git", "merge-file", "-p", "--quiet", *paths], env=_env(), capture_output=True)
+    if done.returncode < 0 or done.returncode > 127:
+        raise GitError(f"git merge-file failed: {done.stderr.decode(errors='replace').strip()[:200]}")
+    return done.stdout if done.returncode == 0 else None
+
+
+def move_branch(repo: Path, branch: str, new: str, old: str) -> bool:
+    """Move refs/heads/<branch> from `old` to `new` atomically; False when it is no longer at `old`."""
+    done = subprocess.run(["git", *_SAFE_CONFIG, "update-ref", f"refs/heads/{branch}", new, old], cwd=repo,
+                          env=_env(), capture_output=True)
+    return done.returncode == 0
 
 
 def compile_error(source: bytes) -> str | None:
@@ -248,14 +285,11 @@ def open_worktree(repo: Path, worktrees_dir: Path, tag: str, train_rel: str, bas
     if (path / ".git").exists():
         if git(path, "rev-parse", "--show-toplevel", check=False) != str(path.resolve()):
             raise GitError(f"{path} is not a git worktree of {repo}: move it away")
-        if not wt.on_branch():
-            git(path, "checkout", "--force", branch)
         return wt
     git(repo, "worktree", "prune")
-    if exists:
-        git(repo, "worktree", "add", "--force", "--quiet", str(path), branch)
-    else:
+    if not exists:
         if base is None:
             raise GitError(f"branch {branch} does not exist and no base commit was given")
-        git(repo, "worktree", "add", "--quiet", "-b", branch, str(path), base)
+        git(repo, "branch", branch, base)
+    git(repo, "worktree", "add", "--force", "--quiet", "--detach", str(path), branch)
     return wt

@@ -2,10 +2,16 @@
 `runs/<tag>/<n>-<short sha>/` with their run.json.
 
 results.tsv starts with autoresearch's five columns in its format (commit val_bpb memory_gb status
-description), then overnight's evidence: train_s, the train container's wall clock measured by
-the host (what the budget limits). It has no experiment-number column (as in autoresearch); a
-row's number is its position: row 0 is the baseline. Every run is a row. Descriptions are
-hostile text (an LLM wrote them): cleaned to one printable line before they are stored."""
+description), then overnight's evidence:
+  n        the experiment's number (given when it was committed; rows come in the order
+           experiments were decided, which with several slots is not always n's order)
+  runs     how many runs of the commit val_bpb averages (calibration, confirmation runs)
+  delta    the keep rule's evidence against the incumbent: delta+/-se and runs on each side,
+           e.g. "-0.004100+/-0.001200 2v3" ("-" for the baseline and for runs that did not score)
+  train_s  the train container's wall clock, measured by the host (what the budget limits)
+  slot     the slot (a GPU, or pinned CPUs) its first run used
+Every experiment is a row. Descriptions are hostile text (an LLM wrote them): cleaned to one
+printable line before they are stored."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from controller.records import Journal, RunRecord, TagRecord
+from controller.records import Journal, ReplicateRecord, RunRecord, TagRecord
 from controller.safefiles import (
     UnsafeFileError,
     atomic_write_model,
@@ -27,13 +33,14 @@ from controller.safefiles import (
 from evaluator.hostile import clean_line
 
 AUTORESEARCH_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
-EXTRA_COLUMNS = ("train_s",)
+EXTRA_COLUMNS = ("n", "runs", "delta", "train_s", "slot")
 HEADER = "\t".join(AUTORESEARCH_COLUMNS + EXTRA_COLUMNS)
 STATUSES = ("keep", "discard", "crash", "timeout", "rejected")
 RESULTS = "results.tsv"
 RUN_JSON = "run.json"
 TAG_JSON = "tag.json"
 STATE_JSON = "state.json"
+REPLICATE_JSON = "replicate.json"
 MAX_DESCRIPTION = 200
 SHORT = 7
 
@@ -51,16 +58,22 @@ def clean_description(text: object) -> str:
 @dataclass(frozen=True)
 class LedgerRow:
     commit: str  # 7-character short sha
-    val_bpb: float  # 0.0 when the run did not score
+    val_bpb: float  # 0.0 when the run did not score; the mean of its runs when it did
     memory_gb: float
     status: str
     description: str
+    n: int = 0  # experiment number
+    runs: int = 1  # runs averaged in val_bpb
+    delta: str = "-"  # the keep rule's evidence (noise.Decision.short), "-" when there is none
     train_s: float = 0.0  # the train container's wall clock, measured by the host
+    slot: int | None = None
 
     def line(self) -> str:
+        delta = clean_line(self.delta, 60) or "-"
+        slot = "-" if self.slot is None else str(self.slot)
         return (
             f"{self.commit[:SHORT]}\t{self.val_bpb:.6f}\t{self.memory_gb:.1f}\t{self.status}\t"
-            f"{clean_description(self.description)}\t{self.train_s:.1f}\n"
+            f"{clean_description(self.description)}\t{self.n}\t{self.runs}\t{delta}\t{self.train_s:.1f}\t{slot}\n"
         )
 
     @classmethod
@@ -69,7 +82,8 @@ class LedgerRow:
         if len(parts) != len(AUTORESEARCH_COLUMNS) + len(EXTRA_COLUMNS) or parts[3] not in STATUSES:
             raise LedgerError(f"malformed results.tsv row: {clean_line(line, 120)!r}")
         try:
-            return cls(parts[0], float(parts[1]), float(parts[2]), parts[3], parts[4], float(parts[5]))
+            return cls(parts[0], float(parts[1]), float(parts[2]), parts[3], parts[4], int(parts[5]), int(parts[6]),
+                       parts[7], float(parts[8]), None if parts[9] == "-" else int(parts[9]))
         except ValueError:
             raise LedgerError(f"malformed results.tsv row: {clean_line(line, 120)!r}") from None
 
@@ -78,8 +92,9 @@ class LedgerRow:
         return self.status in ("keep", "discard")
 
 
-def run_dir_name(n: int, commit: str) -> str:
-    return f"{n:04d}-{commit[:SHORT]}"
+def run_dir_name(n: int, commit: str, k: int = 0) -> str:
+    """<n>-<short sha> for an experiment's first run; <n>-<short sha>-r<k> for its later runs."""
+    return f"{n:04d}-{commit[:SHORT]}" + (f"-r{k}" if k else "")
 
 
 class Ledger:
@@ -131,11 +146,25 @@ class Ledger:
 
     # -- run folders ---------------------------------------------------------------------------
 
-    def run_dir(self, n: int, commit: str) -> Path:
-        return self.tag_dir / run_dir_name(n, commit)
+    def run_dir(self, n: int, commit: str, k: int = 0) -> Path:
+        return self.tag_dir / run_dir_name(n, commit, k)
 
     def row_run_dir(self, n: int, row: LedgerRow) -> Path:
-        return self.run_dir(n, row.commit)
+        return self.run_dir(row.n, row.commit)
+
+    def by_number(self) -> dict[int, LedgerRow]:
+        return {row.n: row for row in self.rows()}
+
+    def in_flight(self, n: int) -> bool:
+        """Experiment n is committed and not yet decided (state.json)."""
+        try:
+            journal = self.read_journal()
+        except LedgerError:
+            return False
+        return journal is not None and any(p.n == n for p in journal.pending)
+
+    def write_replicate(self, n: int, commit: str, replicate: ReplicateRecord) -> None:
+        atomic_write_model(self.tag_dir / replicate.run_dir / REPLICATE_JSON, replicate)
 
     def write_record(self, record: RunRecord) -> Path:
         path = self.run_dir(record.n, record.commit) / RUN_JSON
@@ -220,6 +249,18 @@ def latest_tag(runs_dir: Path) -> str | None:
     return tags[0] if tags else None
 
 
+def _numbers(ns: list[int]) -> str:
+    """0..3 for a contiguous run of numbers, 0..3, 5 when some are missing (still in flight)."""
+    if not ns:
+        return "none yet"
+    parts, start = [], ns[0]
+    for prev, cur in zip(ns, [*ns[1:], None]):
+        if cur != prev + 1 if cur is not None else True:
+            parts.append(f"{start}" if start == prev else f"{start}..{prev}")
+            start = cur if cur is not None else start
+    return ", ".join(parts)
+
+
 def find_run(runs_dir: Path, ref: str, tag: str | None = None) -> RunLocation:
     """A run by experiment number (within `tag`, default the latest) or by commit prefix (any tag,
     unless `tag` is given). Raises LedgerError with one line when there is none or several."""
@@ -230,18 +271,20 @@ def find_run(runs_dir: Path, ref: str, tag: str | None = None) -> RunLocation:
     if ref.isdigit() and len(ref) < SHORT:
         the_tag = tag or tags[0]
         ledger = Ledger(runs_dir / the_tag)
-        rows = ledger.rows()
+        numbered = ledger.by_number()
         n = int(ref)
-        if n >= len(rows):
-            raise LedgerError(f"tag {the_tag} has experiments 0..{len(rows) - 1}; there is no {n}")
-        return RunLocation(the_tag, n, rows[n], ledger.row_run_dir(n, rows[n]))
+        if n not in numbered:
+            raise LedgerError(f"tag {the_tag} has experiments {_numbers(sorted(numbered))}; there is no {n}"
+                              + ("; it is still running" if ledger.in_flight(n) else ""))
+        return RunLocation(the_tag, n, numbered[n], ledger.row_run_dir(n, numbered[n]))
     prefix = ref.lower()
     if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
         raise LedgerError(f"{ref!r} is neither an experiment number nor a commit (4+ hex characters)")
     hits: list[RunLocation] = []
     for t in tags:
         ledger = Ledger(runs_dir / t)
-        for n, row in enumerate(ledger.rows()):
+        for row in ledger.rows():
+            n = row.n
             if _matches(prefix, row, ledger, n):
                 hits.append(RunLocation(t, n, row, ledger.row_run_dir(n, row)))
     if not hits:

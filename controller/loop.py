@@ -1,16 +1,28 @@
-"""The overnight loop: baseline, then propose -> check -> commit (+ref) -> run -> record -> keep or
-discard, until the night ends by itself (--hours, --until, --max-experiments) or is stopped.
+"""The overnight loop: a calibrated baseline, then proposals that are checked, committed, run on a
+free slot and decided by the noise-aware keep rule, until the night ends by itself (--hours,
+--until, --max-experiments) or is stopped.
 
-Every run is a row of results.tsv and has a ref, as in autoresearch where every run is a row:
+Slots and overlap. Each slot is one GPU (or, on CPU, its own pinned cores); up to one experiment
+runs per slot. The agent prepares the next proposal while the slots are busy; a prepared proposal
+is committed when a slot is free, on the current best: if the best moved since the agent started,
+its change is merged onto the best (a three-way merge of train.py), and on a conflict the agent
+proposes again. With several slots, a candidate may finish after another one was kept: it is
+compared with the current best, and if it would be kept its change is merged onto the best and
+the merged commit is run before anything lands. A commit lands on the branch only if exactly that
+commit was measured. An optional CPU preflight (a few steps at a tiny shape, through submit() and
+the evaluator's checks and probe) turns export failures, refused ops and non-causal models into
+that experiment's result without costing a slot.
 
-- Refused edit (files other than train.py, does not compile, unchanged, not a regular file): not
-  committed, not run, no row. The agent is asked again with the reason (context.fix_attempt, status
-  "refused") up to max_fix_attempts times; then the proposal is dropped and a new one starts.
-- Crash or rejected run: a row with that status. The agent is then asked to fix it, starting from
-  the crashed train.py, with the log tail in context.fix_attempt; a fix that runs is a new
-  experiment (its own number, commit, ref and row; run.json says fix_of and fix_attempt). After
-  max_fix_attempts fixes that still fail, the next proposal starts from the best again.
-- Timeouts are not sent back for fixing (a fix would cost another full budget).
+The keep rule (controller/noise.py). The night starts by running the baseline several times with
+seeds the controller chooses; their spread, pooled with every later replicate of any commit
+(confirmation runs, replays), is the run-to-run noise. A candidate is kept when it beats the
+incumbent (the mean of its runs) by a margin, discarded when clearly not better, and given a
+confirmation run with a fresh seed in between; paired per-row losses add the eval-sampling noise.
+
+Every experiment is a row of results.tsv, written when it is decided (in completion order, with
+its number). Refused edits are not committed and have no row: the agent is asked again with the
+reason up to max_fix_attempts times. A crashed or rejected experiment goes back to the agent with
+its log tail for a bounded number of fix attempts; a fix is a new experiment.
 
 One run's failure is that run's: anything unexpected while running or recording an experiment
 (a bug, hostile input nobody foresaw, a cleanup that raises) is recorded as that experiment's
@@ -18,7 +30,7 @@ One run's failure is that run's: anything unexpected while running or recording 
 are retried after a capped backoff. Infrastructure errors (the Docker engine down, the
 evaluator's own setup failing, the controller's disk full) are retried a bounded number of times
 with a clear message, then the night stops and says what to fix and how to resume. A restart
-after kill -9 at any point finishes or redoes the experiment in flight, from the journal
+after kill -9 at any point finishes or redoes the experiments in flight, from the journal
 `runs/<tag>/state.json` and the ledger: no row is lost or written twice, and the branch holds
 exactly the baseline and the kept commits of the ledger.
 """
@@ -31,8 +43,12 @@ import fcntl
 import json
 import os
 import re
+import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -46,17 +62,35 @@ from controller.agents.base import (
     AgentError,
     Failure,
     HistoryRow,
+    InFlight,
     Proposal,
     ProposalContext,
     Usage,
 )
+from controller.git import compile_error
 from controller.ledger import Ledger, LedgerRow, clean_description
-from controller.records import FIXABLE, Journal, RunRecord, TagRecord, Timings, utcnow
+from controller.noise import Decision as NoiseDecision
+from controller.noise import NoiseError, NoiseEstimate, code_size, is_simpler, paired_eval_se, pooled_noise
+from controller.noise import decide as decide_rule
+from controller.records import (
+    FIXABLE,
+    Journal,
+    Pending,
+    ReplayRecord,
+    ReplicateRecord,
+    RunRecord,
+    TagRecord,
+    Timings,
+    utcnow,
+)
 from controller.safefiles import atomic_write_text, read_tail
 from controller.settings import Settings
 from evaluator.hostile import clean_line
+from evaluator.profiles import get_profile
+from evaluator.rowloss import ROWLOSS_FILE, RowLossError, profile_rows, read_rowloss
 from sandbox.errors import SandboxError
 from sandbox.result import ExperimentResult, ExperimentSpec
+from sandbox.specs import LABEL_TAG
 
 Runner = Callable[[ExperimentSpec], ExperimentResult]
 LOG_TAIL_BYTES = 6000
@@ -66,6 +100,8 @@ BACKOFF_CAP_S = 600.0
 INFRA_ATTEMPTS = 6  # tries of one experiment through an infrastructure error (~10 min of backoff)
 STORAGE_ATTEMPTS = 6  # tries through errors writing the controller's own records
 UNEXPECTED_LIMIT = 5  # unexpected errors in a row without a row written: something is systematically broken
+IN_FLIGHT_DIFF_CAP = 4000  # characters of each in-flight experiment's diff the agent is shown
+REPLAY_JSON = "replay.json"
 
 
 class SetupError(RuntimeError):
@@ -129,6 +165,7 @@ class LoopDeps:
     observer: LoopObserver = field(default_factory=NullObserver)
     remove_orphans: Callable[[str], object] | None = None  # tag -> (removes that tag's containers)
     manifest_sha256: str | None = None
+    preflight: Runner | None = None  # a CPU check of a proposal before it takes a slot (sandbox.preflight)
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], dt.datetime] = _local_now
     stop: StopFlag = field(default_factory=StopFlag)
@@ -144,9 +181,9 @@ class NightSummary:
 @dataclass(frozen=True)
 class FixTask:
     of: int  # the first crashed experiment of the chain
-    attempt: int  # 1..max_fix_attempts
+    attempt: int  # 1..max_fix_attempts (0: a proposal to make again after a merge conflict)
     failure: Failure
-    source: bytes  # the crashed train.py the fix starts from
+    source: bytes | None  # the crashed train.py the fix starts from (None: start from the best)
 
 
 # -- settings of a resumed tag ---------------------------------------------------------------
@@ -192,16 +229,6 @@ def tag_lock(tag_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def decide(result: ExperimentResult, best_val: float | None) -> str:
-    """keep | discard | crash | timeout | rejected for one run against the best so far."""
-    if result.status != "ok":
-        return result.status
-    value = result.val_bpb
-    if value is None:
-        return "rejected"
-    return "keep" if best_val is None or value < best_val else "discard"
-
-
 def _backoff() -> Iterator[float]:
     delay = BACKOFF_START_S
     while True:
@@ -209,17 +236,88 @@ def _backoff() -> Iterator[float]:
         delay = min(BACKOFF_CAP_S, delay * 2)
 
 
+def _spawn(fn: Callable[[], object], name: str) -> Future:
+    """Run `fn` in a daemon thread (a second Ctrl-C must not wait for it) and return its future."""
+    future: Future = Future()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the main thread, which decides
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one experiment runs at a time: a GPU, or pinned CPUs, or just the machine."""
+
+    index: int
+    gpu: int | None = None
+    cpuset: str | None = None
+
+    def label(self) -> str:
+        if self.gpu is not None:
+            return f"slot {self.index} (GPU {self.gpu})"
+        return f"slot {self.index}" + (f" (CPUs {self.cpuset})" if self.cpuset else "")
+
+
+@dataclass
+class RunTask:
+    """One run of an experiment's commit, waiting for a slot (lower priority first)."""
+
+    n: int
+    k: int
+    priority: int  # 0: calibration and confirmation runs, 1: merges, 2: first runs of proposals
+
+
+@dataclass
+class Prepared:
+    """A proposal the agent finished, checked and ready to commit when a slot is free."""
+
+    content: bytes  # train.py
+    parent: str  # the best commit the agent started from
+    proposal: Proposal
+    attempts: list[dict]
+    propose_seconds: float
+    fix: FixTask | None
+    reproposal_of: int | None = None
+
+
+@dataclass
+class _State:
+    """What the scheduler holds while the night runs (owned by the main thread)."""
+
+    queue: list[RunTask] = field(default_factory=list)
+    running: dict[Future, tuple[RunTask, Slot]] = field(default_factory=dict)
+    preflights: dict[Future, int] = field(default_factory=dict)
+    proposing: Future | None = None
+    prepared: list[Prepared] = field(default_factory=list)
+    free: list[Slot] = field(default_factory=list)
+
+
 class NightLoop:
-    def __init__(self, settings: Settings, deps: LoopDeps) -> None:
+    def __init__(self, settings: Settings, deps: LoopDeps, slots: list[Slot] | None = None) -> None:
         self.s = settings
         self.d = deps
         self.ledger = Ledger(settings.tag_dir)
         self.train_rel = f"programs/{settings.program}/train.py"
         self.log = structlog.get_logger("overnight.loop").bind(tag=settings.tag)
+        self.slots = slots or [Slot(0, gpu=settings.gpu)]
         self.rows: list[LedgerRow] = []
-        self.commits: list[str] = []
-        self.pending: Journal | None = None
+        self.commits: dict[int, str] = {}  # n -> full sha, for every decided experiment
+        self.pending: dict[int, Pending] = {}  # committed, not yet decided
+        self.runs_of: dict[str, list[float]] = {}  # commit -> val_bpb of each ok run (the noise pool)
+        self.evidence: dict[int, str] = {}  # n -> the keep rule's one-line evidence
         self.deadline: dt.datetime | None = None
+        self.profile = get_profile(settings.profile)
+        self.lock = threading.RLock()
+        self.state = _State()
+        self.reproposals: list[FixTask] = []  # merge conflicts: the agent proposes the idea again
 
     # -- the night ---------------------------------------------------------------------------
 
@@ -228,42 +326,82 @@ class NightLoop:
             self._setup()
             self._reconcile()
             self.deadline = self.s.deadline(self.d.now())
-            self.log.info("night_start", n=len(self.rows), deadline=str(self.deadline),
+            self.log.info("night_start", n=len(self.rows), deadline=str(self.deadline), slots=len(self.slots),
                           max_experiments=self.s.max_experiments, agent=self.d.agent.name)
-            failed_rounds = 0
-            waits, storage_waits = _backoff(), _backoff()
-            storage_failures = unexpected = 0
-            while (reason := self._why_stop()) is None:
-                rows_before = len(self.rows)
-                try:
-                    stepped = self._step()
-                except (InfrastructureError, AgentFatalError, SetupError, KeyboardInterrupt):
-                    raise
-                except OSError as exc:
-                    storage_failures += 1
-                    if storage_failures >= STORAGE_ATTEMPTS:
-                        raise InfrastructureError(
-                            f"cannot write under {self.s.tag_dir} ({exc.strerror or exc}) after "
-                            f"{storage_failures} tries: free some disk, then resume") from None
-                    self._storage_error(exc, next(storage_waits))
-                    continue
-                except Exception as exc:
-                    unexpected = unexpected + 1 if len(self.rows) == rows_before else 1
-                    if unexpected >= UNEXPECTED_LIMIT:
-                        raise InfrastructureError(
-                            f"{unexpected} unexpected errors in a row ({type(exc).__name__}); "
-                            f"see {self.s.tag_dir}/controller.log.jsonl") from exc
-                    self._unexpected(exc)
-                    continue
-                storage_waits, storage_failures, unexpected = _backoff(), 0, 0
-                if stepped:
-                    failed_rounds, waits = 0, _backoff()
-                else:
-                    failed_rounds += 1
-                    if failed_rounds > 1:  # a second dropped proposal in a row: slow down
-                        self._wait(next(waits))
+            reason = self._schedule()
             self.log.info("night_end", reason=reason, rows=len(self.rows))
             return NightSummary(reason=reason, rows=list(self.rows), best=self._best_row())
+
+    def _schedule(self) -> str:
+        st = self.state
+        st.free = list(self.slots)
+        self._queue_pending()
+        waits = _backoff()
+        storage_failures = unexpected = 0
+        while True:
+            rows_before = len(self.rows)
+            try:
+                progressed = self._tick()
+            except (InfrastructureError, AgentFatalError, SetupError, KeyboardInterrupt):
+                raise
+            except OSError as exc:
+                storage_failures += 1
+                if storage_failures >= STORAGE_ATTEMPTS:
+                    raise InfrastructureError(
+                        f"cannot write under {self.s.tag_dir} ({exc.strerror or exc}) after "
+                        f"{storage_failures} tries: free some disk, then resume") from None
+                self._storage_error(exc, next(waits))
+                continue
+            except Exception as exc:
+                unexpected = unexpected + 1 if len(self.rows) == rows_before else 1
+                if unexpected >= UNEXPECTED_LIMIT:
+                    raise InfrastructureError(
+                        f"{unexpected} unexpected errors in a row ({type(exc).__name__}); "
+                        f"see {self.s.tag_dir}/controller.log.jsonl") from exc
+                self._unexpected(exc)
+                continue
+            if len(self.rows) != rows_before:
+                storage_failures = unexpected = 0
+                waits = _backoff()
+            idle = not (st.running or st.preflights or st.proposing or st.queue or self.pending)
+            reason = self._why_stop()
+            if reason is not None and not (st.running or st.preflights or st.proposing):
+                return reason
+            if reason is None and idle and not st.prepared and not self._may_propose():
+                return self._why_stop() or "max-experiments"
+            if not progressed:
+                futures = [*st.running, *st.preflights, *([st.proposing] if st.proposing else [])]
+                if futures:
+                    futures_wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+
+    def _tick(self) -> bool:
+        """Collect what finished, start what can start; True when something happened."""
+        st = self.state
+        progressed = False
+        for future in [f for f in st.running if f.done()]:
+            task, slot = st.running.pop(future)
+            st.free.append(slot)
+            st.free.sort(key=lambda s: s.index)
+            self._run_finished(task, slot, future)
+            progressed = True
+        for future in [f for f in st.preflights if f.done()]:
+            n = st.preflights.pop(future)
+            self._preflight_finished(n, future)
+            progressed = True
+        if st.proposing is not None and st.proposing.done():
+            future, st.proposing = st.proposing, None
+            prepared = future.result()  # an exception here is the proposal's: handled by _schedule
+            if prepared is not None:
+                st.prepared.append(prepared)
+            progressed = True
+        accepting = self._why_stop() is None
+        if accepting:
+            progressed |= self._commit_prepared()
+            progressed |= self._start_runs()
+            if st.proposing is None and self._wants_proposal():
+                st.proposing = self._start_proposal()
+                progressed = True
+        return progressed
 
     def _storage_error(self, exc: OSError, delay: float) -> None:
         """The controller could not write its own records (a full disk, a vanished folder). Every
@@ -275,36 +413,43 @@ class NightLoop:
         self._wait(delay)
         try:
             self.ledger.repair()
+            self._drain()
             self._reconcile()
+            self._queue_pending()
         except OSError:
             pass  # still failing: the next step fails the same way and waits longer
 
     def _unexpected(self, exc: Exception) -> None:
-        """A bug or hostile input nobody foresaw, while proposing, running or recording: that
-        experiment becomes a crash row (when it was committed) and the night goes on."""
+        """A bug or hostile input nobody foresaw, while proposing, running or recording: the
+        experiment it belongs to becomes a crash row (when it was committed) and the night goes on."""
         self.log.error("unexpected_error", error=type(exc).__name__, exc_info=True)
-        journal = self.ledger.read_journal()
-        self.pending = None
-        if journal is not None and journal.phase == "committed" and journal.commit is not None \
-                and journal.n == len(self.rows):
+        n = getattr(exc, "experiment", None)
+        pending = self.pending.get(n) if n is not None else None
+        if pending is None and len(self.pending) == 1 and not self.state.running:
+            pending = next(iter(self.pending.values()))
+        if pending is not None:
             reason = (f"internal error ({type(exc).__name__}) while handling this experiment; "
                       f"see {self.s.tag_dir.name}/controller.log.jsonl")
-            self.d.observer.say(f"#{journal.n}: {reason}; recorded as a crash", "error")
-            self._finish(journal, crashed=reason)
+            self.d.observer.say(f"#{pending.n}: {reason}; recorded as a crash", "error")
+            self.state.queue = [t for t in self.state.queue if t.n != pending.n]
+            result = ExperimentResult(status="crash", reason=reason, run_dir=self.ledger.run_dir(pending.n, pending.commit))
+            self._record_run(pending, RunTask(pending.n, len(pending.replicates), 0), None, result,
+                             utcnow(), time.monotonic())
+            self._finalize(pending, crashed=True)
             return
-        if journal is not None:
-            self.ledger.clear_journal()
-        self.wt.reset_to(self._best_commit())
         self.d.observer.say(f"proposal dropped after an internal error ({type(exc).__name__})", "error")
 
     def _why_stop(self) -> str | None:
         if self.d.stop.requested:
             return "stopped"
-        if self.s.max_experiments is not None and len(self.rows) >= self.s.max_experiments + 1:
-            return "max-experiments"
         if self.deadline is not None and self.d.now() >= self.deadline:
             return "deadline"
+        if self._experiments_done() and not self.pending and not self.state.prepared:
+            return "max-experiments"
         return None
+
+    def _experiments_done(self) -> bool:
+        return self.s.max_experiments is not None and self._next_number() >= self.s.max_experiments + 1
 
     def _stop_now(self) -> bool:
         return self.d.stop.requested or (self.deadline is not None and self.d.now() >= self.deadline)
@@ -319,6 +464,18 @@ class NightLoop:
 
     def _hook(self, n: int, phase: str) -> None:
         self.d.observer.phase(n, phase)
+
+    def _drain(self) -> None:
+        """Wait for the runs and the proposal in flight (used before re-reading the records)."""
+        st = self.state
+        futures = [*st.running, *st.preflights, *([st.proposing] if st.proposing else [])]
+        if futures:
+            futures_wait(futures)
+        st.running.clear()
+        st.preflights.clear()
+        st.proposing = None
+        st.free = list(self.slots)
+        st.queue.clear()
 
     # -- start or resume -------------------------------------------------------------------
 
@@ -374,88 +531,139 @@ class NightLoop:
             self.log.warning("orphan_cleanup_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _reconcile(self) -> None:
-        """Make git agree with the ledger, and pick up the experiment in flight, if any."""
+        """Make git agree with the ledger, and pick up the experiments in flight."""
         rows = self.ledger.rows()
         refs = git.experiment_refs(self.repo, self.s.tag)
-        commits = []
-        for n, row in enumerate(rows):
-            sha = refs.get(n)
+        commits: dict[int, str] = {}
+        for row in rows:
+            sha = refs.get(row.n)
             if sha is None or not sha.startswith(row.commit):
-                raise SetupError(f"results.tsv row {n} ({row.commit}) has no matching ref "
-                                 f"{git.experiment_ref(self.s.tag, n)}: the ledger and the repository disagree")
-            commits.append(sha)
+                raise SetupError(f"results.tsv row {row.n} ({row.commit}) has no matching ref "
+                                 f"{git.experiment_ref(self.s.tag, row.n)}: the ledger and the repository disagree")
+            commits[row.n] = sha
         self.rows, self.commits = rows, commits
-        best = self._best_commit()
-        journal = self.ledger.read_journal()
-        in_flight = (
-            journal is not None and journal.phase == "committed" and journal.n == len(rows)
-            and journal.commit is not None and refs.get(journal.n) == journal.commit and journal.parent == best
-        )
+        self.runs_of, self.evidence = {}, {}
+        for row in rows:
+            record = self.ledger.read_record(row.n, row.commit) if row.scored else None
+            if record is not None:
+                self._remember_runs(record.commit, record.replicates)
+                if record.decision is not None:
+                    self.evidence[row.n] = record.decision.text
+        for commit, values in self._replays().items():
+            self.runs_of.setdefault(commit, []).extend(values)
+        journal = self.ledger.read_journal() or Journal()
+        decided = {row.n for row in rows}
+        self.pending = {}
+        for p in journal.pending:
+            if p.n in decided or refs.get(p.n) != p.commit:
+                continue
+            self.pending[p.n] = p
+            self._remember_runs(p.commit, p.replicates)
         for n in refs:
-            if n >= len(rows) and not (in_flight and n == journal.n):
+            if n not in decided and n not in self.pending:
                 git.delete_ref(self.repo, git.experiment_ref(self.s.tag, n))
+        self._save_journal()
+        tip = self._best_commit()
+        branch = git.branch_name(self.s.tag)
+        if git.resolve(self.repo, f"refs/heads/{branch}") != tip:
+            git.update_ref(self.repo, f"refs/heads/{branch}", tip)  # the ledger is the truth
         if rows:
             self.d.observer.say(f"resuming tag {self.s.tag}: {len(rows)} experiments in the ledger")
-        if in_flight:
-            assert journal is not None and journal.commit is not None
-            self.pending = journal
-            self.wt.reset_to(journal.commit)
-            self.log.info("resume_in_flight", n=journal.n, commit=journal.commit)
-            self.d.observer.say(f"resuming experiment {journal.n} ({journal.commit[:7]}) that was in flight")
-        else:
-            if journal is not None:
-                self.ledger.clear_journal()
-            self.wt.reset_to(best)
+        for p in self.pending.values():
+            self.log.info("resume_in_flight", n=p.n, commit=p.commit, runs=len(p.replicates))
+            self.d.observer.say(f"resuming experiment {p.n} ({p.commit[:7]}) that was in flight")
+        self.wt.reset_to(tip)
+
+    def _replays(self) -> dict[str, list[float]]:
+        """Replays of this tag's commits: replicates for the noise pool."""
+        found: dict[str, list[float]] = {}
+        for path in sorted((self.s.tag_dir / "replays").glob(f"*/{REPLAY_JSON}")):
+            try:
+                rep = ReplayRecord.model_validate_json(path.read_bytes())
+            except ValueError:
+                continue
+            if rep.replayed_val_bpb is not None and rep.status == "ok":
+                found.setdefault(rep.commit, []).append(rep.replayed_val_bpb)
+        return found
+
+    def _remember_runs(self, commit: str, replicates: list[ReplicateRecord]) -> None:
+        values = [r.val_bpb for r in replicates if r.status == "ok" and r.val_bpb is not None]
+        self.runs_of.setdefault(commit, [])
+        for value in values:
+            self.runs_of[commit].append(value)
+
+    def _save_journal(self) -> None:
+        with self.lock:
+            self.ledger.write_journal(Journal(pending=sorted(self.pending.values(), key=lambda p: p.n)))
+
+    def _next_number(self) -> int:
+        with self.lock:
+            taken = [row.n for row in self.rows] + list(self.pending)
+            return max(taken) + 1 if taken else 0
+
+    def _queue_pending(self) -> None:
+        """Runs the pending experiments still need (on resume: the ones lost with the controller)."""
+        if not self.rows and 0 not in self.pending:
+            self._start_baseline()
+        queued = {(t.n, t.k) for t in self.state.queue}
+        running = {(t.n, t.k) for t, _ in self.state.running.values()}
+        for p in sorted(self.pending.values(), key=lambda p: p.n):
+            done = {r.k for r in p.replicates}
+            if p.n in self.state.preflights.values():
+                continue
+            missing = [k for k in range(p.wanted) if k not in done]
+            if not missing or any(r.preflight for r in p.replicates):
+                if p.n not in {n for n, _ in running}:
+                    self._decide(p)  # every run it needs was recorded before the restart
+                continue
+            for k in missing:
+                if (p.n, k) not in queued and (p.n, k) not in running:
+                    self._enqueue(p, k)
 
     # -- the current best ------------------------------------------------------------------
 
-    def _best_index(self) -> int | None:
-        keeps = [n for n, row in enumerate(self.rows) if row.status == "keep"]
+    def _best_row(self) -> LedgerRow | None:
+        keeps = [row for row in self.rows if row.status == "keep"]
         return keeps[-1] if keeps else None
 
-    def _best_row(self) -> LedgerRow | None:
-        i = self._best_index()
-        return self.rows[i] if i is not None else None
-
     def _best_commit(self) -> str:
-        i = self._best_index()
-        return self.commits[i] if i is not None else self.tag_record.base_commit
+        row = self._best_row()
+        return self.commits[row.n] if row is not None else self.tag_record.base_commit
 
-    def _best_val(self) -> float | None:
-        """The best score at full precision (run.json), not the ledger's 6 decimals."""
-        i = self._best_index()
-        if i is None:
-            return None
-        record = self.ledger.read_record(i, self.commits[i])
-        return record.val_bpb if record is not None and record.val_bpb is not None else self.rows[i].val_bpb
+    # -- proposals -------------------------------------------------------------------------
 
-    # -- one step --------------------------------------------------------------------------
+    def _may_propose(self) -> bool:
+        return not self._experiments_done() and not self._stop_now()
 
-    def _step(self) -> bool:
-        """One experiment; False when no experiment ran (the proposal was dropped)."""
-        if self.pending is not None:
-            journal, self.pending = self.pending, None
-            return self._finish(journal)
-        if not self.rows:
-            return self._finish(self._baseline())
-        journal = self._propose(len(self.rows), self._pending_fix())
-        return self._finish(journal) if journal is not None else False
+    def _wants_proposal(self) -> bool:
+        """Ask the agent for the next proposal now? Without overlap: only when nothing else is in
+        flight (one experiment at a time). With it: while the slots are busy, so the next one is
+        ready when a slot frees, but never more than one ahead of the free slots."""
+        st = self.state
+        if not self._may_propose() or st.prepared or (not self.rows and not self._baseline_decided()):
+            return False
+        waiting = len(st.queue) + len(st.preflights)
+        if not self.s.overlap:
+            return not (st.running or waiting or self.pending)
+        return waiting == 0 and len(self.pending) <= len(self.slots)
 
-    def _baseline(self) -> Journal:
-        base = self.tag_record.base_commit
-        self.wt.reset_to(base)
-        git.update_ref(self.repo, git.experiment_ref(self.s.tag, 0), base)
-        journal = Journal(n=0, phase="committed", commit=base, parent=base)
-        self.ledger.write_journal(journal)
-        return journal
+    def _baseline_decided(self) -> bool:
+        return any(row.n == 0 for row in self.rows)
+
+    def _start_proposal(self) -> Future:
+        n = self._next_number()
+        fix = self.reproposals.pop(0) if self.reproposals else self._pending_fix()
+        return _spawn(lambda: self._prepare(n, fix), f"propose-{n}")
 
     def _pending_fix(self) -> FixTask | None:
-        n = len(self.rows) - 1
-        if n < 1 or self.s.max_fix_attempts == 0 or self.rows[n].status not in FIXABLE:
+        if not self.rows or self.s.max_fix_attempts == 0:
+            return None
+        row = self.rows[-1]
+        n = row.n
+        if n < 1 or row.status not in FIXABLE:
             return None
         if not getattr(self.d.agent, "can_fix_crashes", True):
             return None
-        row = self.rows[n]
         record = self.ledger.read_record(n, row.commit)
         attempt = (record.fix_attempt + 1) if record is not None else 1
         if attempt > self.s.max_fix_attempts:
@@ -471,46 +679,54 @@ class NightLoop:
         parts = []
         if record is not None and record.reason:
             parts.append(f"[{record.status}] {record.reason}")
-        for name in ("train.log", "eval.log"):
+        for name in ("preflight.log", "train.log", "eval.log"):
             tail = read_tail(run_dir / name, cap)
             if tail.strip():
                 parts.append(f"--- {name} (last lines) ---\n{tail}")
         return "\n".join(parts)[-cap:]
 
-    def _context(self, n: int, fix: Failure | None) -> ProposalContext:
+    def _context(self, n: int, fix: Failure | None, best: str) -> ProposalContext:
+        with self.lock:
+            rows = list(self.rows)
+            pending = sorted(self.pending.values(), key=lambda p: p.n)
         history = [
-            HistoryRow(n=i, commit=row.commit, val_bpb=row.val_bpb if row.scored else None,
+            HistoryRow(n=row.n, commit=row.commit, val_bpb=row.val_bpb if row.scored else None,
                        memory_gb=row.memory_gb, status=row.status, description=row.description,
-                       run_dir=self.ledger.row_run_dir(i, row).resolve())
-            for i, row in enumerate(self.rows)
+                       run_dir=self.ledger.row_run_dir(row.n, row).resolve(), runs=row.runs,
+                       evidence=self.evidence.get(row.n))
+            for row in rows
         ]
         failures = [
-            Failure(n=i, description=row.description, status=row.status,
-                    log_tail=self._log_tail(i, row, self.ledger.read_record(i, row.commit), cap=2000))
-            for i, row in enumerate(self.rows) if not row.scored
+            Failure(n=row.n, description=row.description, status=row.status,
+                    log_tail=self._log_tail(row.n, row, self.ledger.read_record(row.n, row.commit), cap=2000))
+            for row in rows if not row.scored
         ][-FAILURES_SHOWN:]
-        base, best = self.tag_record.base_commit, self._best_commit()
+        in_flight = [
+            InFlight(n=p.n, description=p.proposal.description if p.proposal else p.kind,
+                     diff=git.diff(self.repo, p.parent, p.commit, self.train_rel)[:IN_FLIGHT_DIFF_CAP])
+            for p in pending if p.n != 0
+        ]
+        base = self.tag_record.base_commit
         program_md = self.wt.path / "programs" / self.s.program / "program.md"
         return ProposalContext(
             tag=self.s.tag, experiment=n, train_py=self.wt.train_py.resolve(),
             program_md=program_md.read_text(encoding="utf-8") if program_md.is_file() else "",
             profile=self.s.profile, history=history,
             best_diff=git.diff(self.repo, base, best, self.train_rel) if best != base else "",
-            failures=failures, fix_attempt=fix, runs_dir=self.s.tag_dir.resolve(),
+            failures=failures, fix_attempt=fix, runs_dir=self.s.tag_dir.resolve(), in_flight=in_flight,
         )
 
-    def _propose(self, n: int, fix: FixTask | None) -> Journal | None:
+    def _prepare(self, n: int, fix: FixTask | None) -> Prepared | None:
+        """In the agent's thread: ask for a proposal on the current best and check it; the commit
+        is made later, when a slot is free."""
         best = self._best_commit()
-        journal = Journal(n=n, phase="proposing", parent=best,
-                          fix_of=fix.of if fix else None, fix_attempt=fix.attempt if fix else 0)
-        self.ledger.write_journal(journal)
         previous = fix.source if fix else None
         failure = fix.failure if fix else None
         usage, attempts = Usage(), []
         started = time.monotonic()
         for _ in range(1 + self.s.max_fix_attempts):
             self._hook(n, "proposing")
-            proposal = self._ask_agent(self._context(n, failure), best, previous)
+            proposal = self._ask_agent(self._context(n, failure, best), best, previous)
             if proposal is None:
                 return None
             usage = _add_usage(usage, proposal.usage)
@@ -528,22 +744,11 @@ class NightLoop:
             self.wt.reset_to(best)
             self.d.observer.say(f"#{n}: no valid edit after {len(attempts)} tries; starting a new proposal", "warning")
             return None
-        description = clean_description(proposal.description)
-        if fix is not None:
-            self.d.observer.say(f"#{n} is fix {fix.attempt}/{self.s.max_fix_attempts} of #{fix.failure.n}")
-        message = f"{description}\n\nOvernight-Tag: {self.s.tag}\nOvernight-Experiment: {n}\n"
-        commit = self.wt.commit_train_py(message)
-        self._hook(n, "committed")
-        git.update_ref(self.repo, git.experiment_ref(self.s.tag, n), commit)
-        self._hook(n, "ref")
-        journal = journal.model_copy(update=dict(
-            phase="committed", commit=commit,
-            proposal=proposal.model_copy(update={"usage": usage, "description": description}),
-            attempts=attempts, propose_seconds=time.monotonic() - started,
-        ))
-        self.ledger.write_journal(journal)
-        self.log.info("proposed", n=n, commit=commit, description=description, fix_of=journal.fix_of)
-        return journal
+        content = self.wt.train_py.read_bytes()
+        self.wt.reset_to(best)
+        return Prepared(content=content, parent=best,
+                        proposal=proposal.model_copy(update={"usage": usage}), attempts=attempts,
+                        propose_seconds=time.monotonic() - started, fix=fix)
 
     def _ask_agent(self, context: ProposalContext, best: str, previous: bytes | None) -> Proposal | None:
         waits = _backoff()
@@ -569,21 +774,155 @@ class NightLoop:
                 self._wait(delay)
         return None
 
-    # -- run, record, decide ---------------------------------------------------------------
+    # -- commits ---------------------------------------------------------------------------
 
-    def _spec(self, n: int, run_dir: Path) -> ExperimentSpec:
+    def _commit_prepared(self) -> bool:
+        """Commit the prepared proposal on the current best when it can run: a slot is free (or, in
+        sequential mode, nothing else is in flight). Its change is rebased (a three-way merge of
+        train.py) when the best moved since the agent started; a conflict sends it back."""
+        st = self.state
+        if not st.prepared:
+            return False
+        busy = len(st.running) + len(st.queue) + len(st.preflights)
+        if busy >= len(self.slots) or (not self.s.overlap and (busy or self.pending)):
+            return False
+        if self.s.overlap and len(self.slots) == 1 and self.pending:
+            return False  # one slot: commit n+1 once n is decided, on the right parent
+        prepared = st.prepared.pop(0)
+        best = self._best_commit()
+        content = prepared.content
+        if prepared.parent != best:
+            merged = git.merge_text(git.file_at(self.repo, prepared.parent, self.train_rel),
+                                    git.file_at(self.repo, best, self.train_rel), content)
+            problem = compile_error(merged) if merged is not None else "its change conflicts with the new best"
+            if problem is not None:
+                self._repropose(prepared, problem)
+                return True
+            content = merged
+        fix = prepared.fix
+        n = self._next_number()
+        description = clean_description(prepared.proposal.description)
+        if fix is not None:
+            self.d.observer.say(f"#{n} is fix {fix.attempt}/{self.s.max_fix_attempts} of #{fix.failure.n}")
+        message = f"{description}\n\nOvernight-Tag: {self.s.tag}\nOvernight-Experiment: {n}\n"
+        commit = git.commit_file(self.repo, best, self.train_rel, content, message)
+        self._hook(n, "committed")
+        git.update_ref(self.repo, git.experiment_ref(self.s.tag, n), commit)
+        self._hook(n, "ref")
+        pending = Pending(
+            n=n, kind="fix" if fix else "proposal", commit=commit, parent=best,
+            proposal=prepared.proposal.model_copy(update={"description": description}),
+            attempts=prepared.attempts, propose_seconds=prepared.propose_seconds,
+            fix_of=fix.of if fix else None, fix_attempt=fix.attempt if fix else 0, wanted=1,
+        )
+        self._add_pending(pending)
+        self.log.info("proposed", n=n, commit=commit, description=description, fix_of=pending.fix_of)
+        self._first_run(pending)
+        return True
+
+    def _repropose(self, prepared: Prepared, problem: str) -> None:
+        """The best moved under a prepared proposal and its change does not apply: the agent
+        proposes the idea again on the new best (no commit, no row)."""
+        self.d.observer.say(f"a prepared proposal no longer applies ({problem}); asking again", "warning")
+        failure = Failure(n=self._next_number(), description=clean_description(prepared.proposal.description),
+                          status="conflict", log_tail=f"not run: {problem}; propose this idea again on the current best")
+        self.reproposals.append(FixTask(of=failure.n, attempt=0, failure=failure, source=None))
+
+    def _add_pending(self, pending: Pending) -> None:
+        with self.lock:
+            self.pending[pending.n] = pending
+            self._save_journal()
+
+    def _start_baseline(self) -> None:
+        base = self.tag_record.base_commit
+        git.update_ref(self.repo, git.experiment_ref(self.s.tag, 0), base)
+        pending = Pending(n=0, kind="baseline", commit=base, parent=base, wanted=self._calibration_runs())
+        self._add_pending(pending)
+        for k in range(pending.wanted):
+            self._enqueue(pending, k)
+
+    def _calibration_runs(self) -> int:
+        return 1 if self.profile.max_steps is not None else max(1, self.s.calibration_runs)
+
+    def _first_run(self, pending: Pending) -> None:
+        if self.s.preflight_on and self.d.preflight is not None and pending.kind != "baseline":
+            self._hook(pending.n, "preflight")
+            spec = self._spec(pending, 0, None, preflight=True)
+            self.state.preflights[_spawn(lambda: self._preflight(spec), f"preflight-{pending.n}")] = pending.n
+            return
+        self._enqueue(pending, 0)
+
+    def _enqueue(self, pending: Pending, k: int) -> None:
+        priority = 0 if k > 0 else (1 if pending.kind == "merge" else 2)
+        self.state.queue.append(RunTask(pending.n, k, priority))
+        self.state.queue.sort(key=lambda t: (t.priority, t.n, t.k))
+
+    # -- preflight -------------------------------------------------------------------------
+
+    def _preflight(self, spec: ExperimentSpec) -> ExperimentResult | None:
+        if self.d.preflight is None:
+            return None
+        return self.d.preflight(spec)
+
+    def _preflight_finished(self, n: int, future: Future) -> None:
+        pending = self.pending.get(n)
+        if pending is None:
+            return
+        try:
+            result = future.result()
+        except SandboxError as exc:  # the preflight itself could not run: go to a slot anyway
+            self.log.warning("preflight_unavailable", n=n, error=str(exc))
+            result = None
+        if result is None or result.status == "ok":
+            self._enqueue(pending, 0)
+            return
+        self.d.observer.say(f"#{n}: stopped by the preflight ({result.status}): {result.reason}", "warning")
+        self._record_run(pending, RunTask(n, 0, 2), None, result, utcnow(), time.monotonic(), preflight=True)
+        self._decide(pending)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def _start_runs(self) -> bool:
+        st = self.state
+        started = False
+        while st.free and st.queue:
+            task = st.queue.pop(0)
+            pending = self.pending.get(task.n)
+            if pending is None:
+                continue
+            slot = st.free.pop(0)
+            run_dir = self.ledger.run_dir(task.n, pending.commit, task.k)
+            self.ledger.set_aside(run_dir, _stamp())
+            run_dir.mkdir(parents=True)
+            spec = self._spec(pending, task.k, slot)
+            self._hook(task.n, "training")
+            begun, t0 = utcnow(), time.monotonic()
+            future = _spawn(lambda spec=spec: (self._run(spec), begun, t0), f"run-{task.n}-{task.k}")
+            st.running[future] = (task, slot)
+            started = True
+        return started
+
+    def _spec(self, pending: Pending, k: int, slot: Slot | None, preflight: bool = False) -> ExperimentSpec:
+        run_dir = self.ledger.run_dir(pending.n, pending.commit, k)
+        train_py = run_dir / "train.py"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not train_py.exists():
+            train_py.write_bytes(git.file_at(self.repo, pending.commit, self.train_rel))
+        labels = {LABEL_TAG: self.s.tag, "overnight.experiment": str(pending.n), "overnight.replicate": str(k)}
         return ExperimentSpec(
-            run_id=f"{self.s.tag}-{n:04d}", train_py=self.wt.train_py.resolve(), run_dir=run_dir.resolve(),
+            run_id=f"{self.s.tag}-{pending.n:04d}" + (f"-r{k}" if k else "") + ("-pre" if preflight else ""),
+            train_py=train_py.resolve(), run_dir=run_dir.resolve(),
             profile=self.s.profile, data_dir=Path(self.s.data_dir).resolve(), image=self.s.image,
-            gpu=self.s.gpu, seed=self.s.seed, vram_cap_gb=self.s.vram_cap_gb,
-            memory_limit_gb=self.s.memory_limit_gb,
-            labels={"overnight.tag": self.s.tag, "overnight.experiment": str(n)},
+            gpu=slot.gpu if slot is not None else None, cpuset=slot.cpuset if slot is not None else None,
+            seed=self.s.seed + k, vram_cap_gb=self.s.vram_cap_gb, memory_limit_gb=self.s.memory_limit_gb,
+            labels=labels,
         )
 
     def _run(self, spec: ExperimentSpec) -> ExperimentResult | None:
-        """The experiment through the sandbox. An infrastructure error (SandboxError) is retried a
-        bounded number of times; anything else is this experiment's own crash."""
+        """The experiment through the sandbox, in a slot's thread. An infrastructure error
+        (SandboxError) is retried a bounded number of times; anything else is this run's crash."""
         waits = _backoff()
+        source = Path(spec.train_py).read_bytes()
         for attempt in range(1, INFRA_ATTEMPTS + 1):
             try:
                 return self.d.runner(spec)
@@ -610,33 +949,176 @@ class NightLoop:
                 return None
             self.ledger.set_aside(spec.run_dir, _stamp())
             spec.run_dir.mkdir(parents=True, exist_ok=True)
+            Path(spec.train_py).write_bytes(source)
         return None
 
-    def _finish(self, journal: Journal, crashed: str | None = None) -> bool:
-        n, commit = journal.n, journal.commit
-        assert commit is not None
-        record = self.ledger.read_record(n, commit)
-        if record is None or record.commit != commit:
-            if crashed is not None:
-                result = ExperimentResult(status="crash", reason=crashed, run_dir=self.ledger.run_dir(n, commit))
-                record = self._record(journal, result, utcnow(), time.monotonic())
-            else:
-                record = self._run_and_record(journal)
-            if record is None:
-                return False
-        row = LedgerRow(commit=commit[:7], val_bpb=record.val_bpb if record.status in ("keep", "discard") else 0.0,
-                        memory_gb=record.memory_gb, status=record.status, description=record.description,
-                        train_s=record.timings.train)
-        self.ledger.append(row)
-        self._hook(n, "appended")
-        self.rows.append(row)
-        self.commits.append(commit)
-        if record.status != "keep":
-            self.wt.reset_to(journal.parent)
+    def _run_finished(self, task: RunTask, slot: Slot, future: Future) -> None:
+        pending = self.pending.get(task.n)
+        result, begun, t0 = future.result()  # InfrastructureError and KeyboardInterrupt go up
+        if pending is None:
+            return
+        if result is None:  # stopped while waiting to retry: redone on resume
+            return
+        try:
+            self._record_run(pending, task, slot, result, begun, t0)
+            self._decide(pending)
+        except Exception as exc:
+            exc.experiment = pending.n  # type: ignore[attr-defined]
+            raise
+
+    def _record_run(self, pending: Pending, task: RunTask, slot: Slot | None, result: ExperimentResult,
+                    begun: dt.datetime, t0: float, preflight: bool = False) -> None:
+        score = result.score
+        replicate = ReplicateRecord(
+            k=task.k, seed=self.s.seed + task.k, status=result.status, reason=_reason(result),
+            val_bpb=result.val_bpb, run_dir=self.ledger.run_dir(pending.n, pending.commit, task.k).name,
+            slot=slot.index if slot is not None else None,
+            memory_gb=0.0 if result.status == "crash" else result.peak_memory_gb, memory_kind=result.memory_kind,
+            train_seconds=result.train_seconds, eval_seconds=result.eval_seconds,
+            train_budget=result.train_budget_s, train_cap=result.train_cap_s, image_id=result.image_id,
+            data_manifest_sha256=(score.manifest_sha256 if score and score.manifest_sha256
+                                  else self.d.manifest_sha256),
+            train_exit_code=result.train_exit_code, eval_exit_code=result.eval_exit_code, preflight=preflight,
+            started=begun, finished=utcnow(),
+        )
+        (self.s.tag_dir / replicate.run_dir).mkdir(parents=True, exist_ok=True)
+        self.ledger.write_replicate(pending.n, pending.commit, replicate)
+        with self.lock:
+            pending.replicates.append(replicate)
+            self._remember_runs(pending.commit, [replicate])
+            self._save_journal()
+        self._hook(pending.n, "recorded")
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def _decide(self, pending: Pending) -> None:
+        """Once every run it needs has finished: keep, discard, a failure status, or one more
+        (confirmation) run. Decisions are made in completion order."""
+        if len(pending.replicates) < pending.wanted and not any(r.preflight for r in pending.replicates):
+            return
+        ok = [r for r in pending.replicates if r.status == "ok" and r.val_bpb is not None]
+        if not ok:
+            first = min(pending.replicates, key=lambda r: r.k)
+            self._finalize(pending, status=first.status)
+            return
+        if pending.kind == "baseline":
+            self._finalize(pending, status="keep")
+            return
+        best_row = self._best_row()
+        best_commit = self._best_commit()
+        best_values = self.runs_of.get(best_commit) or []
+        if not best_values:  # the baseline never scored: the first scored experiment is the best
+            self._finalize(pending, status="keep")
+            return
+        decision = self._rule(pending, ok, best_row, best_commit, best_values)
+        if decision.verdict == "confirm":
+            pending.wanted += 1
+            self._save_journal()
+            self.d.observer.say(f"#{pending.n}: {decision.text}")
+            self._enqueue(pending, max(r.k for r in pending.replicates) + 1)
+            return
+        if decision.verdict == "keep" and pending.parent != best_commit:
+            self._merge_onto_best(pending, decision, best_commit)
+            return
+        self._finalize(pending, status=decision.verdict, decision=decision)
+
+    def _rule(self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None, best_commit: str,
+              best_values: list[float]) -> NoiseDecision:
+        noise = (NoiseEstimate.for_deterministic_profile() if self.profile.max_steps is not None
+                 else pooled_noise({c: v for c, v in self.runs_of.items() if len(v) >= 2}))
+        se_eval = self._paired_se(pending, ok, best_row, best_commit)
+        simpler = is_simpler(code_size(git.file_at(self.repo, pending.commit, self.train_rel).decode("utf-8", "replace")),
+                             code_size(git.file_at(self.repo, best_commit, self.train_rel).decode("utf-8", "replace")))
+        return decide_rule([r.val_bpb for r in ok if r.val_bpb is not None], best_values, noise, self.s.rule(),
+                           se_eval, simpler)
+
+    def _paired_se(self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None,
+                   best_commit: str) -> float | None:
+        """The eval-sampling SE from the per-row losses of both sides (None when some are missing:
+        the bare runner, or records from before they existed)."""
+        rows = profile_rows(self.profile)
+        best_runs: list[ReplicateRecord] = []
+        if best_row is not None:
+            record = self.ledger.read_record(best_row.n, best_row.commit)
+            best_runs = [r for r in (record.replicates if record else []) if r.status == "ok"]
+        elif 0 in self.commits:
+            record = self.ledger.read_record(0, self.commits[0][:7])
+            best_runs = [r for r in (record.replicates if record else []) if r.status == "ok"]
+        try:
+            cand = [read_rowloss(self.s.tag_dir / r.run_dir / ROWLOSS_FILE, rows) for r in ok]
+            best = [read_rowloss(self.s.tag_dir / r.run_dir / ROWLOSS_FILE, rows) for r in best_runs]
+            if not cand or not best:
+                return None
+            return paired_eval_se(cand, best).se
+        except (RowLossError, NoiseError, OSError):
+            return None
+
+    def _merge_onto_best(self, pending: Pending, decision: NoiseDecision, best: str) -> None:
+        """A candidate that beats the best but was built on an older parent: its change is merged
+        onto the best and the merged commit runs before anything lands (or, on a conflict, the
+        agent proposes the idea again)."""
+        merged = git.merge_text(git.file_at(self.repo, pending.parent, self.train_rel),
+                                git.file_at(self.repo, best, self.train_rel),
+                                git.file_at(self.repo, pending.commit, self.train_rel))
+        problem = None if merged is None else compile_error(merged)
+        if merged is None or problem is not None:
+            why = "its change conflicts with the best kept since it started"
+            self._finalize(pending, status="discard", decision=decision, note=f"{why}: proposed again")
+            failure = Failure(n=pending.n, description=clean_description(pending.proposal.description
+                                                                         if pending.proposal else pending.kind),
+                              status="conflict", log_tail=f"{why}; propose this idea again on the current best")
+            self.reproposals.append(FixTask(of=pending.n, attempt=0, failure=failure, source=None))
+            return
+        if self._experiments_done():
+            self._finalize(pending, status="discard", decision=decision,
+                           note="built on an older best; no experiments left to run the merge")
+            return
+        m = self._next_number()
+        message = (f"merge #{pending.n} onto the best: {clean_description(pending.proposal.description if pending.proposal else '')}"
+                   f"\n\nOvernight-Tag: {self.s.tag}\nOvernight-Experiment: {m}\nOvernight-Merge-Of: {pending.n}\n")
+        commit = git.commit_file(self.repo, best, self.train_rel, merged, message)
+        git.update_ref(self.repo, git.experiment_ref(self.s.tag, m), commit)
+        merge = Pending(n=m, kind="merge", commit=commit, parent=best, merge_of=pending.n, wanted=1,
+                        proposal=Proposal(description=clean_description(f"merge of #{pending.n}: "
+                                          f"{pending.proposal.description if pending.proposal else ''}")))
+        self._add_pending(merge)
+        self._finalize(pending, status="discard", decision=decision, note=f"built on an older best: merged as #{m}")
+        self._first_run(merge)
+
+    def _finalize(self, pending: Pending, status: str | None = None, decision: NoiseDecision | None = None,
+                  note: str | None = None, crashed: bool = False) -> None:
+        """Write run.json and the row, move the branch on a keep, drop it from the journal."""
+        n, commit = pending.n, pending.commit
+        if crashed:
+            status = "crash"
+        assert status is not None
+        record = self._run_record(pending, status, decision, note)
+        self.ledger.write_record(record)
+        self._hook(n, "decided-record")
+        ok = [r for r in pending.replicates if r.status == "ok" and r.val_bpb is not None]
+        first = min(pending.replicates, key=lambda r: r.k) if pending.replicates else None
+        row = LedgerRow(commit=commit[:7], val_bpb=record.val_bpb if status in ("keep", "discard") else 0.0,
+                        memory_gb=record.memory_gb, status=status, description=record.description, n=n,
+                        runs=len(ok) if status in ("keep", "discard") else 0,
+                        delta=decision.short if decision is not None else "-",
+                        train_s=statistics.fmean([r.train_seconds for r in pending.replicates]) if pending.replicates else 0.0,
+                        slot=first.slot if first is not None else None)
+        old_best = self._best_commit()
+        with self.lock:
+            self.ledger.append(row)
+            self._hook(n, "appended")
+            self.rows.append(row)
+            self.commits[n] = commit
+            if decision is not None:
+                self.evidence[n] = decision.text
+        if status == "keep" and not git.move_branch(self.repo, git.branch_name(self.s.tag), commit, old_best):
+            git.update_ref(self.repo, f"refs/heads/{git.branch_name(self.s.tag)}", commit)
         self._hook(n, "decided")
-        self.ledger.clear_journal()
-        self.log.info("experiment", **record.model_dump(mode="json", exclude={"usage"}),
-                      cost_usd=record.usage.cost_usd)
+        with self.lock:
+            self.pending.pop(n, None)
+            self._save_journal()
+        self.log.info("experiment", **record.model_dump(mode="json", exclude={"usage", "replicates", "decision"}),
+                      cost_usd=record.usage.cost_usd, evidence=decision.text if decision else None)
         self.d.observer.finished(record, self._best_row())
         observe = getattr(self.d.agent, "observe", None)
         if callable(observe):
@@ -644,56 +1126,46 @@ class NightLoop:
                 observe(n, record.val_bpb, record.status)
             except Exception as exc:
                 self.log.error("agent_observe_failed", n=n, error=f"{type(exc).__name__}: {exc}")
-        return True
 
-    def _run_and_record(self, journal: Journal) -> RunRecord | None:
-        n, commit = journal.n, journal.commit
-        assert commit is not None
-        run_dir = self.ledger.run_dir(n, commit)
-        self.ledger.set_aside(run_dir, _stamp())
-        run_dir.mkdir(parents=True)
-        started = utcnow()
-        t0 = time.monotonic()
-        self._hook(n, "training")
-        result = self._run(self._spec(n, run_dir))
-        if result is None:
-            return None
-        return self._record(journal, result, started, t0)
-
-    def _record(self, journal: Journal, result: ExperimentResult, started: dt.datetime, t0: float) -> RunRecord:
-        n, commit = journal.n, journal.commit
-        assert commit is not None
-        run_dir = self.ledger.run_dir(n, commit)
+    def _run_record(self, pending: Pending, status: str, decision: NoiseDecision | None,
+                    note: str | None) -> RunRecord:
+        replicates = sorted(pending.replicates, key=lambda r: r.k)
+        ok = [r.val_bpb for r in replicates if r.status == "ok" and r.val_bpb is not None]
+        first = replicates[0] if replicates else None
+        proposal = pending.proposal
+        run_dir = self.ledger.run_dir(pending.n, pending.commit)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "train.py").exists():
-            (run_dir / "train.py").write_bytes(git.file_at(self.repo, commit, self.train_rel))
-        status = decide(result, self._best_val())
-        proposal = journal.proposal
-        atomic_write_text(run_dir / "transcript.json", _transcript_json(journal))
-        score = result.score
-        record = RunRecord(
-            n=n, commit=commit, parent=journal.parent, tag=self.s.tag, program=self.s.program,
-            profile=self.s.profile, seed=self.s.seed,
-            agent=self.d.agent.name if proposal is not None else "seed",
-            model=agent_model(self.d.agent) if proposal is not None else None,
-            image_id=result.image_id,
-            data_manifest_sha256=(score.manifest_sha256 if score and score.manifest_sha256 else self.d.manifest_sha256),
+            (run_dir / "train.py").write_bytes(git.file_at(self.repo, pending.commit, self.train_rel))
+        atomic_write_text(run_dir / "transcript.json", _transcript_json(pending))
+        reason = first.reason if first is not None and status not in ("keep", "discard") else None
+        if note:
+            reason = clean_line(note if reason is None else f"{reason}; {note}", 300)
+        description = (proposal.description if proposal is not None else
+                       ("baseline" if pending.kind == "baseline" else pending.kind))
+        return RunRecord(
+            n=pending.n, kind=pending.kind, commit=pending.commit, parent=pending.parent, tag=self.s.tag,
+            program=self.s.program, profile=self.s.profile, seed=self.s.seed,
+            agent=self.d.agent.name if pending.kind in ("proposal", "fix") else ("seed" if pending.kind == "baseline"
+                                                                                 else "controller"),
+            model=agent_model(self.d.agent) if pending.kind in ("proposal", "fix") else None,
+            image_id=first.image_id if first else None,
+            data_manifest_sha256=first.data_manifest_sha256 if first else self.d.manifest_sha256,
             data_dir=str(self.s.data_dir), gpu=self.s.gpu, status=status,  # type: ignore[arg-type]
-            reason=_reason(result),
-            val_bpb=result.val_bpb, memory_gb=0.0 if status == "crash" else result.peak_memory_gb,
-            memory_kind=result.memory_kind,
-            timings=Timings(propose=journal.propose_seconds, train=result.train_seconds, eval=result.eval_seconds,
-                            total=journal.propose_seconds + time.monotonic() - t0,
-                            train_budget=result.train_budget_s, train_cap=result.train_cap_s),
+            reason=reason, val_bpb=statistics.fmean(ok) if ok and status in ("keep", "discard") else None,
+            memory_gb=max((r.memory_gb for r in replicates), default=0.0),
+            memory_kind=first.memory_kind if first else "ram",
+            timings=Timings(propose=pending.propose_seconds, train=first.train_seconds if first else 0.0,
+                            eval=first.eval_seconds if first else 0.0,
+                            total=pending.propose_seconds + sum(r.train_seconds + r.eval_seconds for r in replicates),
+                            train_budget=first.train_budget if first else 0.0,
+                            train_cap=first.train_cap if first else 0.0),
             usage=proposal.usage if proposal is not None else Usage(),
-            description=proposal.description if proposal is not None else "baseline",
-            fix_of=journal.fix_of, fix_attempt=journal.fix_attempt,
-            train_exit_code=result.train_exit_code, eval_exit_code=result.eval_exit_code,
-            started=started, finished=utcnow(),
+            description=description, fix_of=pending.fix_of, fix_attempt=pending.fix_attempt,
+            merge_of=pending.merge_of, train_exit_code=first.train_exit_code if first else None,
+            eval_exit_code=first.eval_exit_code if first else None, slot=first.slot if first else None,
+            replicates=replicates, decision=decision, started=pending.started, finished=utcnow(),
         )
-        self.ledger.write_record(record)
-        self._hook(n, "recorded")
-        return record
 
 
 def _reason(result: ExperimentResult) -> str | None:
@@ -736,12 +1208,12 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
     return Usage(**{name: getattr(a, name) + getattr(b, name) for name in Usage.model_fields})
 
 
-def _transcript_json(journal: Journal) -> str:
-    proposal = journal.proposal
+def _transcript_json(pending: Pending) -> str:
+    proposal = pending.proposal
     data = {
-        "n": journal.n,
-        "refused_attempts": journal.attempts,
-        "description": proposal.description if proposal else "baseline",
+        "n": pending.n,
+        "refused_attempts": pending.attempts,
+        "description": proposal.description if proposal else pending.kind,
         "usage": proposal.usage.model_dump() if proposal else None,
         "transcript": proposal.transcript if proposal else [],
     }

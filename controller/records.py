@@ -1,5 +1,6 @@
-"""The controller's JSON records, defined once: run.json (one experiment), tag.json (what a night was
-started with), state.json (the journal of the experiment in flight) and replay.json."""
+"""The controller's JSON records, defined once: run.json (one experiment, with each of its runs),
+replicate.json (one run), tag.json (what a night was started with), state.json (the journal of the
+experiments in flight) and replay.json."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.agents.base import Proposal, Usage
+from controller.noise import Decision as NoiseDecision
 
 Decision = Literal["keep", "discard", "crash", "timeout", "rejected"]
+RunStatus = Literal["ok", "crash", "timeout", "rejected"]  # what the sandbox said of one run
+Kind = Literal["baseline", "proposal", "fix", "merge"]
 FIXABLE: frozenset[str] = frozenset({"crash", "rejected"})  # failures the agent may try to fix
 
 
@@ -30,12 +34,41 @@ class Timings(BaseModel):
     train_cap: float = 0.0  # where the host kills the train container: budget + export allowance
 
 
-class RunRecord(BaseModel):
-    """run.json: everything about one experiment (one row of results.tsv)."""
+class ReplicateRecord(BaseModel):
+    """One run of an experiment's commit (replicate.json in its folder): the first run, a
+    calibration run of the baseline, or a confirmation run with a fresh seed."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int  # experiment number within the tag (= row of results.tsv), 0 = baseline
+    k: int  # 0 = the first run; 1.. the later runs of the same commit
+    seed: int  # chosen by the controller: the night's seed + k
+    status: RunStatus
+    reason: str | None = None
+    val_bpb: float | None = None
+    run_dir: str  # its folder's name under runs/<tag>/
+    slot: int | None = None  # the slot it ran on
+    memory_gb: float = 0.0
+    memory_kind: Literal["vram", "ram"] = "ram"
+    train_seconds: float = 0.0  # train container wall clock, measured from outside
+    eval_seconds: float = 0.0
+    train_budget: float = 0.0
+    train_cap: float = 0.0
+    image_id: str | None = None
+    data_manifest_sha256: str | None = None
+    train_exit_code: int | None = None
+    eval_exit_code: int | None = None
+    preflight: bool = False  # ended by the CPU preflight, before any slot was used
+    started: dt.datetime
+    finished: dt.datetime
+
+
+class RunRecord(BaseModel):
+    """run.json: everything about one experiment (one row of results.tsv), with each of its runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int  # experiment number within the tag, given when it was committed; 0 = baseline
+    kind: Kind = "proposal"
     commit: str  # full sha of the experiment commit
     parent: str  # full sha of the best commit it was compared against (its git parent)
     tag: str
@@ -58,8 +91,12 @@ class RunRecord(BaseModel):
     description: str
     fix_of: int | None = None  # the crashed experiment this one tries to fix
     fix_attempt: int = 0  # 1.. for fix tries, 0 for fresh proposals
+    merge_of: int | None = None  # kind merge: the experiment whose change was merged onto the best
     train_exit_code: int | None = None
     eval_exit_code: int | None = None
+    slot: int | None = None  # the slot its first run used
+    replicates: list[ReplicateRecord] = Field(default_factory=list)  # every run of this commit
+    decision: NoiseDecision | None = None  # the keep rule's evidence (scored experiments)
     started: dt.datetime
     finished: dt.datetime
 
@@ -79,21 +116,32 @@ class TagRecord(BaseModel):
     created: dt.datetime
 
 
-class Journal(BaseModel):
-    """state.json: the experiment in flight, so a restart after kill -9 finishes or redoes it."""
+class Pending(BaseModel):
+    """An experiment committed but not yet decided (no row yet): what a restart needs to finish it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int  # the experiment number being worked on (= rows in results.tsv when it started)
-    phase: Literal["proposing", "committed"]
-    commit: str | None = None  # set from "committed" on
-    parent: str  # the best commit when the proposal started
-    proposal: Proposal | None = None  # None for the baseline
+    n: int
+    kind: Kind = "proposal"
+    commit: str
+    parent: str  # the best commit when the proposal started (its git parent)
+    proposal: Proposal | None = None  # None for the baseline and merges
     attempts: list[dict] = Field(default_factory=list)  # refused tries before it (transcripts)
     propose_seconds: float = 0.0
     fix_of: int | None = None
     fix_attempt: int = 0
+    merge_of: int | None = None
+    wanted: int = 1  # runs it needs before it can be decided (calibration, confirmations)
+    replicates: list[ReplicateRecord] = Field(default_factory=list)  # its runs that finished
     started: dt.datetime = Field(default_factory=utcnow)
+
+
+class Journal(BaseModel):
+    """state.json: the experiments in flight, so a restart after kill -9 finishes or redoes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pending: list[Pending] = Field(default_factory=list)
 
 
 class ReplayRecord(BaseModel):

@@ -66,7 +66,17 @@ class Settings(BaseSettings):
     )
     agent: AgentName = Field(default_factory=_default_agent)
     model: str | None = None  # the anthropic agent's model (None: the agent's default)
-    gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)  # GPU indices; the loop uses the first
+    gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)  # GPU indices, one slot each (default: all)
+    slots: int = Field(default=1, ge=1, le=64)  # CPU profiles: experiments at once, each on its own pinned cores
+    overlap: bool = True  # the agent prepares the next proposal while the slots train
+    preflight: bool | None = None  # a CPU check before a proposal takes a slot (default: on for gpu)
+    calibration_runs: int = Field(default=3, ge=1, le=20)  # baseline runs at night start (time budgets)
+    keep_z: float = Field(default=2.0, gt=0)  # keep when better than the incumbent by t(keep_z) standard errors
+    confirm_z: float = Field(default=1.0, ge=0)  # grey zone down to t(confirm_z) SE gets a confirmation run
+    max_confirmations: int = Field(default=1, ge=0, le=10)  # confirmation runs per candidate at most
+    min_delta: float = Field(default=0.0, ge=0)  # an absolute margin in bpb a keep must also pass
+    simpler_wins_ties: bool = True  # equal within noise and simpler code (fewer lines and tokens) is kept
+    verify_runs: int = Field(default=0, ge=0, le=20)  # at the night's end: runs each of the baseline and the best
     max_fix_attempts: int = Field(default=2, ge=0, le=10)  # fix tries after a crash, and re-asks after a refused edit
     vram_cap_gb: float | None = Field(default=None, gt=0)  # the NVML watchdog kills a run above this
     memory_limit_gb: float = Field(default=8.0, gt=0)  # container RAM limit
@@ -159,6 +169,17 @@ class Settings(BaseSettings):
     @property
     def tag_dir(self) -> Path:
         return self.runs_dir / self.tag
+
+    def rule(self) -> Any:
+        """The keep rule's thresholds (controller.noise.RuleSettings)."""
+        from controller.noise import RuleSettings
+
+        return RuleSettings(keep_z=self.keep_z, confirm_z=self.confirm_z, max_confirm=self.max_confirmations,
+                            min_delta=self.min_delta, simpler_wins_ties=self.simpler_wins_ties)
+
+    @property
+    def preflight_on(self) -> bool:
+        return self.profile == "gpu" if self.preflight is None else self.preflight
 
     @property
     def gpu(self) -> int | None:

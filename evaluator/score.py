@@ -53,6 +53,7 @@ from evaluator.artifact import (
 from evaluator.probe import Probe, ProbeConfig
 from evaluator.profiles import Profile, UnknownProfileError, get_profile
 from evaluator.records import REJECT_TEXT, ScoreRecord
+from evaluator.rowloss import ROWLOSS_FILE, RowLosses, row_totals, write_rowloss
 
 EXIT_OK = 0
 EXIT_SETUP = 2
@@ -98,34 +99,10 @@ class Totals:
         return self.nats / self.tokens
 
 
-@dataclass(frozen=True)
-class RowTotals:
-    nats: np.ndarray  # float64 per row: nats of its scored targets
-    bytes: np.ndarray  # int64 per row: UTF-8 bytes of its scored targets
-    tokens: np.ndarray  # int64 per row: scored targets
-
-    def totals(self) -> Totals:
-        return Totals(nats=float(self.nats.sum()), tokens=int(self.tokens.sum()), bytes=int(self.bytes.sum()))
-
-
-def row_totals(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> RowTotals:
-    """Per-row nats, bytes and scored tokens of one batch; targets of byte length 0 (BOS) count in
-    neither the nats nor the bytes."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    targets = targets.to(logprobs.device)
-    nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    lengths = token_bytes.to(logprobs.device)[targets]
-    scored = lengths > 0
-    return RowTotals(
-        nats=torch.where(scored, nll.double(), 0.0).sum(-1).cpu().numpy(),
-        bytes=lengths.sum(-1).cpu().numpy().astype(np.int64),
-        tokens=scored.sum(-1).cpu().numpy().astype(np.int64),
-    )
-
-
 def cross_entropy_totals(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> Totals:
     """Nats, scored tokens and bytes of one batch; targets of byte length 0 are left out."""
-    return row_totals(logits, targets, token_bytes).totals()
+    rows = row_totals(logits, targets, token_bytes)
+    return Totals(nats=float(rows.nats.sum()), tokens=int(rows.tokens.sum()), bytes=int(rows.bytes.sum()))
 
 
 def evaluate(
@@ -134,7 +111,7 @@ def evaluate(
     targets: torch.Tensor,
     token_bytes: torch.Tensor,
     probe: Probe | None = None,
-) -> RowTotals:
+) -> RowLosses:
     """Every eval batch once; a probe base batch's scoring forward is also the probe's base."""
     parts = []
     for b in range(inputs.shape[0]):
@@ -144,8 +121,7 @@ def evaluate(
             probe.check(b, logits)
             if probe.failed:
                 raise ModelRejected("non_causal")
-    return RowTotals(nats=np.concatenate([p.nats for p in parts]), bytes=np.concatenate([p.bytes for p in parts]),
-                     tokens=np.concatenate([p.tokens for p in parts]))
+    return RowLosses.concat(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +208,7 @@ def score_model(
     limits: ArtifactLimits = DEFAULT_LIMITS,
     rng: np.random.Generator | None = None,
     manifest_sha256: str | None = None,
-) -> tuple[ScoreRecord, RowTotals | None]:
+) -> tuple[ScoreRecord, RowLosses | None]:
     """Load and check the artifact, then probe and score it on the eval rows. Returns the record
     (a refusal is status "rejected") and, when scored, the per-row totals.
 
@@ -260,7 +236,7 @@ def score_model(
         return ScoreRecord(status="rejected", reason_code=e.code, reason=REJECT_TEXT[e.code],  # type: ignore[arg-type]
                            probe=probe.result(), forwards=tensors.inputs.shape[0] + probe.checks,
                            eval_seconds=time.perf_counter() - started, artifact_sha256=sha256, **facts), None
-    totals = rows.totals()
+    totals = Totals(nats=float(rows.nats.sum()), tokens=int(rows.tokens.sum()), bytes=int(rows.bytes.sum()))
     if totals.bytes == 0 or totals.tokens == 0:
         raise SetupError("the eval set has no scored bytes")
     return ScoreRecord(
@@ -374,7 +350,7 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         setup = _load_setup(args)
-        record, _rows = score_model(
+        record, rows = score_model(
             args.artifact,
             setup.eval_tensors,
             setup.token_bytes,
@@ -383,6 +359,8 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             probe_config=ProbeConfig.for_profile(setup.profile, args.probe_batches),
             manifest_sha256=setup.manifest_sha256,
         )
+        if rows is not None:  # before score.json: a run is compared paired, row by row
+            write_rowloss(rows, args.out.parent / ROWLOSS_FILE)
         write_score(record, args.out)
     except SetupError as e:
         print(f"error: {e}", file=err, flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from evaluator import layout
 from evaluator.profiles import get_profile
 from evaluator.records import ScoreRecord
+from evaluator.rowloss import ROWLOSS_FILE
 from sandbox.errors import SandboxError
 from sandbox.result import ExperimentResult, ExperimentSpec
 
@@ -101,6 +102,8 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
         return ExperimentResult(status="crash", reason=f"the evaluator failed (exit {code}); see eval.log", **result)
     score = ScoreRecord.model_validate_json(score_json.read_text())
     shutil.copyfile(score_json, run_dir / layout.SCORE_NAME)
+    if (score_dir / ROWLOSS_FILE).is_file():
+        shutil.copyfile(score_dir / ROWLOSS_FILE, run_dir / ROWLOSS_FILE)
     if score.status == "rejected":
         return ExperimentResult(status="rejected", reason=score.reason, score=score, **result)
     return ExperimentResult(status="ok", score=score, **result)

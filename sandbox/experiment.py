@@ -28,6 +28,7 @@ from evaluator import layout
 from evaluator.hostile import UnsafeFileError, clean_line, read_regular
 from evaluator.profiles import Profile, UnknownProfileError, get_profile
 from evaluator.records import ScoreRecord
+from evaluator.rowloss import ROWLOSS_FILE, RowLossError, file_size, profile_rows, read_rowloss
 from sandbox import specs
 from sandbox.errors import SandboxError
 from sandbox.limits import GiB, Limits
@@ -186,7 +187,24 @@ def _scored(runner: Runner, handle: JobHandle, scoring: JobOutcome, limits: Limi
     paths.score_json.write_text(score.model_dump_json(indent=2) + "\n")
     if score.status == "rejected":
         return ExperimentResult(status="rejected", reason=score.reason, score=score, **facts)
+    problem = _keep_row_losses(runner, handle, score, paths, limits)
+    if problem is not None:
+        return ExperimentResult(status="rejected", reason=problem, score=score, **facts)
     return ExperimentResult(status="ok", score=score, **facts)
+
+
+def _keep_row_losses(runner: Runner, handle: JobHandle, score: ScoreRecord, paths: RunPaths,
+                     limits: Limits) -> str | None:
+    """The per-row losses next to score.json, checked as hostile input against it; a reason when
+    they are missing, malformed or disagree (the run is then rejected, never scored)."""
+    rows = profile_rows(get_profile(score.profile))
+    try:
+        runner.fetch_output(handle, ROWLOSS_FILE, paths.row_losses, file_size(rows))
+        read_rowloss(paths.row_losses, rows, score)
+    except (UnsafeFileError, RowLossError) as exc:
+        paths.row_losses.unlink(missing_ok=True)
+        return clean_line(f"per-row losses unusable: {exc}", 300)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
   eval.log          the eval job's output (fixed lines only), streamed live, capped
   model.pt2         the host's checked copy of the train job's /out/model.pt2 (eval reads it)
   score.json        the validated score record, written by the host
+  rowloss.bin       the nats and bytes of every eval row (evaluator.rowloss), checked against it
   eval-detail.log   the evaluator's private detail log (tracebacks): no agent tool reads it
   nvml.jsonl        GPU samples (GPU runs)
 Nothing else a job wrote ever reaches the host: its writable folder is a volume that is
@@ -19,12 +20,13 @@ from pathlib import Path
 
 from evaluator import layout
 from evaluator.hostile import UnsafeFileError, read_regular
+from evaluator.rowloss import ROWLOSS_FILE
 from sandbox.errors import SandboxError
 from sandbox.trainpy import TrainPyRefused, check_train_py
 
 DETAIL_LOG = "eval-detail.log"
-RUN_FILES = ("train.py", "train.log", "eval.log", layout.ARTIFACT_NAME, layout.SCORE_NAME, DETAIL_LOG,
-             "nvml.jsonl")
+RUN_FILES = ("train.py", "train.log", "eval.log", layout.ARTIFACT_NAME, layout.SCORE_NAME, ROWLOSS_FILE,
+             DETAIL_LOG, "nvml.jsonl", "preflight.log")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class RunPaths:
     @property
     def score_json(self) -> Path:
         return self.run_dir / layout.SCORE_NAME
+
+    @property
+    def row_losses(self) -> Path:
+        return self.run_dir / ROWLOSS_FILE
+
+    @property
+    def preflight_log(self) -> Path:
+        return self.run_dir / "preflight.log"
 
     @property
     def detail_log(self) -> Path:

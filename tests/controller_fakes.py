@@ -121,7 +121,8 @@ class FakeRunner:
             raise SandboxError("no Docker engine reachable (ConnectionError): start dockerd")
         run_dir = Path(spec.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(spec.train_py, run_dir / "train.py")
+        if Path(spec.train_py).resolve() != (run_dir / "train.py").resolve():
+            shutil.copyfile(spec.train_py, run_dir / "train.py")
         source = (run_dir / "train.py").read_text()
         _maybe_hang("in-run", int(spec.labels.get("overnight.experiment", "-1")))
         base = dict(run_dir=run_dir, train_seconds=1.0, eval_seconds=0.5, peak_memory_gb=1.25, train_exit_code=0)
@@ -235,7 +236,7 @@ def build_loop(repo: Path, tag: str, script: dict, max_experiments: int | None, 
 
     s = load_settings(**{"tag": tag, "profile": "test", "agent": "search", "repo": repo, "runs_dir": repo / "runs",
                          "worktrees_dir": repo / "worktrees", "data_dir": repo / "data",
-                         "max_experiments": max_experiments, **settings})
+                         "max_experiments": max_experiments, "overlap": False, **settings})
     agent = ScriptedAgent(script)
     runner = FakeRunner()
     observer = HangObserver()

@@ -46,7 +46,7 @@ def test_baseline_then_keep_advances_and_discard_resets(repo: Path) -> None:
     assert [(n, status) for n, _, status in agent.observed] == [(0, "keep"), (1, "keep"), (2, "discard")]
     assert [v for _, v, _ in agent.observed] == pytest.approx([r.val_bpb for r in rows], abs=1e-6)
     assert [s.run_id for s in runner.specs] == ["t1-0000", "t1-0001", "t1-0002"]
-    assert runner.specs[1].labels == {"overnight.tag": "t1", "overnight.experiment": "1"}
+    assert runner.specs[1].labels == {"overnight.tag": "t1", "overnight.experiment": "1", "overnight.replicate": "0"}
     assert runner.specs[1].run_dir == (repo / "runs" / "t1" / f"0001-{rows[1].commit}").resolve()
 
 
@@ -293,4 +293,5 @@ def test_a_hard_stop_is_not_mistaken_for_a_sandbox_error(repo: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         loop.run()
     assert not any("sandbox error" in m for m in observer.messages)
-    assert ledger_of(repo).rows() == [] and ledger_of(repo).read_journal().n == 0  # redone on resume
+    journal = ledger_of(repo).read_journal()
+    assert ledger_of(repo).rows() == [] and [p.n for p in journal.pending] == [0]  # redone on resume

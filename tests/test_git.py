@@ -26,7 +26,8 @@ def wt(repo: Path) -> g.Worktree:
 def test_worktree_is_a_new_branch_from_head_and_leaves_the_checkout_alone(repo: Path, wt: g.Worktree) -> None:
     head = git(repo, "rev-parse", "HEAD")
     assert wt.path == repo / "worktrees" / "t1"
-    assert wt.on_branch() and wt.head() == head
+    # detached at the branch's commit: the agent's checkout never holds the branch, the controller moves it
+    assert not wt.on_branch() and wt.head() == head
     assert git(repo, "rev-parse", "autoresearch/t1") == head
     assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"  # the user's checkout did not move
     assert git(repo, "status", "--porcelain") == ""
@@ -36,12 +37,13 @@ def test_worktree_is_a_new_branch_from_head_and_leaves_the_checkout_alone(repo: 
 
 def test_a_removed_worktree_folder_is_reattached_to_its_branch(repo: Path, wt: g.Worktree) -> None:
     wt.train_py.write_text(TOY_TRAIN_PY.replace("LR = 0.001", "LR = 0.002"))
-    commit = wt.commit_train_py("LR 0.002")
+    commit = wt.commit_train_py("LR 0.002", wt.head())
+    assert g.move_branch(repo, wt.branch, commit, wt.head())
     import shutil
 
     shutil.rmtree(wt.path)
     again = g.open_worktree(repo, Path("worktrees"), "t1", TRAIN, None)
-    assert again.head() == commit and again.on_branch()
+    assert again.head() == commit and not again.on_branch()
 
 
 def test_a_repository_without_commits_is_a_clear_error(tmp_path: Path) -> None:
@@ -54,16 +56,19 @@ def test_commit_uses_the_controller_identity_and_touches_only_train_py(repo: Pat
     base = wt.head()
     wt.train_py.write_text(TOY_TRAIN_PY.replace("LR = 0.001", "LR = 0.01"))
     assert wt.check_proposal(base) is None
-    commit = wt.commit_train_py("LR 0.01\n\nOvernight-Experiment: 1\n")
+    commit = wt.commit_train_py("LR 0.01\n\nOvernight-Experiment: 1\n", base)
     assert git(repo, "log", "-1", "--format=%an <%ae>|%cn|%s", commit) == "overnight <overnight@localhost>|overnight|LR 0.01"
     assert git(repo, "diff", "--name-only", base, commit) == TRAIN
     assert git(repo, "rev-parse", f"{commit}^") == base
+    # plumbing: neither the branch, nor the worktree's HEAD, nor the user's index moved
+    assert git(repo, "rev-parse", "autoresearch/t1") == base and wt.head() == base
+    assert git(repo, "status", "--porcelain") == ""
 
 
 def test_refs_keep_every_experiment(repo: Path, wt: g.Worktree) -> None:
     base = wt.head()
     wt.train_py.write_text(TOY_TRAIN_PY + "\nX = 1\n")
-    commit = wt.commit_train_py("x")
+    commit = wt.commit_train_py("x", base)
     g.update_ref(repo, g.experiment_ref("t1", 0), base)
     g.update_ref(repo, g.experiment_ref("t1", 1), commit)
     wt.reset_to(base)  # discard: the branch forgets it, the ref keeps it
@@ -161,3 +166,33 @@ def test_compile_error_messages() -> None:
     assert g.compile_error(b"x = 1\n") is None
     assert "not UTF-8" in g.compile_error(b"x = '\xff'\n")
     assert "does not compile" in g.compile_error(b"return 5\n")  # compile-time, not parse-time, error
+
+
+def test_a_change_made_on_an_old_best_is_merged_onto_the_new_one() -> None:
+    base = TOY_TRAIN_PY.encode()
+    new_best = base.replace(b"WIDTH = 64", b"WIDTH = 96")
+    change = base.replace(b"LR = 0.001", b"LR = 0.01")
+    merged = g.merge_text(base, new_best, change)
+    assert merged is not None and b"WIDTH = 96" in merged and b"LR = 0.01" in merged
+    assert g.merge_text(base, new_best, new_best) == new_best  # the same change on both sides
+    both = base.replace(b"WIDTH = 64", b"WIDTH = 32")  # the same line changed both ways: a conflict
+    assert g.merge_text(base, new_best, both) is None
+    # git's rule: changes to adjacent lines conflict too (the agent proposes again on the new best)
+    assert g.merge_text(base, new_best, base.replace(b"DEPTH = 4", b"DEPTH = 6")) is None
+
+
+def test_moving_the_branch_is_compare_and_swap(repo: Path, wt: g.Worktree) -> None:
+    base = wt.head()
+    wt.train_py.write_text(TOY_TRAIN_PY + "\nA = 1\n")
+    first = wt.commit_train_py("a", base)
+    second = g.commit_file(repo, base, TRAIN, (TOY_TRAIN_PY + "\nB = 1\n").encode(), "b")
+    assert g.move_branch(repo, wt.branch, first, base)
+    assert not g.move_branch(repo, wt.branch, second, base)  # the branch is no longer at base: refused
+    assert git(repo, "rev-parse", "autoresearch/t1") == first
+
+
+def test_the_agent_checking_out_the_branch_is_refused(wt: g.Worktree) -> None:
+    base = wt.head()
+    git(wt.path, "checkout", "-q", wt.branch)  # attached HEAD: a commit would move the branch
+    wt.train_py.write_text(TOY_TRAIN_PY + "\nC = 1\n")
+    assert "was moved" in wt.check_proposal(base).reason

@@ -23,18 +23,22 @@ def record(n: int, commit: str, **kw) -> RunRecord:
 def test_results_tsv_has_autoresearchs_columns_and_number_formats(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "t1")
     ledger.create()
-    ledger.append(LedgerRow("a1b2c3d4e5", 0.99778899, 44.04, "keep", "baseline", 47.123))
-    ledger.append(LedgerRow("b2c3d4e", 0.0, 0.0, "crash", "double the width\t(OOM)\nsecond line"))
-    ledger.append(LedgerRow("c3d4e5f", 1.2, 12.345, "discard", "x" * 300))
+    ledger.append(LedgerRow("a1b2c3d4e5", 0.99778899, 44.04, "keep", "baseline", n=0, runs=3, train_s=47.123, slot=0))
+    ledger.append(LedgerRow("b2c3d4e", 0.0, 0.0, "crash", "double the width\t(OOM)\nsecond line", n=2, slot=1))
+    ledger.append(LedgerRow("c3d4e5f", 1.2, 12.345, "discard", "x" * 300, n=1, runs=2,
+                            delta="+0.001000+/-0.000500 2v3", train_s=30.0))
     text = (tmp_path / "t1" / "results.tsv").read_text()
     lines = text.split("\n")
     # autoresearch's five columns first, in its format, then overnight's evidence
-    assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\ttrain_s" == HEADER
-    assert lines[1] == "a1b2c3d\t0.997789\t44.0\tkeep\tbaseline\t47.1"
-    assert lines[2] == "b2c3d4e\t0.000000\t0.0\tcrash\tdouble the width (OOM) second line\t0.0"
+    assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\tn\truns\tdelta\ttrain_s\tslot" == HEADER
+    assert lines[1] == "a1b2c3d\t0.997789\t44.0\tkeep\tbaseline\t0\t3\t-\t47.1\t0"
+    assert lines[2] == "b2c3d4e\t0.000000\t0.0\tcrash\tdouble the width (OOM) second line\t2\t1\t-\t0.0\t1"
     cols = lines[3].split("\t")
     assert cols[:4] == ["c3d4e5f", "1.200000", "12.3", "discard"] and len(cols[4]) == 200
+    assert cols[5:] == ["1", "2", "+0.001000+/-0.000500 2v3", "30.0", "-"]
     assert text.endswith("\n") and lines[4] == ""
+    assert [(r.n, r.runs, r.slot) for r in ledger.rows()] == [(0, 3, 0), (2, 1, 1), (1, 2, None)]  # decision order
+    assert ledger.by_number()[1].commit == "c3d4e5f"
     assert [r.status for r in ledger.rows()] == ["keep", "crash", "discard"]
 
 
@@ -46,8 +50,8 @@ def test_a_torn_last_line_is_dropped_on_repair(tmp_path: Path) -> None:
         f.write("b2c3d4e\t0.99")  # a kill in the middle of a write
     assert len(ledger.rows()) == 1  # a reader never sees it
     ledger.repair()
-    assert ledger.path.read_text().endswith("baseline\t0.0\n")
-    ledger.append(LedgerRow("b2c3d4e", 0.9, 1.0, "keep", "next"))
+    assert ledger.path.read_text().endswith("baseline\t0\t1\t-\t0.0\t-\n")
+    ledger.append(LedgerRow("b2c3d4e", 0.9, 1.0, "keep", "next", n=1))
     assert [r.commit for r in ledger.rows()] == ["a1b2c3d", "b2c3d4e"]
 
 
@@ -112,8 +116,8 @@ def test_find_run_by_number_or_commit_prefix_across_tags(tmp_path: Path) -> None
     for tag, commits in (("t1", ["aaaa111", "bbbb222"]), ("t2", ["cccc333", "bbbb999"])):
         ledger = Ledger(tmp_path / tag)
         ledger.create()
-        for c in commits:
-            ledger.append(LedgerRow(c, 1.0, 1.0, "keep", c))
+        for n, c in enumerate(commits):
+            ledger.append(LedgerRow(c, 1.0, 1.0, "keep", c, n=n))
     os.utime(tmp_path / "t2" / "results.tsv", (1, 1))  # t1 is the latest tag
     assert find_run(tmp_path, "1").row.commit == "bbbb222"
     assert find_run(tmp_path, "1", tag="t2").row.commit == "bbbb999"

@@ -58,7 +58,7 @@ def test_hostile_descriptions_and_a_raising_cleanup_leave_a_row_each_and_the_nig
     assert len(lines) == 2 + len(HOSTILE_DESCRIPTIONS)  # header + baseline + one per experiment: no forged row
     for line in lines[1:]:
         cells = line.split("\t")
-        assert len(cells) == 6 and cells[4].isprintable(), repr(line)
+        assert len(cells) == 10 and cells[4].isprintable(), repr(line)
         assert "\x1b" not in line and "\x00" not in line and "\u202e" not in line and "\x9b" not in line
     text.encode("utf-8", "strict")  # no lone surrogate reached the file
     log = git(repo, "log", "--format=%B", "autoresearch/t1")
@@ -75,16 +75,16 @@ def test_hostile_descriptions_and_a_raising_cleanup_leave_a_row_each_and_the_nig
 
 def test_an_unexpected_error_while_recording_is_that_experiments_crash(repo: Path, monkeypatch) -> None:
     loop, *_ = build_loop(repo, "t1", {}, max_experiments=2)
-    real = loop._record
+    real = loop._record_run
     calls = {"n": 0}
 
-    def flaky_record(journal, result, started, t0):  # type: ignore[no-untyped-def]
+    def flaky_record(pending, task, slot, result, started, t0):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if journal.n == 1 and calls["n"] == 2:  # the first try of experiment 1 (after the baseline)
+        if pending.n == 1 and calls["n"] == 2:  # the first try of experiment 1 (after the baseline)
             raise ValueError("a record nobody foresaw")
-        return real(journal, result, started, t0)
+        return real(pending, task, slot, result, started, t0)
 
-    monkeypatch.setattr(loop, "_record", flaky_record)
+    monkeypatch.setattr(loop, "_record_run", flaky_record)
     summary = loop.run()
     rows = check_consistent(repo, "t1")
     assert summary.reason == "max-experiments" and len(rows) == 3
@@ -104,4 +104,5 @@ def test_infrastructure_errors_stop_the_night_after_a_bound_with_what_to_do(repo
     assert sum("sandbox error" in m for m in observer.messages) == INFRA_ATTEMPTS - 1
     assert loop.ledger.rows() == []  # nothing recorded for the run that never ran...
     journal = loop.ledger.read_journal()
-    assert journal is not None and journal.n == 0 and journal.phase == "committed"  # ...a resume redoes it
+    assert journal is not None and [p.n for p in journal.pending] == [0]  # ...a resume redoes it
+    assert journal.pending[0].replicates == []

@@ -79,7 +79,7 @@ def test_run_folder_holds_logs_score_and_the_script_that_ran(sandboxed, seed_tra
     assert (run_dir / "model.pt2").stat().st_size > 0
     assert "detail.log" not in (run_dir / "eval.log").read_text()  # eval.log: fixed lines only
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "eval-detail.log", "eval.log", "model.pt2", "score.json", "train.log", "train.py"]
+        "eval-detail.log", "eval.log", "model.pt2", "rowloss.bin", "score.json", "train.log", "train.py"]
 
 
 def test_both_containers_were_locked_down_and_removed(sandboxed, docker_client) -> None:

@@ -25,6 +25,18 @@ class HistoryRow(BaseModel):
     status: str  # keep | discard | crash | timeout | rejected
     description: str
     run_dir: Path  # folder with train.log, eval.log, score.json of that run
+    runs: int = 1  # runs of the commit its val_bpb averages
+    evidence: str | None = None  # the keep rule's line, e.g. "delta -0.0007 +/- 0.0011 (1 run vs 3): within noise"
+
+
+class InFlight(BaseModel):
+    """An experiment committed and running (or waiting for a slot) while the agent proposes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int
+    description: str
+    diff: str  # its change to train.py, against the best it started from (capped)
 
 
 class Failure(BaseModel):
@@ -49,6 +61,7 @@ class ProposalContext(BaseModel):
     failures: list[Failure] = Field(default_factory=list)  # the last few failed experiments
     fix_attempt: Failure | None = None  # set when asking the agent to fix the crash just seen
     runs_dir: Path  # runs/<tag>: the agent's tools may read logs under it, nothing else
+    in_flight: list[InFlight] = Field(default_factory=list)  # committed, not yet decided: don't duplicate them
 
 
 class Usage(BaseModel):
