@@ -45,14 +45,24 @@ from controller.agents.base import (
     Agent,
     AgentError,
     Failure,
+    FixDeclined,
     HistoryRow,
     Proposal,
     ProposalContext,
     Usage,
 )
 from controller.ledger import Ledger, LedgerRow, clean_description
-from controller.records import FIXABLE, Journal, RunRecord, TagRecord, Timings, utcnow
-from controller.safefiles import atomic_write_text, read_tail
+from controller.records import (
+    FIX_DECLINED_JSON,
+    FIXABLE,
+    FixDeclinedRecord,
+    Journal,
+    RunRecord,
+    TagRecord,
+    Timings,
+    utcnow,
+)
+from controller.safefiles import atomic_write_model, atomic_write_text, read_tail
 from controller.settings import Settings
 from evaluator.hostile import clean_line
 from sandbox.errors import SandboxError
@@ -456,6 +466,8 @@ class NightLoop:
         if not getattr(self.d.agent, "can_fix_crashes", True):
             return None
         row = self.rows[n]
+        if (self.ledger.row_run_dir(n, row) / FIX_DECLINED_JSON).is_file():
+            return None  # the agent gave up on it: never asked again, across restarts too
         record = self.ledger.read_record(n, row.commit)
         attempt = (record.fix_attempt + 1) if record is not None else 1
         if attempt > self.s.max_fix_attempts:
@@ -481,7 +493,7 @@ class NightLoop:
         history = [
             HistoryRow(n=i, commit=row.commit, val_bpb=row.val_bpb if row.scored else None,
                        memory_gb=row.memory_gb, status=row.status, description=row.description,
-                       run_dir=self.ledger.row_run_dir(i, row).resolve())
+                       run_dir=self.ledger.row_run_dir(i, row).resolve(), full_commit=self.commits[i])
             for i, row in enumerate(self.rows)
         ]
         failures = [
@@ -497,6 +509,8 @@ class NightLoop:
             profile=self.s.profile, history=history,
             best_diff=git.diff(self.repo, base, best, self.train_rel) if best != base else "",
             failures=failures, fix_attempt=fix, runs_dir=self.s.tag_dir.resolve(),
+            repo=self.repo, train_rel=self.train_rel,
+            seed_train_py=git.file_at(self.repo, base, self.train_rel).decode("utf-8", errors="replace"),
         )
 
     def _propose(self, n: int, fix: FixTask | None) -> Journal | None:
@@ -511,6 +525,9 @@ class NightLoop:
         for _ in range(1 + self.s.max_fix_attempts):
             self._hook(n, "proposing")
             proposal = self._ask_agent(self._context(n, failure), best, previous)
+            if isinstance(proposal, FixDeclined):
+                self._fix_declined(n, fix, proposal, best)
+                return None
             if proposal is None:
                 return None
             usage = _add_usage(usage, proposal.usage)
@@ -545,7 +562,28 @@ class NightLoop:
         self.log.info("proposed", n=n, commit=commit, description=description, fix_of=journal.fix_of)
         return journal
 
-    def _ask_agent(self, context: ProposalContext, best: str, previous: bytes | None) -> Proposal | None:
+    def _fix_declined(self, n: int, fix: FixTask | None, declined: FixDeclined, best: str) -> None:
+        """The agent gave up on a fix: record why next to the failed run (so no restart asks again)
+        and go on with a fresh proposal from the best. Without a crash to fix (a refused edit it
+        was re-asked about), the proposal is simply dropped."""
+        self.wt.reset_to(best)
+        reason = clean_description(declined.reason)
+        usage = getattr(declined, "usage", None)
+        if fix is None:
+            self.log.warning("proposal_abandoned", n=n, reason=reason)
+            self.d.observer.say(f"#{n}: the agent gave up on its refused edit: {reason}", "warning")
+            return
+        failed = fix.failure.n
+        record = FixDeclinedRecord(n=failed, commit=self.commits[failed], fix_attempt=fix.attempt, reason=reason,
+                                   usage=usage if isinstance(usage, Usage) else Usage(),
+                                   transcript=getattr(declined, "transcript", None) or [])
+        atomic_write_model(self.ledger.row_run_dir(failed, self.rows[failed]) / FIX_DECLINED_JSON, record)
+        self.log.warning("fix_declined", n=failed, fix_attempt=fix.attempt, reason=reason,
+                         cost_usd=record.usage.cost_usd)
+        self.d.observer.say(f"#{failed}: the agent gave up fixing it: {reason}; a fresh proposal follows", "warning")
+
+    def _ask_agent(self, context: ProposalContext, best: str,
+                   previous: bytes | None) -> Proposal | FixDeclined | None:
         waits = _backoff()
         while not self._stop_now():
             self.wt.reset_to(best)
@@ -553,6 +591,8 @@ class NightLoop:
                 self.wt.write_train_py(previous)
             try:
                 return safe_proposal(self.d.agent.propose(context))
+            except FixDeclined as declined:
+                return declined
             except Exception as exc:
                 if self.d.stop.now:
                     raise KeyboardInterrupt from exc
@@ -733,7 +773,7 @@ def _stamp() -> str:
 
 
 def _add_usage(a: Usage, b: Usage) -> Usage:
-    return Usage(**{name: getattr(a, name) + getattr(b, name) for name in Usage.model_fields})
+    return a + b  # an unknown cost stays unknown
 
 
 def _transcript_json(journal: Journal) -> str:
