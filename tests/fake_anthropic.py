@@ -142,6 +142,7 @@ class FakeAnthropic:
         self.clock = clock
         self.min_cacheable_tokens = min_cacheable_tokens
         self.requests: list[Recorded] = []
+        self.usages: list[dict[str, Any]] = []  # the usage of every 200 message answered, in order
         self._script: deque[Step] = deque()
         self._lock = threading.Lock()
         self._cache: dict[str, float] = {}  # prefix key -> expiry (clock time)
@@ -237,6 +238,8 @@ class FakeAnthropic:
         usage = step.usage or self._simulated_usage(body, content)
         if stop == "max_tokens" and step.usage is None:
             usage["output_tokens"] = body["max_tokens"]
+        with self._lock:
+            self.usages.append(usage)
         message = {
             "id": f"msg_fake{next(_ids):06d}",
             "type": "message",

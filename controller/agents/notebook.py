@@ -143,7 +143,9 @@ def update_notebook(tag_dir: Path, section: str, text: str, mode: Mode) -> str:
             "(replace a long section with a shorter summary, or remove one) and try again"
         )
     atomic_write_text(notebook_path(tag_dir), new_text)
+    used = f"the notebook is {size} of {MAX_NOTEBOOK_BYTES} bytes"
     if index is None:
-        return f"removed section {title!r}; the notebook is {size} of {MAX_NOTEBOOK_BYTES} bytes"
-    s = sections[index]
-    return f"section {s.title!r} now reads ({size} of {MAX_NOTEBOOK_BYTES} bytes used):\n{s.body}"
+        return f"removed section {title!r}; {used}"
+    lines = sections[index].body.count("\n") + 1
+    done = "appended to" if mode == "append" else "replaced"
+    return f"{done} section {sections[index].title!r} ({lines} lines); {used}"  # (no echo: the model wrote it)
