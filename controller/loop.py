@@ -526,7 +526,7 @@ class NightLoop:
             self._hook(n, "proposing")
             proposal = self._ask_agent(self._context(n, failure), best, previous)
             if isinstance(proposal, FixDeclined):
-                self._fix_declined(n, fix, proposal, best)
+                self._fix_declined(n, fix, proposal, best, usage)
                 return None
             if proposal is None:
                 return None
@@ -562,21 +562,21 @@ class NightLoop:
         self.log.info("proposed", n=n, commit=commit, description=description, fix_of=journal.fix_of)
         return journal
 
-    def _fix_declined(self, n: int, fix: FixTask | None, declined: FixDeclined, best: str) -> None:
+    def _fix_declined(self, n: int, fix: FixTask | None, declined: FixDeclined, best: str, spent: Usage) -> None:
         """The agent gave up on a fix: record why next to the failed run (so no restart asks again)
         and go on with a fresh proposal from the best. Without a crash to fix (a refused edit it
         was re-asked about), the proposal is simply dropped."""
         self.wt.reset_to(best)
         reason = clean_description(declined.reason)
         usage = getattr(declined, "usage", None)
+        usage = _add_usage(spent, usage) if isinstance(usage, Usage) else spent
         if fix is None:
             self.log.warning("proposal_abandoned", n=n, reason=reason)
             self.d.observer.say(f"#{n}: the agent gave up on its refused edit: {reason}", "warning")
             return
         failed = fix.failure.n
         record = FixDeclinedRecord(n=failed, commit=self.commits[failed], fix_attempt=fix.attempt, reason=reason,
-                                   usage=usage if isinstance(usage, Usage) else Usage(),
-                                   transcript=getattr(declined, "transcript", None) or [])
+                                   usage=usage, transcript=getattr(declined, "transcript", None) or [])
         atomic_write_model(self.ledger.row_run_dir(failed, self.rows[failed]) / FIX_DECLINED_JSON, record)
         self.log.warning("fix_declined", n=failed, fix_attempt=fix.attempt, reason=reason,
                          cost_usd=record.usage.cost_usd)

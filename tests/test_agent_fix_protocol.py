@@ -134,7 +134,7 @@ def test_five_declines_in_a_row_cost_five_fix_requests_not_an_endless_retry(fake
     led to 6 identical fix requests and 310 s of idle GPU)."""
     for _ in range(5):
         fake.enqueue(*CRASHING, GIVE_UP)
-    loop, runner, sleeps = agent_night(tmp_path, fake, max_experiments=5)
+    loop, _, sleeps = agent_night(tmp_path, fake, max_experiments=5)
     summary = loop.run()
     fixes = [r for r in fake.message_requests()
              if len(r.body["messages"]) == 1 and "Fix request" in r.body["messages"][0]["content"][0]["text"]]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import controller.cli as cli
+from controller import cli
 from controller import git as g
 from controller.agents.notebook import MAX_NOTEBOOK_BYTES, NotebookError, parse, read_notebook, update_notebook
 from tests.agent_support import agent, agent_night, context, edit_and_finish, tool_results, workspace

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.agents import is_fatal
-from controller.agents.anthropic_agent import CUT_NOTE, NUDGE_NO_FINISH
+from controller.agents.anthropic_agent import CUT_NOTE, NUDGE_NO_FINISH, PAUSE_NOTE
 from controller.agents.base import AgentError, Failure, FixDeclined
 from tests.agent_support import TRAIN_PY, agent, context, edit_and_finish, tool_results, workspace
 from tests.fake_anthropic import FakeAnthropic, Reply, refusal, text, tool_use
@@ -109,6 +109,7 @@ def test_pause_turn_is_continued(fake: FakeAnthropic, ws: dict[str, Path]) -> No
     fake.enqueue(Reply([text("Checking.")], stop_reason="pause_turn"), *edit_and_finish())
     proposal = agent(fake).propose(context(ws))
     assert proposal.description == "LR 0.02 -> 0.03" and proposal.usage.continuations == 1
+    assert fake.message_requests()[1].body["messages"][-1]["content"][0]["text"].startswith(PAUSE_NOTE)
 
 
 def test_a_full_context_window_fails_the_proposal(fake: FakeAnthropic, ws: dict[str, Path]) -> None:

@@ -57,6 +57,7 @@ from controller.agents.notebook import MAX_NOTEBOOK_BYTES, NotebookError, read_n
 from controller.agents.pricing import cost_usd
 from controller.agents.textsafe import deep_no_surrogates, no_surrogates
 from controller.agents.tools import ToolError, ToolOutcome, TrainPyTools, one_line, tool_specs
+from evaluator.profiles import PROFILES  # the trusted profile constants (host-safe: no torch)
 
 log = structlog.get_logger(__name__)
 
@@ -140,6 +141,7 @@ NUDGE_UNCHANGED = (
     "This is the last reminder."
 )
 CUT_NOTE = "Your previous turn reached the output limit (max_tokens) and was cut off."
+PAUSE_NOTE = "Your previous turn was paused by the API (pause_turn)."
 CUT_CALL_NOTE = (
     " Its last tool call ({name}) was cut off mid-way and was NOT run: make it again, smaller if it "
     "was long (edit_train_py with a short old_str rather than write_train_py)."
@@ -246,9 +248,9 @@ class AnthropicAgent:
             stop = getattr(message, "stop_reason", None)
             content = list(getattr(message, "content", None) or [])
             if stop == "refusal":
-                said = [b for b in (_block_param(block) for block in content) if b is not None]
-                if said:  # kept for the transcript only: a refused turn is never sent back
-                    session.messages.append({"role": "assistant", "content": said})
+                refused = [b for b in (_block_param(block) for block in content) if b is not None]
+                if refused:  # kept for the transcript only: a refused turn is never sent back
+                    session.messages.append({"role": "assistant", "content": refused})
                 if fixing:
                     raise FixDeclined("the model refused to work on this fix (stop_reason refusal)")
                 raise AgentError("the model refused to continue (stop_reason refusal)")
@@ -269,8 +271,9 @@ class AnthropicAgent:
             if blocks:
                 session.messages.append({"role": "assistant", "content": blocks})
             tool_uses = [block for block in content if getattr(block, "type", None) == "tool_use"]
+            head = CUT_NOTE if stop == "max_tokens" else PAUSE_NOTE
             if cut and not tool_uses:
-                note = CUT_NOTE + (CUT_CALL_NOTE.format(name=dropped) if dropped else "") + CONTINUE_NOTE
+                note = head + (CUT_CALL_NOTE.format(name=dropped) if dropped else "") + CONTINUE_NOTE
                 session.messages.append(_user_text(note))
                 continue
             if not tool_uses:
@@ -284,7 +287,7 @@ class AnthropicAgent:
                 continue
             results, finished, gave_up, nudged = self._run_tools(tool_uses, tools, nudged)
             if cut:
-                note = CUT_NOTE + (CUT_CALL_NOTE.format(name=dropped) if dropped else "")
+                note = head + (CUT_CALL_NOTE.format(name=dropped) if dropped else "")
                 results.append({"type": "text", "text": note})
             session.messages.append({"role": "user", "content": results})
             if gave_up is not None:
@@ -379,8 +382,6 @@ def expected_gap_s(profile: str, measured: list[float]) -> float:
     profile's training budget (a lower bound of one experiment's wall clock)."""
     if measured:
         return statistics.median(measured)
-    from evaluator.profiles import PROFILES  # trusted constants; host-safe (no torch)
-
     found = PROFILES.get(profile)
     return found.time_budget_s if found is not None else 0.0
 
@@ -460,8 +461,6 @@ def system_prompt(context: ProposalContext) -> str:
 
 
 def _profile_facts(profile: str) -> str:
-    from evaluator.profiles import PROFILES
-
     p = PROFILES.get(profile)
     if p is None:
         return f"# Profile\nThis night runs the profile {profile!r}."

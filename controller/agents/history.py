@@ -140,13 +140,13 @@ def _trend(history: list[HistoryRow]) -> list[str]:
     if len(history) < 4 or not scored:
         return []
     step = max(1, len(history) // 10)
-    points, best = [], None
+    points: list[str] = []
+    best: float | None = None
     for i, r in enumerate(history):
         if r.status == "keep" and r.val_bpb is not None:
             best = r.val_bpb
-        if (i + 1) % step == 0 or i == len(history) - 1:
-            if best is not None:
-                points.append(f"#{r.n}: {best:.6f}")
+        if best is not None and ((i + 1) % step == 0 or i == len(history) - 1):
+            points.append(f"#{r.n}: {best:.6f}")
     return ["trend (best so far): " + ", ".join(points)]
 
 
@@ -200,7 +200,8 @@ def changed_lines(repo: Path, commits: list[str], train_rel: str) -> dict[str, s
 
 def constant_changes(diff: str, name: str) -> list[str]:
     """`NAME = old -> new` (or `+NAME = v` / `-NAME = v`) for each change of an assignment to NAME."""
-    removed, added = [], []
+    removed: list[str] = []
+    added: list[str] = []
     for line in diff.splitlines():
         if line.startswith(("---", "+++")):
             continue

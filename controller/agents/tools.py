@@ -36,7 +36,7 @@ from controller.agents.history import (
 from controller.agents.notebook import MAX_NOTEBOOK_BYTES, NotebookError, update_notebook
 from controller.agents.textsafe import deep_no_surrogates
 
-__all__ = ["TrainPyTools", "ToolError", "ToolOutcome", "history_table", "one_line", "tool_specs"]
+__all__ = ["ToolError", "ToolOutcome", "TrainPyTools", "history_table", "one_line", "tool_specs"]
 
 MAX_TRAIN_PY_BYTES = 512_000  # cap on train.py, read or written
 MAX_VIEW_CHARS = 60_000  # one view_train_py result
