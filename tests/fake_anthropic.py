@@ -16,7 +16,9 @@ Prompt caching is simulated so a test can see whether the cached prefix really s
 and whether it is still alive: the request is cut at each `cache_control` breakpoint (tools, then
 system, then messages, as the API orders them); a prefix cached before and still within its
 lifetime counts as `cache_read_input_tokens` (and the read refreshes the lifetime), the rest up to
-the last breakpoint as `cache_creation_input_tokens`, split by lifetime in `usage.cache_creation`
+the last breakpoint as `cache_creation_input_tokens`, split by lifetime in `usage.cache_creation`.
+As in the API, a breakpoint finds a cached prefix ending at itself or at one of the 20 blocks
+before it (`LOOKBACK_BLOCKS`), and entries are written only at breakpoints
 (`ttl` "5m", the default, or "1h"; a 1h breakpoint after a 5m one is refused, as the API does).
 A prefix shorter than `min_cacheable_tokens` is not cached. Time is `clock()` (injectable, so a
 test moves it on instead of sleeping). Tokens are estimated as bytes / 4.
@@ -44,6 +46,7 @@ from typing import Any
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_BREAKPOINTS = 4
+LOOKBACK_BLOCKS = 20  # a breakpoint also finds a prefix cached at one of the 20 blocks before it
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 
 
@@ -145,7 +148,7 @@ class FakeAnthropic:
         self.usages: list[dict[str, Any]] = []  # the usage of every 200 message answered, in order
         self._script: deque[Step] = deque()
         self._lock = threading.Lock()
-        self._cache: dict[str, float] = {}  # prefix key -> expiry (clock time)
+        self._cache: dict[str, tuple[float, float]] = {}  # prefix key -> (expiry on clock(), lifetime)
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -255,25 +258,26 @@ class FakeAnthropic:
     def _simulated_usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
         segments, breakpoints = _segments(body)
         total = _tokens(segments)
-        marks = [(_prefix_key(segments[: i + 1]), _tokens(segments[: i + 1]), TTL_SECONDS[ttl]) for i, ttl in breakpoints]
         now = self.clock()
         read = 0
         written = {"5m": 0, "1h": 0}
         with self._lock:
-            for key, tokens, _ in marks:
-                if self._cache.get(key, float("-inf")) > now:
-                    read = max(read, tokens)
+            for i, _ in breakpoints:  # the longest live prefix at a breakpoint or up to 20 blocks before it
+                for j in range(i, max(-1, i - LOOKBACK_BLOCKS - 1), -1):
+                    key = _prefix_key(segments[: j + 1])
+                    entry = self._cache.get(key)
+                    if entry is not None and entry[0] > now:
+                        read = max(read, _tokens(segments[: j + 1]))
+                        self._cache[key] = (now + entry[1], entry[1])  # a hit refreshes the lifetime
+                        break
             done = read
-            for key, tokens, life in marks:
-                if tokens <= read:
-                    if self._cache.get(key, float("-inf")) > now:  # a hit refreshes the lifetime
-                        self._cache[key] = max(self._cache[key], now + life)
+            for i, ttl in breakpoints:  # writes happen at breakpoints only, past what was read
+                tokens = _tokens(segments[: i + 1])
+                if tokens <= done or tokens < self.min_cacheable_tokens:
                     continue
-                if tokens < self.min_cacheable_tokens or tokens <= done:
-                    continue
-                written["1h" if life == TTL_SECONDS["1h"] else "5m"] += tokens - done
+                written[ttl] += tokens - done
                 done = tokens
-                self._cache[key] = now + life
+                self._cache[_prefix_key(segments[: i + 1])] = (now + TTL_SECONDS[ttl], TTL_SECONDS[ttl])
         created = written["5m"] + written["1h"]
         return {
             "input_tokens": total - read - created,
