@@ -1,12 +1,12 @@
 """Tokens per proposal of the `anthropic` agent over a scripted night against the fake Messages API.
 
-    python benchmarks/bench_agent_tokens.py [--experiments 12] [--gap-s 330] [--json out.json]
+    python benchmarks/bench_agent_tokens.py [--experiments 12] [--gap-s 360] [--json out.json]
 
 The real loop (controller/loop.py, real git, real ledger) drives the real agent and the real
 `anthropic` client against the fake Messages API on loopback (tests/fake_anthropic.py), which
 simulates prompt caching with lifetimes on a clock this script moves on: each experiment "trains"
-for --gap-s seconds of that clock (330 s by default: the `gpu` profile's 5-minute budget plus
-start-up and scoring), with a fake runner that scores train.py from its constants. The seed is the
+for --gap-s seconds of that clock (360 s by default: the `gpu` profile's 330 s budget plus the
+scoring), with a fake runner that scores train.py from its constants. The seed is the
 real programs/default/{train.py,program.md}. Token counts are the fake's estimate (bytes / 4).
 
 The scripted model does the same in every proposal: it views the constants block, asks for the
@@ -96,16 +96,23 @@ class BenchRunner:
         result = ScoreRecord(status="ok", profile=spec.profile, val_bpb=score(source), tokens=100, bytes=400)
         (run_dir / "score.json").write_text(result.model_dump_json())
         self.clock.advance(self.gap_s)
-        return ExperimentResult(run_dir=run_dir, status="ok", score=result, train_seconds=300.0, eval_seconds=20.0,
+        return ExperimentResult(run_dir=run_dir, status="ok", score=result, train_seconds=330.0, eval_seconds=30.0,
                                 peak_memory_gb=40.0, train_exit_code=0, eval_exit_code=0, image_id="sha256:bench")
+
+
+def constants_lines(seed: str) -> tuple[int, int]:
+    """The first and last line (1-based) of the seed's constants that the plan changes."""
+    lines = [i for i, line in enumerate(seed.splitlines(), 1) if line.split(" = ")[0] in PLAN]
+    return lines[0], lines[-1]
 
 
 class ScriptedModel:
     """Answers each request from what it was sent (see the module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: str) -> None:
         self.tool_calls: dict[str, int] = {}
         self.tried: dict[int, str] = {}
+        self.view = constants_lines(seed)
 
     def __call__(self, body: dict[str, Any]) -> Reply:
         messages = body["messages"]
@@ -114,7 +121,7 @@ class ScriptedModel:
         k = int(re.search(r"Experiment (\d+)", opening).group(1))  # type: ignore[union-attr]
         name = PLAN[(k - 1) % len(PLAN)]
         if turn == 0:
-            calls = [tool_use("view_train_py", {"start_line": 37, "end_line": 50}),
+            calls = [tool_use("view_train_py", {"start_line": self.view[0], "end_line": self.view[1]}),
                      tool_use("history_summary", {}),
                      tool_use("search_history", {"constant": name})]
             if k > 1:
@@ -183,7 +190,7 @@ def run_night(workdir: Path, experiments: int, gap_s: float) -> dict[str, Any]:
     """One scripted night; returns per-proposal usage (from each run.json) and what the model called."""
     repo = make_repo(workdir / "repo")
     clock = Clock()
-    model = ScriptedModel()
+    model = ScriptedModel((repo / "programs" / "default" / "train.py").read_text())
     settings = load_settings(tag="bench", profile="gpu", agent="anthropic", repo=repo, runs_dir=repo / "runs",
                              worktrees_dir=repo / "worktrees", data_dir=repo / "data", max_experiments=experiments)
     with FakeAnthropic(api_key=API_KEY, responder=model, clock=clock) as fake:
@@ -246,7 +253,7 @@ def report(night: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiments", type=int, default=12)
-    parser.add_argument("--gap-s", type=float, default=330.0, help="clock seconds one experiment takes")
+    parser.add_argument("--gap-s", type=float, default=360.0, help="clock seconds one experiment takes")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-proposal figures here")
     args = parser.parse_args(argv)
     configure_quiet()  # the controller's structured log is not what this prints

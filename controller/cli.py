@@ -351,7 +351,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 def morning_notes(tag_dir: Path, rows: list) -> list[str]:
     """Fixes the agent gave up on, and where its notebook is."""
     from controller.agents.notebook import NotebookError, notebook_path, parse, read_notebook
-    from controller.agents.textsafe import clean_line
+    from evaluator.hostile import clean_line
     from controller.records import FIX_DECLINED_JSON, FixDeclinedRecord
     from controller.safefiles import read_regular
 

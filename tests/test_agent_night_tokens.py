@@ -1,4 +1,4 @@
-"""A scripted night of 10 experiments, 330 s apart (the `gpu` profile), through the real loop and the
+"""A scripted night of 10 experiments, 360 s apart (the `gpu` profile), through the real loop and the
 real agent against the fake Messages API (benchmarks/bench_agent_tokens.py prints its figures):
 the agent uses its notebook and the history tools, and after the first proposal the stable prefix
 always comes from the one-hour cache."""
@@ -12,7 +12,7 @@ from controller.agents.notebook import parse
 
 
 def test_a_scripted_night_uses_notebook_and_history_and_reads_its_prefix_from_the_cache(tmp_path: Path) -> None:
-    night = run_night(tmp_path, experiments=10, gap_s=330.0)
+    night = run_night(tmp_path, experiments=10, gap_s=360.0)
     rows = night["rows"]
     assert len(rows) == 10 and all(u["api_calls"] == 3 for u in rows)
     calls = night["tool_calls"]

@@ -464,11 +464,10 @@ def _profile_facts(profile: str) -> str:
     p = PROFILES.get(profile)
     if p is None:
         return f"# Profile\nThis night runs the profile {profile!r}."
-    budget = f"{p.max_steps} optimizer steps" if p.max_steps else f"{p.time_budget_s:g} seconds of training"
     return (f"# Profile {p.name!r} (fixed for this night)\n"
             f"- sequence length {p.seq_len}, vocabulary {p.vocab_size} tokens\n"
-            f"- training budget: {budget}, enforced from outside (start-up and compile count; the "
-            f"container is killed at {p.train_cap_s:g} s)\n"
+            f"- budget: {p.time_budget_s:g} s of wall clock from the train container's start (start-up, "
+            f"imports and compilation count) until submit(); the container is killed at {p.train_cap_s:g} s\n"
             f"- the evaluator scores {p.eval_tokens:,} held-out tokens in batches of {p.eval_batch_size} rows")
 
 

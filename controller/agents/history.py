@@ -15,7 +15,7 @@ from pathlib import Path
 
 from controller import git
 from controller.agents.base import HistoryRow
-from controller.agents.textsafe import clean_line
+from evaluator.hostile import clean_line
 
 MAX_DESCRIPTION_CHARS = 200
 MAX_TABLE_ROWS = 300  # one read_history answer
@@ -34,8 +34,7 @@ class HistoryError(Exception):
 
 def one_line(text: str, cap: int = MAX_DESCRIPTION_CHARS) -> str:
     """A description fit for a table row: no control characters or line breaks, capped."""
-    flat = clean_line(text)
-    return flat if len(flat) <= cap else flat[: cap - 3].rstrip() + "..."
+    return clean_line(text, cap)
 
 
 # --- tables ----------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from controller.agents.textsafe import clean_line, clean_text
 from controller.safefiles import atomic_write_text
+from evaluator.hostile import clean_line, clean_text
 
 NOTEBOOK_NAME = "notebook.md"
 MAX_NOTEBOOK_BYTES = 8_000  # it goes into every proposal's first message (about 2k tokens at most)
@@ -92,7 +92,7 @@ def render(sections: list[Section]) -> str:
 
 
 def clean_title(raw: str) -> str:
-    title = clean_line(raw).lstrip("#").strip()
+    title = clean_line(raw, cap=4 * MAX_TITLE_CHARS).lstrip("#").strip()
     if not title:
         raise NotebookError("section must be a short non-empty title, e.g. 'Hypotheses'")
     return title[:MAX_TITLE_CHARS].rstrip()

@@ -1,9 +1,10 @@
-"""Model-written strings made safe to store, show and send back (DESIGN.md threat model, point 14).
+"""Model strings on their way back to the API, or into a file, kept encodable.
 
-Everything a model writes is hostile input: it may hold terminal escape sequences, NUL bytes,
-bidirectional overrides that make a line read differently from what it is, or lone UTF-16
-surrogates (valid in a JSON string, invalid in UTF-8: encoding one raises, which once made the
-SDK fail while building a request).
+A JSON string may hold a lone UTF-16 surrogate; Python decodes it into a `str` that cannot be
+encoded as UTF-8, and the SDK raised UnicodeEncodeError while building the next request (the
+error that once carried the request, headers included, into the log). Text sent back to the
+model is repaired here, character for character otherwise, so what the model said is kept.
+Cleaning for a terminal, git, a TSV or a file a person reads is evaluator/hostile.py's job.
 """
 
 from __future__ import annotations
@@ -13,27 +14,11 @@ from typing import Any
 
 REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# C0 and C1 controls and DEL (tab and newline are kept where text may have lines), plus the
-# Unicode bidirectional controls (LRM, RLM, ALM, embeddings, overrides, isolates).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def no_surrogates(text: str) -> str:
     """`text` with every lone surrogate replaced by U+FFFD, so it encodes as UTF-8."""
     return _SURROGATE.sub(REPLACEMENT, text)
-
-
-def clean_text(text: str) -> str:
-    """Text fit for a file a person reads: newlines kept (\\r\\n and \\r become \\n), tabs kept,
-    other control and bidi characters dropped, lone surrogates replaced."""
-    text = no_surrogates(text).replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("", text)
-
-
-def clean_line(text: str) -> str:
-    """One line: controls (tab and newline included) become spaces, runs of spaces collapse."""
-    return " ".join(_CONTROL_ONE_LINE.sub(" ", no_surrogates(text)).split())
 
 
 def deep_no_surrogates(value: Any) -> Any:
