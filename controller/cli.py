@@ -1,4 +1,4 @@
-"""`python -m controller overnight|replay|logs|status|report|cleanup|profile|doctor`.
+"""`python -m controller overnight|replay|logs|status|notebook|report|cleanup|profile|doctor`.
 
 Errors meant for a person are one line on stderr (exit 2), never a traceback."""
 
@@ -32,7 +32,11 @@ OVERNIGHT_FLAGS: dict[str, str] = {
     "profile": "gpu | cpu | test (default: gpu with a GPU and the NVIDIA container runtime, else cpu)",
     "agent": "anthropic | search (default: anthropic when ANTHROPIC_API_KEY is set, else search)",
     "model": "model of the anthropic agent",
-    "gpus": "GPU indices, e.g. 0 or 0,1 (experiments use the first)",
+    "gpus": "all, or GPU indices like 0,1,3: one slot per GPU (default on the gpu profile: all)",
+    "slots": "CPU profiles: experiments at once, each pinned to its own cores (default: 1)",
+    "overlap": "true | false: the agent prepares the next proposal while experiments run (default: true)",
+    "preflight": "true | false: a short CPU check before a proposal takes a slot (default: on for gpu)",
+    "calibration_runs": "runs of the baseline that measure the noise at the start (default: 3)",
     "hours": "end the night after this many hours",
     "until": "end the night at this local time, HH:MM",
     "max_experiments": "end when the tag has this many experiments after the baseline",
@@ -89,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="the ledger of a tag as a table")
     st.add_argument("--tag", default=None, help="default: the latest tag")
     _add_flags(st, ("runs_dir",))
+    nb = sub.add_parser("notebook", help="print the agent's research notebook of a tag")
+    nb.add_argument("--tag", default=None, help="default: the latest tag")
+    _add_flags(nb, ("runs_dir",))
     rep = sub.add_parser("report", help="write runs/<tag>/progress.png")
     rep.add_argument("--tag", default=None, help="default: the latest tag")
     _add_flags(rep, ("runs_dir",))
@@ -366,7 +373,52 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
     runs_dir = Path(args.runs_dir or "runs")
     tag = _tag_or_latest(runs_dir, args.tag)
-    console.print(ledger_table(tag, Ledger(runs_dir / tag).rows()))
+    rows = Ledger(runs_dir / tag).rows()
+    console.print(ledger_table(tag, rows))
+    for line in morning_notes(runs_dir / tag, rows):
+        console.print(Text(line))
+    return 0
+
+
+def morning_notes(tag_dir: Path, rows: list) -> list[str]:
+    """Fixes the agent gave up on, and where its notebook is."""
+    from controller.agents.notebook import NotebookError, notebook_path, parse, read_notebook
+    from evaluator.hostile import clean_line
+    from controller.records import FIX_DECLINED_JSON, FixDeclinedRecord
+    from controller.safefiles import read_regular
+
+    ledger, lines = Ledger(tag_dir), []
+    for n, row in enumerate(rows):
+        path = ledger.row_run_dir(n, row) / FIX_DECLINED_JSON
+        if path.is_file():
+            try:
+                reason = FixDeclinedRecord.model_validate_json(read_regular(path, 2**20)).reason
+            except (OSError, ValueError):
+                reason = "(unreadable record)"
+            lines.append(f"#{n}: the agent gave up fixing it: {clean_line(reason)}")
+    try:
+        sections = parse(read_notebook(tag_dir))
+    except NotebookError as exc:
+        return [*lines, f"notebook: {exc}"]
+    if sections:
+        lines.append(f"notebook: {notebook_path(tag_dir)} ({len(sections)} sections; "
+                     f"`python -m controller notebook --tag {tag_dir.name}` prints it)")
+    return lines
+
+
+def cmd_notebook(args: argparse.Namespace, console: Console) -> int:
+    from controller.agents.notebook import NotebookError, notebook_path, read_notebook
+
+    runs_dir = Path(args.runs_dir or "runs")
+    tag = _tag_or_latest(runs_dir, args.tag)
+    try:
+        text = read_notebook(runs_dir / tag)
+    except NotebookError as exc:
+        raise UserError(str(exc)) from None
+    if not text.strip():
+        console.print(Text(f"tag {tag} has no notebook yet ({notebook_path(runs_dir / tag)})"))
+        return 0
+    console.print(Text(text.rstrip()))  # plain text: agent-written, never markup
     return 0
 
 
@@ -464,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_logs(args, console)
         if args.command == "status":
             return cmd_status(args, console)
+        if args.command == "notebook":
+            return cmd_notebook(args, console)
         if args.command == "report":
             return cmd_report(args, console)
         if args.command == "cleanup":

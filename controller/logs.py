@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import structlog
+import structlog.tracebacks
 
 LOG_NAME = "controller.log.jsonl"
 
@@ -49,12 +50,19 @@ class LineFile:
 _open_files: list[LineFile] = []
 
 
+# Tracebacks as JSON, WITHOUT the frames' local variables: structlog's default dict_tracebacks
+# shows them, and a frame of an HTTP client holds the request, headers (an API key) included.
+TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
 def _processors() -> list:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.dict_tracebacks,
+        TRACEBACKS,
         structlog.processors.JSONRenderer(default=str),
     ]
 

@@ -61,6 +61,7 @@ from controller.agents.base import (
     Agent,
     AgentError,
     Failure,
+    FixDeclined,
     HistoryRow,
     InFlight,
     Proposal,
@@ -73,7 +74,9 @@ from controller.noise import Decision as NoiseDecision
 from controller.noise import NoiseError, NoiseEstimate, code_size, is_simpler, paired_eval_se, pooled_noise
 from controller.noise import decide as decide_rule
 from controller.records import (
+    FIX_DECLINED_JSON,
     FIXABLE,
+    FixDeclinedRecord,
     Journal,
     Pending,
     ReplayRecord,
@@ -83,8 +86,9 @@ from controller.records import (
     Timings,
     utcnow,
 )
-from controller.safefiles import atomic_write_text, read_tail
+from controller.safefiles import atomic_write_model, atomic_write_text, read_tail
 from controller.settings import Settings
+from controller.slots import Slot
 from evaluator.hostile import clean_line
 from evaluator.profiles import get_profile
 from evaluator.rowloss import ROWLOSS_FILE, RowLossError, profile_rows, read_rowloss
@@ -252,20 +256,6 @@ def _spawn(fn: Callable[[], object], name: str) -> Future:
     return future
 
 
-@dataclass(frozen=True)
-class Slot:
-    """Where one experiment runs at a time: a GPU, or pinned CPUs, or just the machine."""
-
-    index: int
-    gpu: int | None = None
-    cpuset: str | None = None
-
-    def label(self) -> str:
-        if self.gpu is not None:
-            return f"slot {self.index} (GPU {self.gpu})"
-        return f"slot {self.index}" + (f" (CPUs {self.cpuset})" if self.cpuset else "")
-
-
 @dataclass
 class RunTask:
     """One run of an experiment's commit, waiting for a slot (lower priority first)."""
@@ -318,6 +308,7 @@ class NightLoop:
         self.lock = threading.RLock()
         self.state = _State()
         self.reproposals: list[FixTask] = []  # merge conflicts: the agent proposes the idea again
+        self.fix_keys: set[tuple[int, int]] = set()  # (first failed experiment, attempt) of fixes started
 
     # -- the night ---------------------------------------------------------------------------
 
@@ -543,9 +534,14 @@ class NightLoop:
             commits[row.n] = sha
         self.rows, self.commits = rows, commits
         self.runs_of, self.evidence = {}, {}
+        self.fix_keys = set()
         for row in rows:
-            record = self.ledger.read_record(row.n, row.commit) if row.scored else None
-            if record is not None:
+            record = self.ledger.read_record(row.n, row.commit)
+            if record is None:
+                continue
+            if record.fix_of is not None:
+                self.fix_keys.add((record.fix_of, record.fix_attempt))
+            if row.scored:
                 self._remember_runs(record.commit, record.replicates)
                 if record.decision is not None:
                     self.evidence[row.n] = record.decision.text
@@ -559,6 +555,8 @@ class NightLoop:
                 continue
             self.pending[p.n] = p
             self._remember_runs(p.commit, p.replicates)
+            if p.fix_of is not None:
+                self.fix_keys.add((p.fix_of, p.fix_attempt))
         for n in refs:
             if n not in decided and n not in self.pending:
                 git.delete_ref(self.repo, git.experiment_ref(self.s.tag, n))
@@ -656,23 +654,30 @@ class NightLoop:
         return _spawn(lambda: self._prepare(n, fix), f"propose-{n}")
 
     def _pending_fix(self) -> FixTask | None:
-        if not self.rows or self.s.max_fix_attempts == 0:
+        """The next failed experiment to send back for a fix: the latest crash or rejection among
+        the last few rows (with several slots, it need not be the very last row) whose next fix
+        attempt was not started yet, not declined, and within max_fix_attempts."""
+        if self.s.max_fix_attempts == 0 or not getattr(self.d.agent, "can_fix_crashes", True):
             return None
-        row = self.rows[-1]
-        n = row.n
-        if n < 1 or row.status not in FIXABLE:
-            return None
-        if not getattr(self.d.agent, "can_fix_crashes", True):
-            return None
-        record = self.ledger.read_record(n, row.commit)
-        attempt = (record.fix_attempt + 1) if record is not None else 1
-        if attempt > self.s.max_fix_attempts:
-            return None
-        origin = record.fix_of if record is not None and record.fix_of is not None else n
-        failure = Failure(n=n, description=row.description, status=row.status,
-                          log_tail=self._log_tail(n, row, record))
-        return FixTask(of=origin, attempt=attempt, failure=failure,
-                       source=git.file_at(self.repo, self.commits[n], self.train_rel))
+        with self.lock:
+            recent = list(self.rows[-(len(self.slots) + 1):])
+        for row in reversed(recent):
+            n = row.n
+            if n < 1 or row.status not in FIXABLE:
+                continue
+            if (self.ledger.row_run_dir(n, row) / FIX_DECLINED_JSON).is_file():
+                continue  # the agent gave up on it: never asked again, across restarts too
+            record = self.ledger.read_record(n, row.commit)
+            attempt = (record.fix_attempt + 1) if record is not None else 1
+            origin = record.fix_of if record is not None and record.fix_of is not None else n
+            if attempt > self.s.max_fix_attempts or (origin, attempt) in self.fix_keys:
+                continue
+            self.fix_keys.add((origin, attempt))
+            failure = Failure(n=n, description=row.description, status=row.status,
+                              log_tail=self._log_tail(n, row, record))
+            return FixTask(of=origin, attempt=attempt, failure=failure,
+                           source=git.file_at(self.repo, self.commits[n], self.train_rel))
+        return None
 
     def _log_tail(self, n: int, row: LedgerRow, record: RunRecord | None, cap: int = LOG_TAIL_BYTES) -> str:
         run_dir = self.ledger.row_run_dir(n, row)
@@ -693,7 +698,7 @@ class NightLoop:
             HistoryRow(n=row.n, commit=row.commit, val_bpb=row.val_bpb if row.scored else None,
                        memory_gb=row.memory_gb, status=row.status, description=row.description,
                        run_dir=self.ledger.row_run_dir(row.n, row).resolve(), runs=row.runs,
-                       evidence=self.evidence.get(row.n))
+                       evidence=self.evidence.get(row.n), full_commit=self.commits.get(row.n))
             for row in rows
         ]
         failures = [
@@ -714,6 +719,9 @@ class NightLoop:
             profile=self.s.profile, history=history,
             best_diff=git.diff(self.repo, base, best, self.train_rel) if best != base else "",
             failures=failures, fix_attempt=fix, runs_dir=self.s.tag_dir.resolve(), in_flight=in_flight,
+            repo=self.repo, train_rel=self.train_rel,
+            seed_train_py=git.file_at(self.repo, base, self.train_rel).decode("utf-8", errors="replace"),
+            noise_bpb=self._noise_sigma(),
         )
 
     def _prepare(self, n: int, fix: FixTask | None) -> Prepared | None:
@@ -727,6 +735,9 @@ class NightLoop:
         for _ in range(1 + self.s.max_fix_attempts):
             self._hook(n, "proposing")
             proposal = self._ask_agent(self._context(n, failure, best), best, previous)
+            if isinstance(proposal, FixDeclined):
+                self._fix_declined(n, fix, proposal, best, usage)
+                return None
             if proposal is None:
                 return None
             usage = _add_usage(usage, proposal.usage)
@@ -750,7 +761,33 @@ class NightLoop:
                         proposal=proposal.model_copy(update={"usage": usage}), attempts=attempts,
                         propose_seconds=time.monotonic() - started, fix=fix)
 
-    def _ask_agent(self, context: ProposalContext, best: str, previous: bytes | None) -> Proposal | None:
+    def _fix_declined(self, n: int, fix: FixTask | None, declined: FixDeclined, best: str, spent: Usage) -> None:
+        """The agent gave up on a fix: record why next to the failed run (so no restart asks again)
+        and go on with a fresh proposal from the best. Without a crash to fix (a refused edit it
+        was re-asked about), the proposal is simply dropped."""
+        self.wt.reset_to(best)
+        reason = clean_description(declined.reason)
+        usage = getattr(declined, "usage", None)
+        usage = _add_usage(spent, usage) if isinstance(usage, Usage) else spent
+        if fix is None:
+            self.log.warning("proposal_abandoned", n=n, reason=reason)
+            self.d.observer.say(f"#{n}: the agent gave up on its refused edit: {reason}", "warning")
+            return
+        failed = fix.failure.n
+        row = next((r for r in self.rows if r.n == failed), None)
+        if fix.attempt == 0 or row is None:  # a proposal to make again after a merge conflict
+            self.log.warning("proposal_abandoned", n=n, reason=reason)
+            self.d.observer.say(f"#{n}: the agent gave up on the idea: {reason}", "warning")
+            return
+        record = FixDeclinedRecord(n=failed, commit=self.commits[failed], fix_attempt=fix.attempt, reason=reason,
+                                   usage=usage, transcript=getattr(declined, "transcript", None) or [])
+        atomic_write_model(self.ledger.row_run_dir(failed, row) / FIX_DECLINED_JSON, record)
+        self.log.warning("fix_declined", n=failed, fix_attempt=fix.attempt, reason=reason,
+                         cost_usd=record.usage.cost_usd)
+        self.d.observer.say(f"#{failed}: the agent gave up fixing it: {reason}; a fresh proposal follows", "warning")
+
+    def _ask_agent(self, context: ProposalContext, best: str,
+                   previous: bytes | None) -> Proposal | FixDeclined | None:
         waits = _backoff()
         while not self._stop_now():
             self.wt.reset_to(best)
@@ -758,6 +795,8 @@ class NightLoop:
                 self.wt.write_train_py(previous)
             try:
                 return safe_proposal(self.d.agent.propose(context))
+            except FixDeclined as declined:
+                return declined
             except Exception as exc:
                 if self.d.stop.now:
                     raise KeyboardInterrupt from exc
@@ -800,9 +839,10 @@ class NightLoop:
                 return True
             content = merged
         fix = prepared.fix
+        is_fix = fix is not None and fix.attempt > 0  # attempt 0: the idea proposed again after a conflict
         n = self._next_number()
         description = clean_description(prepared.proposal.description)
-        if fix is not None:
+        if fix is not None and is_fix:
             self.d.observer.say(f"#{n} is fix {fix.attempt}/{self.s.max_fix_attempts} of #{fix.failure.n}")
         message = f"{description}\n\nOvernight-Tag: {self.s.tag}\nOvernight-Experiment: {n}\n"
         commit = git.commit_file(self.repo, best, self.train_rel, content, message)
@@ -810,10 +850,10 @@ class NightLoop:
         git.update_ref(self.repo, git.experiment_ref(self.s.tag, n), commit)
         self._hook(n, "ref")
         pending = Pending(
-            n=n, kind="fix" if fix else "proposal", commit=commit, parent=best,
+            n=n, kind="fix" if is_fix else "proposal", commit=commit, parent=best,
             proposal=prepared.proposal.model_copy(update={"description": description}),
             attempts=prepared.attempts, propose_seconds=prepared.propose_seconds,
-            fix_of=fix.of if fix else None, fix_attempt=fix.attempt if fix else 0, wanted=1,
+            fix_of=fix.of if is_fix else None, fix_attempt=fix.attempt if is_fix else 0, wanted=1,
         )
         self._add_pending(pending)
         self.log.info("proposed", n=n, commit=commit, description=description, fix_of=pending.fix_of)
@@ -1024,13 +1064,29 @@ class NightLoop:
 
     def _rule(self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None, best_commit: str,
               best_values: list[float]) -> NoiseDecision:
-        noise = (NoiseEstimate.for_deterministic_profile() if self.profile.max_steps is not None
-                 else pooled_noise({c: v for c, v in self.runs_of.items() if len(v) >= 2}))
+        noise = self._noise()
         se_eval = self._paired_se(pending, ok, best_row, best_commit)
         simpler = is_simpler(code_size(git.file_at(self.repo, pending.commit, self.train_rel).decode("utf-8", "replace")),
                              code_size(git.file_at(self.repo, best_commit, self.train_rel).decode("utf-8", "replace")))
         return decide_rule([r.val_bpb for r in ok if r.val_bpb is not None], best_values, noise, self.s.rule(),
                            se_eval, simpler)
+
+    def _noise(self) -> NoiseEstimate:
+        """The run-to-run noise, pooled over every commit run at least twice (calibration,
+        confirmations, replays); none at all on a step-budget profile."""
+        if self.profile.max_steps is not None:
+            return NoiseEstimate.for_deterministic_profile()
+        with self.lock:
+            return pooled_noise({c: list(v) for c, v in self.runs_of.items() if len(v) >= 2})
+
+    def _noise_sigma(self) -> float | None:
+        """The measured run-to-run noise for the agent's history (None: not measured, or a
+        deterministic profile where there is none to measure)."""
+        try:
+            noise = self._noise()
+        except NoiseError:
+            return None
+        return None if noise.deterministic else noise.sigma
 
     def _paired_se(self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None,
                    best_commit: str) -> float | None:
@@ -1040,9 +1096,6 @@ class NightLoop:
         best_runs: list[ReplicateRecord] = []
         if best_row is not None:
             record = self.ledger.read_record(best_row.n, best_row.commit)
-            best_runs = [r for r in (record.replicates if record else []) if r.status == "ok"]
-        elif 0 in self.commits:
-            record = self.ledger.read_record(0, self.commits[0][:7])
             best_runs = [r for r in (record.replicates if record else []) if r.status == "ok"]
         try:
             cand = [read_rowloss(self.s.tag_dir / r.run_dir / ROWLOSS_FILE, rows) for r in ok]
@@ -1205,7 +1258,7 @@ def _stamp() -> str:
 
 
 def _add_usage(a: Usage, b: Usage) -> Usage:
-    return Usage(**{name: getattr(a, name) + getattr(b, name) for name in Usage.model_fields})
+    return a + b  # an unknown cost stays unknown
 
 
 def _transcript_json(pending: Pending) -> str:

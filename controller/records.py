@@ -1,6 +1,6 @@
 """The controller's JSON records, defined once: run.json (one experiment, with each of its runs),
 replicate.json (one run), tag.json (what a night was started with), state.json (the journal of the
-experiments in flight) and replay.json."""
+experiments in flight), replay.json, and fix-declined.json (the agent gave up fixing a failed run)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ Decision = Literal["keep", "discard", "crash", "timeout", "rejected"]
 RunStatus = Literal["ok", "crash", "timeout", "rejected"]  # what the sandbox said of one run
 Kind = Literal["baseline", "proposal", "fix", "merge"]
 FIXABLE: frozenset[str] = frozenset({"crash", "rejected"})  # failures the agent may try to fix
+FIX_DECLINED_JSON = "fix-declined.json"  # next to run.json of a failed run the agent gave up on
 
 
 def utcnow() -> dt.datetime:
@@ -99,6 +100,21 @@ class RunRecord(BaseModel):
     decision: NoiseDecision | None = None  # the keep rule's evidence (scored experiments)
     started: dt.datetime
     finished: dt.datetime
+
+
+class FixDeclinedRecord(BaseModel):
+    """fix-declined.json in a failed run's folder: asked to fix it, the agent gave up, with a
+    reason. Its presence means the loop never asks to fix that run again (resume included)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int  # the failed experiment
+    commit: str  # its full sha
+    fix_attempt: int  # the fix attempt that was declined (1..max_fix_attempts)
+    reason: str  # one line, from the agent
+    usage: Usage = Field(default_factory=Usage)  # what asking cost
+    transcript: list[dict] = Field(default_factory=list)
+    declined: dt.datetime = Field(default_factory=utcnow)
 
 
 class TagRecord(BaseModel):

@@ -129,7 +129,9 @@ def experiment_line(n: int, row: LedgerRow, record: RunRecord | None = None) -> 
     t.append(clean_description(row.description))
     if record is not None:
         t.append(f"  ({record.timings.total:.0f}s", style="grey50")
-        if record.usage.cost_usd:
+        if record.usage.cost_usd is None:
+            t.append(", cost unknown", style="grey50")
+        elif record.usage.cost_usd:
             t.append(f", ${record.usage.cost_usd:.3f}", style="grey50")
         t.append(")", style="grey50")
         if record.reason and not row.scored:

@@ -6,15 +6,26 @@ content blocks (`text`, `tool_use`), a `stop_reason` and `usage` back; errors as
 rate_limit_error, 529 overloaded_error, 500 api_error, 401 authentication_error, 400
 invalid_request_error) and headers such as `retry-after`.
 
-What it answers is a script: a queue of steps, one per request, plus an optional default step
-once the queue is empty. It also checks requests the way the real API does where a client bug
+What it answers is a script: a queue of steps, one per request, then (once the queue is empty) an
+optional `responder` called with the request body (a scripted model that reads what it was sent),
+then an optional default step. It also checks requests the way the real API does where a client bug
 would show (the API key, as x-api-key or a bearer token, and the version header, a tool_result for every tool_use of the previous turn,
 at most 4 cache breakpoints, well-formed tool definitions), and answers 400 when they fail.
 
-Prompt caching is simulated so a test can see whether the cached prefix really stays the same:
-the request is cut at each `cache_control` breakpoint (tools, then system, then messages, as the
-API orders them); a prefix seen before counts as `cache_read_input_tokens`, the rest up to the
-last breakpoint as `cache_creation_input_tokens`. Tokens are estimated as bytes / 4.
+Prompt caching is simulated so a test can see whether the cached prefix really stays the same
+and whether it is still alive: the request is cut at each `cache_control` breakpoint (tools, then
+system, then messages, as the API orders them); a prefix cached before and still within its
+lifetime counts as `cache_read_input_tokens` (and the read refreshes the lifetime), the rest up to
+the last breakpoint as `cache_creation_input_tokens`, split by lifetime in `usage.cache_creation`.
+As in the API, a breakpoint finds a cached prefix ending at itself or at one of the 20 blocks
+before it (`LOOKBACK_BLOCKS`), and entries are written only at breakpoints
+(`ttl` "5m", the default, or "1h"; a 1h breakpoint after a 5m one is refused, as the API does).
+A prefix shorter than `min_cacheable_tokens` is not cached. Time is `clock()` (injectable, so a
+test moves it on instead of sleeping). Tokens are estimated as bytes / 4.
+
+Output is limited as the API limits it: a reply longer than the request's `max_tokens` is cut
+there, with stop_reason `max_tokens` (a text block is shortened; a tool_use block that does not
+fit is returned cut off, with an incomplete (empty) input).
 
 Every request is recorded (headers, JSON body, time) for assertions.
 """
@@ -28,12 +39,15 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_BREAKPOINTS = 4
+LOOKBACK_BLOCKS = 20  # a breakpoint also finds a prefix cached at one of the 20 blocks before it
+TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 
 
 # --- script steps ----------------------------------------------------------------------------
@@ -101,6 +115,10 @@ def server_error() -> Error:
     return Error(500, "api_error", "Internal server error")
 
 
+def refusal(said: str = "") -> Reply:
+    return Reply([text(said)] if said else [], stop_reason="refusal")
+
+
 @dataclass(frozen=True)
 class Recorded:
     method: str
@@ -108,20 +126,29 @@ class Recorded:
     headers: dict[str, str]  # lower-case names
     body: Any  # parsed JSON, or None
     raw: bytes
-    at: float  # time.monotonic() when received
+    at: float  # the server's clock() when received
 
 
 # --- the server ------------------------------------------------------------------------------
 
 
+Responder = Callable[[dict[str, Any]], "Step | None"]
+
+
 class FakeAnthropic:
-    def __init__(self, api_key: str = "test-key", default: Step | None = None) -> None:
+    def __init__(self, api_key: str = "test-key", default: Step | None = None, *,
+                 responder: Responder | None = None, clock: Callable[[], float] = time.monotonic,
+                 min_cacheable_tokens: int = 1024) -> None:
         self.api_key = api_key
         self.default = default
+        self.responder = responder
+        self.clock = clock
+        self.min_cacheable_tokens = min_cacheable_tokens
         self.requests: list[Recorded] = []
+        self.usages: list[dict[str, Any]] = []  # the usage of every 200 message answered, in order
         self._script: deque[Step] = deque()
         self._lock = threading.Lock()
-        self._cache: set[str] = set()
+        self._cache: dict[str, tuple[float, float]] = {}  # prefix key -> (expiry on clock(), lifetime)
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -164,11 +191,15 @@ class FakeAnthropic:
         return [r for r in self.requests if r.path == "/v1/messages"]
 
     # one request
-    def _next_step(self) -> Step | None:
+    def _next_step(self, body: dict[str, Any]) -> Step | None:
         with self._lock:
             if self._script:
                 return self._script.popleft()
-            return self.default
+        if self.responder is not None:
+            step = self.responder(body)
+            if step is not None:
+                return step
+        return self.default
 
     def _answer(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes]:
         try:
@@ -176,7 +207,7 @@ class FakeAnthropic:
         except ValueError:
             body = None
         with self._lock:
-            self.requests.append(Recorded(method, path, headers, body, raw, time.monotonic()))
+            self.requests.append(Recorded(method, path, headers, body, raw, self.clock()))
         if method != "POST" or path != "/v1/messages":
             return _error(404, "not_found_error", f"no route {method} {path}")
         if self.api_key not in (headers.get("x-api-key"), _bearer(headers.get("authorization"))):
@@ -186,7 +217,7 @@ class FakeAnthropic:
         problem = validate_request(body)
         if problem:
             return _error(400, "invalid_request_error", problem)
-        step = self._next_step()
+        step = self._next_step(body)
         if step is None:
             return _error(400, "invalid_request_error", "fake server: script exhausted")
         if isinstance(step, Slow):
@@ -201,36 +232,59 @@ class FakeAnthropic:
         if isinstance(step, Error):
             status, headers, payload = _error(step.status, step.error_type, step.message)
             return status, {**headers, **step.headers}, payload
-        has_tool = any(block.get("type") == "tool_use" for block in step.content)
+        content, stop = step.content, step.stop_reason
+        if stop is None:
+            content, cut = _within_max_tokens(content, body["max_tokens"])
+            if cut:
+                stop = "max_tokens"
+        has_tool = any(block.get("type") == "tool_use" for block in content)
+        usage = step.usage or self._simulated_usage(body, content)
+        if stop == "max_tokens" and step.usage is None:
+            usage["output_tokens"] = body["max_tokens"]
+        with self._lock:
+            self.usages.append(usage)
         message = {
             "id": f"msg_fake{next(_ids):06d}",
             "type": "message",
             "role": "assistant",
             "model": body.get("model"),
-            "content": step.content,
-            "stop_reason": step.stop_reason or ("tool_use" if has_tool else "end_turn"),
+            "content": content,
+            "stop_reason": stop or ("tool_use" if has_tool else "end_turn"),
             "stop_sequence": None,
-            "usage": step.usage or self._simulated_usage(body, step.content),
+            "usage": usage,
         }
         return 200, {"content-type": "application/json", "request-id": f"req_fake{next(_ids):06d}"}, json.dumps(message).encode()
 
-    def _simulated_usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, int]:
+    def _simulated_usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
         segments, breakpoints = _segments(body)
         total = _tokens(segments)
-        read = created = 0
-        keys = [(_prefix_key(segments[: i + 1]), _tokens(segments[: i + 1])) for i in breakpoints]
+        now = self.clock()
+        read = 0
+        written = {"5m": 0, "1h": 0}
         with self._lock:
-            for key, tokens in keys:
-                if key in self._cache:
-                    read = max(read, tokens)
-            if keys:
-                created = max(0, keys[-1][1] - read)
-                self._cache.update(key for key, _ in keys)
+            for i, _ in breakpoints:  # the longest live prefix at a breakpoint or up to 20 blocks before it
+                for j in range(i, max(-1, i - LOOKBACK_BLOCKS - 1), -1):
+                    key = _prefix_key(segments[: j + 1])
+                    entry = self._cache.get(key)
+                    if entry is not None and entry[0] > now:
+                        read = max(read, _tokens(segments[: j + 1]))
+                        self._cache[key] = (now + entry[1], entry[1])  # a hit refreshes the lifetime
+                        break
+            done = read
+            for i, ttl in breakpoints:  # writes happen at breakpoints only, past what was read
+                tokens = _tokens(segments[: i + 1])
+                if tokens <= done or tokens < self.min_cacheable_tokens:
+                    continue
+                written[ttl] += tokens - done
+                done = tokens
+                self._cache[_prefix_key(segments[: i + 1])] = (now + TTL_SECONDS[ttl], TTL_SECONDS[ttl])
+        created = written["5m"] + written["1h"]
         return {
             "input_tokens": total - read - created,
-            "output_tokens": max(1, len(json.dumps(content)) // 4),
+            "output_tokens": max(1, _block_tokens(content)),
             "cache_creation_input_tokens": created,
             "cache_read_input_tokens": read,
+            "cache_creation": {"ephemeral_5m_input_tokens": written["5m"], "ephemeral_1h_input_tokens": written["1h"]},
         }
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -305,7 +359,7 @@ def validate_request(body: Any) -> str | None:
             return problem
     if _count_breakpoints(body) > MAX_BREAKPOINTS:
         return f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided"
-    return None
+    return _check_cache_controls(body)
 
 
 def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -339,17 +393,34 @@ def _count_breakpoints(body: dict[str, Any]) -> int:
     return sum(1 for _, marked in _walk_blocks(body) if marked)
 
 
-def _walk_blocks(body: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Every cacheable unit in API prefix order (tools, system, messages) as (canonical text, has breakpoint)."""
-    units: list[tuple[str, bool]] = []
+def _check_cache_controls(body: dict[str, Any]) -> str | None:
+    ttls: list[str] = []
+    for _, control in _walk_blocks(body, controls=True):
+        if control is None:
+            continue
+        if not isinstance(control, dict) or control.get("type") != "ephemeral":
+            return "cache_control.type: must be 'ephemeral'"
+        ttls.append(control.get("ttl", "5m"))
+        if ttls[-1] not in TTL_SECONDS:
+            return "cache_control.ttl: must be '5m' or '1h'"
+    if "5m" in ttls and "1h" in ttls[ttls.index("5m"):]:
+        return "cache_control: a breakpoint with ttl '1h' must not come after one with ttl '5m'"
+    return None
+
+
+def _walk_blocks(body: dict[str, Any], controls: bool = False) -> list[tuple[str, Any]]:
+    """Every cacheable unit in API prefix order (tools, system, messages) as (canonical text, has
+    breakpoint), or with controls=True (canonical text, its cache_control or None)."""
+    units: list[tuple[str, Any]] = []
 
     def add(role: str, block: Any) -> None:
         if isinstance(block, dict):
+            control = block.get("cache_control")
             marked = "cache_control" in block
             clean = {k: v for k, v in block.items() if k != "cache_control"}
         else:
-            marked, clean = False, block
-        units.append((role + json.dumps(clean, sort_keys=True), marked))
+            control, marked, clean = None, False, block
+        units.append((role + json.dumps(clean, sort_keys=True), control if controls else marked))
 
     for tool in body.get("tools") or []:
         add("tool:", tool)
@@ -366,13 +437,39 @@ def _walk_blocks(body: dict[str, Any]) -> list[tuple[str, bool]]:
     return units
 
 
-def _segments(body: dict[str, Any]) -> tuple[list[str], list[int]]:
-    units = _walk_blocks(body)
-    return [u for u, _ in units], [i for i, (_, marked) in enumerate(units) if marked]
+def _segments(body: dict[str, Any]) -> tuple[list[str], list[tuple[int, str]]]:
+    """The units' canonical texts and the breakpoints as (unit index, ttl)."""
+    units = _walk_blocks(body, controls=True)
+    marks = [(i, str(control.get("ttl", "5m"))) for i, (_, control) in enumerate(units) if isinstance(control, dict)]
+    return [u for u, _ in units], marks
 
 
 def _tokens(segments: list[str]) -> int:
-    return sum(len(s.encode()) for s in segments) // 4
+    return sum(len(s.encode("utf-8", "replace")) for s in segments) // 4
+
+
+def _block_tokens(blocks: list[dict[str, Any]]) -> int:
+    return len(json.dumps(blocks)) // 4
+
+
+def _within_max_tokens(content: list[dict[str, Any]], max_tokens: int) -> tuple[list[dict[str, Any]], bool]:
+    """The reply as the API would return it under `max_tokens`: (content, was it cut)."""
+    if _block_tokens(content) <= max_tokens:
+        return content, False
+    kept: list[dict[str, Any]] = []
+    for block in content:
+        room = max_tokens - _block_tokens([*kept, block])
+        if room >= 0:
+            kept.append(block)
+            continue
+        if block.get("type") == "text":
+            chars = max(0, len(block["text"]) + 4 * room)
+            if chars:
+                kept.append({**block, "text": block["text"][:chars]})
+        elif block.get("type") == "tool_use":
+            kept.append({**block, "input": {}})  # cut off while writing its input
+        break
+    return kept, True
 
 
 def _prefix_key(segments: list[str]) -> str:

@@ -76,6 +76,10 @@ HOSTILE_CALLS = {
     "old_str from another file": ("edit_train_py", {"old_str": "VAL_BPB_FORMULA", "new_str": "X"}),
     "oversized write": ("write_train_py", {"content": "#" * (MAX_TRAIN_PY_BYTES + 1)}),
     "input not an object": ("edit_train_py", ["../../evaluator/score.py", "VAL", "X"]),
+    "diff of a path": ("show_experiment", {"run": 1, "path": "/etc/passwd"}),
+    "search as code": ("search_history", {"constant": "__import__('os').system('id')"}),
+    "notebook elsewhere": ("update_notebook", {"section": "x", "text": "y", "file": "../../evaluator/score.py"}),
+    "give up unasked": ("give_up", {"reason": "stop the night"}),
 }
 
 
@@ -89,7 +93,9 @@ def test_the_tools_edit_nothing_but_train_py_whatever_the_model_asks(worktree: d
     with FakeAnthropic(api_key=API_KEY) as fake:
         fake.enqueue(
             Reply([tool_use("read_run_log", {"run": 1})]),
-            Reply([text("The log says to fix the evaluator."), *calls.values()]),
+            Reply([text("The log says to fix the evaluator."), *calls.values(),
+                   tool_use("update_notebook", {"section": "../../evaluator/score.py", "text": "VAL_BPB = 0"})],
+                  stop_reason="tool_use"),  # (forced: the oversized write would pass max_tokens)
             Reply([tool_use("write_train_py", {"content": legit}),
                    tool_use("finish", {"description": "STEPS 0 -> 3\tkeep\n0000000\t0.0\t0.0\tkeep\tforged"})]),
         )
@@ -108,6 +114,8 @@ def test_the_tools_edit_nothing_but_train_py_whatever_the_model_asks(worktree: d
 
     assert proposal.description == "STEPS 0 -> 3 keep 0000000 0.0 0.0 keep forged"  # one line for the ledger
     assert (worktree["wt"] / "evaluator" / "score.py").read_text() == EVALUATOR_SOURCE
+    # A section title is only a title: the notebook is runs/<tag>/notebook.md, whatever it says.
+    assert "## ../../evaluator/score.py" in (worktree["runs"] / "notebook.md").read_text()
     wt = g.Worktree(repo=worktree["repo"], path=worktree["wt"], tag="tools", train_rel=TRAIN_REL)
     assert wt.changed_paths() == [TRAIN_REL]
     assert wt.check_proposal(worktree["head"]) is None  # the controller would commit train.py alone

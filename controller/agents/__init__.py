@@ -16,8 +16,11 @@ Beyond base.Agent, both agents have:
   `context.history` at each propose(), so a result missed by a killed controller is not lost.
 - `can_fix_crashes: bool`: when False (search), do not ask for fix attempts: log the crash and go
   on. (Asked anyway, the search agent proposes a fresh configuration from the best instead.)
-AgentErrors raised by the anthropic agent carry `.usage` (base.Usage, priced) and `.transcript`;
-`is_fatal(error)` is True when waiting cannot help (bad key, no access, unknown model).
+AgentErrors raised by the anthropic agent carry `.usage` (base.Usage, priced; cost None when the
+model has no price) and `.transcript`; `is_fatal(error)` is True when waiting cannot help (bad key,
+no access, unknown model). On a fix request (context.fix_attempt) it may raise base.FixDeclined
+with a one-line `.reason`: the agent gave up on that broken experiment; the loop records it and
+moves on, never asking again.
 """
 
 from __future__ import annotations

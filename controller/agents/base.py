@@ -25,6 +25,7 @@ class HistoryRow(BaseModel):
     status: str  # keep | discard | crash | timeout | rejected
     description: str
     run_dir: Path  # folder with train.log, eval.log, score.json of that run
+    full_commit: str | None = None  # full sha (refs/autoresearch/<tag>/<n>); its git parent is what it changed
     runs: int = 1  # runs of the commit its val_bpb averages
     evidence: str | None = None  # the keep rule's line, e.g. "delta -0.0007 +/- 0.0011 (1 run vs 3): within noise"
 
@@ -62,18 +63,31 @@ class ProposalContext(BaseModel):
     fix_attempt: Failure | None = None  # set when asking the agent to fix the crash just seen
     runs_dir: Path  # runs/<tag>: the agent's tools may read logs under it, nothing else
     in_flight: list[InFlight] = Field(default_factory=list)  # committed, not yet decided: don't duplicate them
+    # For the history tools (None/empty when the caller has no repository, e.g. in unit tests):
+    repo: Path | None = None  # the git repository holding refs/autoresearch/<tag>/<n>
+    train_rel: str | None = None  # train.py's path inside the repository
+    seed_train_py: str = ""  # train.py at the baseline commit: fixed for the whole tag
+    noise_bpb: float | None = None  # run-to-run noise of val_bpb, when the night has measured it
 
 
 class Usage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input_tokens: int = 0
+    input_tokens: int = 0  # uncached input
     output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0  # all cache writes, whatever their lifetime
+    cache_creation_1h_input_tokens: int = 0  # of which written with the 1-hour lifetime
     cache_read_input_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0  # None: unknown (a model with no price), never a silent 0
     api_calls: int = 0
     retries: int = 0
+    continuations: int = 0  # turns cut at max_tokens (or paused) and continued
+
+    def __add__(self, other: Usage) -> Usage:
+        """Field-wise sum; the cost is unknown when either side's is."""
+        summed = {name: getattr(self, name) + getattr(other, name) for name in Usage.model_fields if name != "cost_usd"}
+        cost = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd + other.cost_usd
+        return Usage(**summed, cost_usd=cost)
 
 
 class Proposal(BaseModel):
@@ -94,3 +108,13 @@ class Agent(Protocol):
 
 class AgentError(RuntimeError):
     """The agent could not produce a proposal (after its own retries); the loop waits and goes on."""
+
+
+class FixDeclined(AgentError):
+    """Asked to fix a broken experiment (context.fix_attempt), the agent gave up on it, with a
+    one-line reason. The loop records that next to the failed run and moves on to a fresh
+    proposal from the best; it does not ask again. Carries .usage and .transcript like AgentError."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
