@@ -10,13 +10,17 @@ DATASET ?=
 DATA_DIR ?= data/$(PROFILE)
 TRAIN ?= programs/default/train.py
 PYTEST_ARGS ?=
+# docker (the local engine) or kubernetes (Jobs on a cluster, docs/kubernetes.md); empty: the
+# controller's own setting (OVERNIGHT_BACKEND, default docker).
+BACKEND ?= $(OVERNIGHT_BACKEND)
+ON_CLUSTER = $(filter kubernetes,$(BACKEND))
 
 .PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox images overnight replay logs status report cleanup
 
 help:
 	@echo "make overnight              run the research loop (cpu or gpu profile, search or anthropic agent)"
 	@echo "make test                   the test suite (builds the images first)"
-	@echo "make prepare [PROFILE=cpu]  prepare the data directory data/\$$PROFILE"
+	@echo "make prepare [PROFILE=cpu]  prepare the data directory data/\$$PROFILE (BACKEND=kubernetes: on the cluster's data volume)"
 	@echo "make experiment-bare        train + score one train.py as plain processes (development)"
 
 # --- environment -----------------------------------------------------------------------------
@@ -54,11 +58,17 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 images: setup-host $(VENV)/.host
 	$(PY) images/build.py $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(KEEP_BASE_TORCH),--keep-base-torch)
 
-# The one-off compose job (the only container with a network) writes data/$(PROFILE).
-prepare: images
+# The one-off compose job (the only container with a network) writes data/$(PROFILE); with
+# BACKEND=kubernetes a prepare Job writes <data volume>/$(PROFILE) on the cluster instead.
+prepare: $(if $(ON_CLUSTER),$(VENV)/.host,images)
+ifneq ($(ON_CLUSTER),)
+	@test -z "$(VAL)" || { echo "make prepare: VAL= is not supported with BACKEND=kubernetes yet"; exit 2; }
+	$(PY) -m sandbox.kubernetes.prepare --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
+else
 	mkdir -p data
 	OVERNIGHT_UID=$$(id -u) OVERNIGHT_GID=$$(id -g) $(COMPOSE) -p overnight run --rm prepare \
 	  --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(VAL),--val $(VAL)) --out /data/$(PROFILE)
+endif
 
 # Prepare on the host (development): the host Python's stdlib test suite is the validation text.
 prepare-bare: $(VENV)/.dev
@@ -89,16 +99,20 @@ test: setup-host $(VENV)/.dev images
 # PROFILE is passed on only when the user gave it: otherwise the controller picks gpu or cpu.
 given = $(filter command line environment override,$(origin $(1)))
 
+# On a cluster the data lies on its volume (checked there by the controller at the start).
 overnight: setup-host $(VENV)/.host images
+ifeq ($(ON_CLUSTER),)
 	@p=$(if $(call given,PROFILE),$(PROFILE),$$($(PY) -m controller profile)); \
 	  test -f data/$$p/manifest.json || $(MAKE) --no-print-directory prepare PROFILE=$$p
-	$(PY) -m controller overnight $(if $(TAG),--tag $(TAG)) $(if $(call given,PROFILE),--profile $(PROFILE)) \
+endif
+	$(PY) -m controller overnight $(if $(BACKEND),--backend $(BACKEND)) $(if $(TAG),--tag $(TAG)) \
+	  $(if $(call given,PROFILE),--profile $(PROFILE)) \
 	  $(if $(AGENT),--agent $(AGENT)) $(if $(HOURS),--hours $(HOURS)) $(if $(UNTIL),--until $(UNTIL)) \
 	  $(if $(MAX_EXPERIMENTS),--max-experiments $(MAX_EXPERIMENTS)) $(ARGS)
 
 replay: $(VENV)/.host
 	@test -n "$(SHA)" || { echo "usage: make replay SHA=<commit>"; exit 2; }
-	$(PY) -m controller replay $(SHA) $(ARGS)
+	$(PY) -m controller replay $(SHA) $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
 logs: $(VENV)/.host
 	@test -n "$(RUN)" || { echo "usage: make logs RUN=<number or commit> [TAG=..]"; exit 2; }

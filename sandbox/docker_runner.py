@@ -120,6 +120,7 @@ def _kill(container: Any) -> None:
 
 class DockerRunner:
     name = "docker"
+    data_on_host = True
 
     def __init__(self, client: docker.DockerClient | None = None, tick_s: float = 0.25) -> None:
         self._client = client

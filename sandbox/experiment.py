@@ -65,7 +65,7 @@ def run_experiment(spec: ExperimentSpec, *, limits: Limits | None = None, runner
     limits = limits or Limits.for_profile(profile)
     runner = runner or default_runner()
     image = runner.image_id(spec.image)
-    data_dir = check_data_dir(spec.data_dir)
+    data_dir = check_data_dir(spec.data_dir) if runner.data_on_host else Path(spec.data_dir)
     paths = prepare_run_dir(spec.run_dir, spec.train_py, limits.train_py_max_bytes)
     runner.cleanup(spec.run_id)
     log.info("experiment.start", run_id=spec.run_id, profile=spec.profile, gpu=spec.gpu,

@@ -97,6 +97,9 @@ class Runner(Protocol):
     the backend itself (engine or API unreachable, image missing): never for what the job did."""
 
     name: str
+    # True when jobs mount JobSpec.data_dir from this machine (so it is checked here first); a
+    # cluster's data lies on its own volume, checked there when the night starts.
+    data_on_host: bool
 
     def image_id(self, ref: str) -> str: ...  # what exactly runs: a content id where the backend has one
 

@@ -78,6 +78,7 @@ class KubernetesRunner(Runner):
     """sandbox.runner.Runner on a Kubernetes cluster, through the official client."""
 
     name = "kubernetes"
+    data_on_host = False  # the data volume's <data dir name>/, verified by a pod at the night's start
 
     def __init__(self, client: Any, cluster: Cluster, *, deadline_slack_s: float | None = None) -> None:
         from kubernetes import client as k8s
