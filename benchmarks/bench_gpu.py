@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 from evaluator import layout  # noqa: E402
 from evaluator.profiles import Profile, get_profile  # noqa: E402
 from sandbox import specs  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
 
 SEED = REPO / "programs" / "default" / "train.py"
 GPU_BUDGET_S = 60.0  # the timed run on gpu: long enough for a steady tokens/s, short enough for 8 min
@@ -71,13 +72,13 @@ def instrumented_seed(seed_text: str, force_compile: bool) -> str:
     hooks into (so a changed seed breaks the bench loudly, never silently)."""
     edits = [
         ("t_schedule = time.time()  # the LR schedule runs from here",
-         "print(f\"bench_startup_s: {time.time() - DEADLINE + float(__import__('os').environ"
-         "['OVERNIGHT_BUDGET_S']):.3f}\", flush=True)\nt_schedule = time.time()  # the LR schedule runs from here"),
+         ("print(f\"bench_startup_s: {time.time() - DEADLINE + float(__import__('os').environ"
+          "['OVERNIGHT_BUDGET_S']):.3f}\", flush=True)\nt_schedule = time.time()  # the LR schedule runs from here")),
         ("        t_schedule = time.time()  # the first step compiles; the schedule starts after it\n",
-         "        t_schedule = time.time()  # the first step compiles; the schedule starts after it\n"
-         "        print(f\"bench_first_step_s: {dt:.3f}\", flush=True)\n"),
-        ("\nsubmit(model)", "\n_t_submit = time.time()\nsubmit(model)\n"
-         "print(f\"bench_export_s: {time.time() - _t_submit:.3f}\", flush=True)"),
+         ("        t_schedule = time.time()  # the first step compiles; the schedule starts after it\n"
+          "        print(f\"bench_first_step_s: {dt:.3f}\", flush=True)\n")),
+        ("\nsubmit(model)", ("\n_t_submit = time.time()\nsubmit(model)\n"
+                            "print(f\"bench_export_s: {time.time() - _t_submit:.3f}\", flush=True)")),
     ]
     if force_compile:
         edits.append(("step_model = torch.compile(model) if CUDA else model", "step_model = torch.compile(model)"))
@@ -99,6 +100,7 @@ class TrainLog:
     training_seconds: float = math.nan
     seconds_left: float = math.nan
     num_steps: int = 0
+    peak_vram_mb: float = 0.0
     num_params_m: float = math.nan
     depth: int = 0
     width: int = 0
@@ -129,7 +131,7 @@ def parse_train_log(text: str) -> TrainLog:
     got = TrainLog()
     floats = {"bench_startup_s": "startup_s", "bench_first_step_s": "first_step_s", "bench_export_s": "export_s",
               "training_seconds": "training_seconds", "seconds_left": "seconds_left",
-              "num_params_M": "num_params_m"}
+              "num_params_M": "num_params_m", "peak_vram_mb": "peak_vram_mb"}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key in floats:
@@ -204,16 +206,19 @@ class Phase:
     notes: list[str] = field(default_factory=list)
 
 
-def docker_ready(image: str) -> str | None:
+def docker_ready(image: str, cuda: bool) -> str | None:
     """Why the jobs cannot run in containers here, or None when they can."""
     try:
         import docker
 
+        if cuda:
+            import pynvml  # noqa: F401  (the sandbox's VRAM watchdog)
+    except ImportError as exc:
+        return f"{exc.name} is not installed"
+    try:
         client = docker.from_env(timeout=30)
         client.ping()
         client.images.get(image)
-    except ImportError:
-        return "the docker SDK is not installed"
     except Exception as exc:
         return f"no Docker engine or no image {image} ({type(exc).__name__})"
     return None
@@ -317,7 +322,8 @@ def run_bare(profile: Profile, budget_s: float, data_dir: Path, harness: Path, w
         (folder / "out").mkdir()
     warm_dir = jobs["warmup"]
     env = _bare_env(profile, data_dir, warm_dir / "out", warm_dir / "tmp", specs.WARMUP_BUDGET_S)
-    code, warm_s, _ = _process([sys.executable, str(harness)], env, warm_dir / "train.log", profile.train_cap_s)
+    code, warm_s, _ = _process([sys.executable, str(harness)], env, warm_dir / "train.log",
+                              max(profile.train_cap_s, specs.WARMUP_MIN_CAP_S))
     if code != 0:
         raise SystemExit(f"error: the warm-up run failed (exit {code}); see {warm_dir / 'train.log'}")
     cache = warm_dir / "tmp" / cache_name
@@ -370,7 +376,12 @@ def time_scoring(artifact: Path, data_dir: Path, profile: Profile, device: str) 
     from evaluator.artifact import load_artifact
     from evaluator.dataloader import eval_data
     from evaluator.probe import Probe, ProbeConfig
-    from evaluator.score import checked_forward, eval_tensors, row_totals, token_byte_table
+    from evaluator.score import (
+        checked_forward,
+        eval_tensors,
+        row_totals,
+        token_byte_table,
+    )
     from evaluator.tokenizer import load_token_bytes
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as evaluator.score runs
@@ -440,8 +451,8 @@ def report(profile: Profile, phase: Phase, scoring: ScoringTimes, mode: str, dev
 
     mb = phase.cache_bytes / 1e6
     lines = [
-        f"bench-gpu: profile {profile.name} on {device_name} ({mode}), timed run of {budget_s:g} s "
-        f"(the profile's budget: {profile.time_budget_s:g} s)",
+        (f"bench-gpu: profile {profile.name} on {device_name} ({mode}), timed run of {budget_s:g} s "
+         f"(the profile's budget: {profile.time_budget_s:g} s)"),
         *(f"  note: {note}" for note in phase.notes),
         "  phase                                seconds  note",
         row("train start-up", t.startup_s, "container start -> first step (imports, data, model)"),
@@ -478,6 +489,7 @@ def report(profile: Profile, phase: Phase, scoring: ScoringTimes, mode: str, dev
         f"probe_s: {probe_s:.1f}",
         f"eval_s: {phase.eval_s:.1f}",
         f"host_s: {phase.host_s:.1f}",
+        f"train_peak_vram_gb: {t.peak_vram_mb / 1024:.2f}",
         f"train_peak_ram_gb: {phase.train_peak_ram_gb:.2f}",
         f"eval_peak_ram_gb: {phase.eval_peak_ram_gb:.2f}",
         f"val_bpb: {phase.score.get('val_bpb')}",
@@ -520,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device, device_name = ("cuda", torch.cuda.get_device_name(0)) if cuda else ("cpu", f"CPU ({os.cpu_count()} cores)")
     budget_s = args.budget_s or (min(GPU_BUDGET_S, profile.time_budget_s) if cuda else profile.time_budget_s)
-    why_not_docker = docker_ready(args.image) if args.mode != "bare" else "--mode bare"
+    why_not_docker = docker_ready(args.image, cuda) if args.mode != "bare" else "--mode bare"
     if args.mode == "docker" and why_not_docker:
         print(f"error: cannot run in containers: {why_not_docker} (make images, or --mode bare)", file=sys.stderr)
         return 2
@@ -536,10 +548,14 @@ def main(argv: list[str] | None = None) -> int:
         harness.chmod(0o644)
         print(f"running in {mode}" + (f" ({why_not_docker})" if why_not_docker and args.mode == "auto" else "")
               + f": the warm-up job, then one experiment of {budget_s:g} s ...", flush=True)
-        if mode == "docker":
-            phase = run_in_docker(profile, budget_s, data_dir, harness, work, args.image, 0 if cuda else None)
-        else:
-            phase = run_bare(profile, budget_s, data_dir, harness, work, device)
+        try:
+            if mode == "docker":
+                phase = run_in_docker(profile, budget_s, data_dir, harness, work, args.image, 0 if cuda else None)
+            else:
+                phase = run_bare(profile, budget_s, data_dir, harness, work, device)
+        except SandboxError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         scoring = time_scoring(phase.artifact, data_dir, profile, device)
         for line in report(profile, phase, scoring, mode, device_name, budget_s):
             print(line)

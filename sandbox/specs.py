@@ -57,6 +57,7 @@ COMPILE_CACHE_DIR = "/tmp/torchinductor_overnight"
 COMPILE_CACHE_NAME = "compile-cache.tar"  # what the warm-up job leaves in /out
 COMPILE_CACHE_INPUT = f"/cache/{COMPILE_CACHE_NAME}"  # where an agent train job sees it, read-only
 WARMUP_BUDGET_S = 1.0  # the warm-up seed is told its deadline passed: one step (compiles), export
+WARMUP_MIN_CAP_S = 300.0  # a cold compile may outlast a small profile's cap (trusted code: no budget)
 
 PIDS_LIMIT = 4096  # threads count too (Inductor's compile workers); stops fork bombs
 SHM_SIZE = "2g"  # docker's default /dev/shm is 64 MB; torch dataloader workers need more
@@ -114,16 +115,16 @@ def train_command(compile_cache: bool) -> tuple[str, ...]:
     if not compile_cache:
         return ("python", TRAIN_PY)
     return ("sh", "-c",
-            f"mkdir -p {COMPILE_CACHE_DIR} && {{ tar -xf {COMPILE_CACHE_INPUT} -C {COMPILE_CACHE_DIR} "
-            f"|| echo 'overnight: the compile cache could not be unpacked; compiling cold' >&2; }}; "
-            f"exec python {TRAIN_PY}")
+            (f"mkdir -p {COMPILE_CACHE_DIR} && {{ tar -xf {COMPILE_CACHE_INPUT} -C {COMPILE_CACHE_DIR} "
+             f"|| echo 'overnight: the compile cache could not be unpacked; compiling cold' >&2; }}; "
+             f"exec python {TRAIN_PY}"))
 
 
 def warmup_command() -> tuple[str, ...]:
     """The seed, then (only if it succeeded and compiled something) its compile cache packed into /out."""
     return ("sh", "-c",
-            f"python {TRAIN_PY} && if [ -d {COMPILE_CACHE_DIR} ]; then "
-            f"tar -cf {OUT}/{COMPILE_CACHE_NAME} -C {COMPILE_CACHE_DIR} .; fi")
+            (f"python {TRAIN_PY} && if [ -d {COMPILE_CACHE_DIR} ]; then "
+             f"tar -cf {OUT}/{COMPILE_CACHE_NAME} -C {COMPILE_CACHE_DIR} .; fi"))
 
 
 def eval_command(profile: str, gpu: int | None) -> tuple[str, ...]:
@@ -158,14 +159,15 @@ def warmup_job(*, run_id: str, image: str, profile: str, gpu: int | None, memory
                cpuset: str | None = None) -> JobSpec:
     """The compile cache's only writer: the night's trusted seed train.py (never agent code),
     locked down like any train job, told its deadline has passed (so it compiles its first step
-    and exports), killed at the profile's usual cap; its cache leaves through /out."""
+    and exports), killed at the profile's usual cap or WARMUP_MIN_CAP_S, whichever is longer; its
+    cache leaves through /out."""
     return JobSpec(
         run_id=run_id, role="train", image=image, command=warmup_command(),
         environment=train_environment(profile, 0, gpu, WARMUP_BUDGET_S, compile_cache=True),
         data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
         inputs={TRAIN_PY: seed_train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
-        output_max_files=limits.out_max_files, cap_s=limits.train_cap_s, memory_gb=memory_gb,
-        gpu=gpu, cpuset=cpuset, labels=dict(labels),
+        output_max_files=limits.out_max_files, cap_s=max(limits.train_cap_s, WARMUP_MIN_CAP_S),
+        memory_gb=memory_gb, gpu=gpu, cpuset=cpuset, labels=dict(labels),
     )
 
 
