@@ -78,5 +78,5 @@ def test_the_tiny_cpu_bench_prints_its_table_and_lines_that_match_its_score(test
     assert all(math.isfinite(p) and p >= 0 for p in parts) and float(lines["eval_s"]) > 0
     assert sum(parts) - 1 <= overhead <= sum(parts) + float(lines["step_s"]) * 1.5 + 1
     per_experiment = TEST.time_budget_s + float(lines["export_s"]) + float(lines["eval_s"]) + float(lines["host_s"])
-    assert float(lines["experiments_per_hour"]) == pytest.approx(3600 / per_experiment, abs=0.1)
+    assert float(lines["experiments_per_hour"]) == pytest.approx(3600 / per_experiment, rel=0.01)  # rounded parts
     assert "train start-up" in done.stdout and "probe (" in done.stdout  # the table for people
