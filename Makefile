@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 BACKEND ?= $(OVERNIGHT_BACKEND)
 ON_CLUSTER = $(filter kubernetes,$(BACKEND))
 
-.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox images overnight replay logs status report cleanup
+.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox bench-gpu images overnight replay logs status report cleanup
 
 help:
 	@echo "make overnight              run the research loop (cpu or gpu profile, search or anthropic agent)"
@@ -84,6 +84,12 @@ experiment: $(VENV)/.host
 
 bench-sandbox: $(VENV)/.dev images
 	$(PY) benchmarks/bench_sandbox.py --profile $(PROFILE) --data-dir $(DATA_DIR)
+
+# Where an experiment's time goes outside training, on this machine's GPU (a tiny CPU version
+# without one): in containers when the engine and images are there, else as plain processes. Needs
+# only PyTorch (the project's venv when there is one, else $(PYTHON)); nothing is downloaded.
+bench-gpu:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/bench_gpu.py $(if $(call given,PROFILE),--profile $(PROFILE)) $(ARGS)
 
 experiment-bare: $(VENV)/.dev
 	@$(PY) -m sandbox.bare --preflight --profile $(PROFILE)

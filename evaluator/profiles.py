@@ -81,6 +81,12 @@ PROFILES: dict[str, Profile] = {
         max_val_bytes=None,
         eval_timeout_s=900.0,
         probe_positions=1536,
+        # Not measured (no GPU at hand); estimated for ClimbMix: the train shards (~1.5 GB of
+        # tokens for ten) are memory-mapped, i.e. reclaimable page cache, never copied; the
+        # document table and the packer's list of it ~0.3 GB; CUDA, torch and Triton in the host
+        # process ~3-4 GB; Inductor's compile workers (min(32, cores) processes) up to ~10 GB;
+        # the unpacked compile cache at most 1 GB. About 15 GB; eval ~4 GB. `make bench-gpu`
+        # prints the peaks (train_peak_ram_gb, eval_peak_ram_gb) to replace this estimate.
         memory_gb=24.0,
     ),
     # About a minute per experiment on 2 CPU cores.
@@ -98,7 +104,9 @@ PROFILES: dict[str, Profile] = {
         max_val_bytes=None,
         eval_timeout_s=300.0,
         probe_positions=1024,
-        memory_gb=4.0,
+        # Measured peaks in containers (make bench-gpu PROFILE=cpu): train 0.64-0.70 GB, 0.74 GB
+        # with torch.compile forced on and its warm cache unpacked; eval 0.71-0.76 GB.
+        memory_gb=2.0,
     ),
     # Tests: the seed stops after 12 steps, so a run is deterministic on CPU and replays exactly
     # (well inside the 20 s budget, which is what is enforced).
@@ -116,7 +124,9 @@ PROFILES: dict[str, Profile] = {
         max_val_bytes=400_000,
         eval_timeout_s=120.0,
         probe_positions=1024,
-        memory_gb=2.0,
+        # Measured peaks in containers: train 0.31-0.32 GB, 0.49 GB with torch.compile forced
+        # on and its warm cache; eval 0.24 GB.
+        memory_gb=1.0,
     ),
 }
 

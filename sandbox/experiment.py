@@ -30,6 +30,7 @@ from evaluator.profiles import Profile, UnknownProfileError, get_profile
 from evaluator.records import ScoreRecord
 from evaluator.rowloss import ROWLOSS_FILE, RowLossError, file_size, profile_rows, read_rowloss
 from sandbox import specs
+from sandbox.compile_cache import check_cache_file
 from sandbox.errors import SandboxError
 from sandbox.limits import GiB, Limits
 from sandbox.logs import last_line
@@ -66,12 +67,13 @@ def run_experiment(spec: ExperimentSpec, *, limits: Limits | None = None, runner
     runner = runner or default_runner()
     image = runner.image_id(spec.image)
     data_dir = check_data_dir(spec.data_dir) if runner.data_on_host else Path(spec.data_dir)
+    compile_cache = check_cache_file(spec.compile_cache) if spec.compile_cache is not None else None
     paths = prepare_run_dir(spec.run_dir, spec.train_py, limits.train_py_max_bytes)
     runner.cleanup(spec.run_id)
     log.info("experiment.start", run_id=spec.run_id, profile=spec.profile, gpu=spec.gpu,
              image=image[:19], run_dir=str(paths.run_dir))
     try:
-        result = _train_then_score(runner, spec, limits, image, data_dir, paths, nvml)
+        result = _train_then_score(runner, spec, limits, image, data_dir, paths, nvml, compile_cache)
     finally:
         runner.cleanup(spec.run_id)
     log.info("experiment.end", run_id=spec.run_id, status=result.status, reason=result.reason,
@@ -87,12 +89,13 @@ def check_gpu_setting(profile: Profile, gpu: int | None) -> None:
 
 
 def _train_then_score(runner: Runner, spec: ExperimentSpec, limits: Limits, image: str,
-                      data_dir: Path, paths: RunPaths, nvml: Any) -> ExperimentResult:
+                      data_dir: Path, paths: RunPaths, nvml: Any, compile_cache: Path | None) -> ExperimentResult:
     memory: VramWatchdog | None = (
         None if spec.gpu is None else VramWatchdog(spec.gpu, spec.vram_cap_gb, paths.nvml_jsonl, nvml=nvml))
     train_job = specs.train_job(run_id=spec.run_id, image=image, profile=spec.profile, seed=spec.seed,
                                 gpu=spec.gpu, memory_gb=spec.memory_limit_gb, data_dir=data_dir,
-                                train_py=paths.train_py, limits=limits, labels=spec.labels, cpuset=spec.cpuset)
+                                train_py=paths.train_py, limits=limits, labels=spec.labels, cpuset=spec.cpuset,
+                                compile_cache=compile_cache)
     watchers: list[Watcher] = [memory] if memory is not None else []
     facts: dict[str, Any] = dict(run_dir=paths.run_dir, image_id=image, train_budget_s=limits.train_budget_s,
                                  train_cap_s=limits.train_cap_s, memory_kind="ram" if spec.gpu is None else "vram")

@@ -28,6 +28,9 @@ class ExperimentSpec(BaseModel):
     memory_limit_gb: float = 8.0  # container memory limit (host RAM)
     cpuset: str | None = None  # CPUs the run's containers are pinned to, e.g. "0-1" (CPU slots)
     labels: dict[str, str] = Field(default_factory=dict)  # extra labels, e.g. {"overnight.tag": tag}
+    # The night's warm compile cache (sandbox.compile_cache.warm_compile_cache: written by the
+    # trusted seed only), copied into the train job's own tmpfs; never given to the eval job.
+    compile_cache: Path | None = None
 
 
 class ExperimentResult(BaseModel):

@@ -5,6 +5,9 @@ Two jobs per experiment, both from the evaluator image, both locked down the sam
 - eval: the checked copy of the model artifact, the private eval rows, tokenizer and manifest
   read-only; /score writable. Never train.py, never the train job's /out, never val/.
 Nothing comes from the host's environment: each variable is listed here.
+- warm-up (sandbox.compile_cache): the night's trusted seed train.py, run once as a train job,
+  packs what torch.compile cached into its /out; agent train jobs get a read-only copy of that
+  one file, unpacked into their own tmpfs before train.py starts. Never given to an eval job.
 
 The Docker backend (sandbox.docker_runner) gives each job's writable folder as a tmpfs volume
 whose size and file count the kernel enforces (mounted nosuid, nodev, noexec), held by a tiny
@@ -45,6 +48,17 @@ ARTIFACT = f"/artifact/{layout.ARTIFACT_NAME}"
 SCORE_DIR = "/score"
 DETAIL_NAME = "detail.log"  # the evaluator's private log, beside score.json
 
+# The warm compile cache. Everything torch.compile keeps between processes lands under one folder
+# on the job's own tmpfs: Inductor's default cache folder for the user `overnight` (its FX graph,
+# AOTAutograd and kernel caches, and, only there, the precompiled C++ headers), with Triton's
+# cache (kernels, launchers) put below it. USER pins the user name Inductor reads (getpass), so
+# the folder is the same whatever the image's uid-1000 user is called.
+COMPILE_CACHE_DIR = "/tmp/torchinductor_overnight"
+COMPILE_CACHE_NAME = "compile-cache.tar"  # what the warm-up job leaves in /out
+COMPILE_CACHE_INPUT = f"/cache/{COMPILE_CACHE_NAME}"  # where an agent train job sees it, read-only
+WARMUP_BUDGET_S = 1.0  # the warm-up seed is told its deadline passed: one step (compiles), export
+WARMUP_MIN_CAP_S = 300.0  # a cold compile may outlast a small profile's cap (trusted code: no budget)
+
 PIDS_LIMIT = 4096  # threads count too (Inductor's compile workers); stops fork bombs
 SHM_SIZE = "2g"  # docker's default /dev/shm is 64 MB; torch dataloader workers need more
 TMPFS = {
@@ -74,7 +88,14 @@ def environment(gpu: int | None, extra: Mapping[str, str] | None = None) -> dict
     }
 
 
-def train_environment(profile: str, seed: int, gpu: int | None, budget_s: float) -> dict[str, str]:
+def compile_cache_environment(root: str = COMPILE_CACHE_DIR) -> dict[str, str]:
+    """Where torch.compile caches: `root` (the bare benchmark passes its own)."""
+    return {"USER": "overnight", "LOGNAME": "overnight", "TORCHINDUCTOR_CACHE_DIR": root,
+            "TRITON_CACHE_DIR": f"{root}/triton"}
+
+
+def train_environment(profile: str, seed: int, gpu: int | None, budget_s: float,
+                      compile_cache: bool = False) -> dict[str, str]:
     """train.py is told its budget, counted from the container's start (evaluator.context)."""
     return environment(gpu, {
         PROFILE_ENV: profile,
@@ -83,7 +104,27 @@ def train_environment(profile: str, seed: int, gpu: int | None, budget_s: float)
         SEED_ENV: str(seed),
         BUDGET_ENV: f"{budget_s:g}",
         CLOCK_ENV: "container",
+        **(compile_cache_environment() if compile_cache else {}),
     })
+
+
+def train_command(compile_cache: bool) -> tuple[str, ...]:
+    """train.py; with the night's compile cache, first unpacked by this trusted command into the
+    job's own tmpfs (a cache folder read-only in place makes Inductor fail: it writes lock files
+    even on a hit). An unusable cache means a cold compile, never a failed run."""
+    if not compile_cache:
+        return ("python", TRAIN_PY)
+    return ("sh", "-c",
+            (f"mkdir -p {COMPILE_CACHE_DIR} && {{ tar -xf {COMPILE_CACHE_INPUT} -C {COMPILE_CACHE_DIR} "
+             f"|| echo 'overnight: the compile cache could not be unpacked; compiling cold' >&2; }}; "
+             f"exec python {TRAIN_PY}"))
+
+
+def warmup_command() -> tuple[str, ...]:
+    """The seed, then (only if it succeeded and compiled something) its compile cache packed into /out."""
+    return ("sh", "-c",
+            (f"python {TRAIN_PY} && if [ -d {COMPILE_CACHE_DIR} ]; then "
+             f"tar -cf {OUT}/{COMPILE_CACHE_NAME} -C {COMPILE_CACHE_DIR} .; fi"))
 
 
 def eval_command(profile: str, gpu: int | None) -> tuple[str, ...]:
@@ -95,15 +136,38 @@ def eval_command(profile: str, gpu: int | None) -> tuple[str, ...]:
 
 def train_job(*, run_id: str, image: str, profile: str, seed: int, gpu: int | None,
               memory_gb: float, data_dir: Path, train_py: Path, limits: Limits,
-              labels: Mapping[str, str], cpuset: str | None = None) -> JobSpec:
-    """The train job: agent code, told its budget, killed at budget + allowance."""
+              labels: Mapping[str, str], cpuset: str | None = None,
+              compile_cache: Path | None = None) -> JobSpec:
+    """The train job: agent code, told its budget, killed at budget + allowance. With the night's
+    compile cache (a host file written by the warm-up job), mounted read-only and unpacked into
+    the job's own /tmp before train.py runs: nothing the job does reaches the file or a later run."""
+    inputs = {TRAIN_PY: train_py}
+    if compile_cache is not None:
+        inputs[COMPILE_CACHE_INPUT] = compile_cache
     return JobSpec(
-        run_id=run_id, role="train", image=image, command=("python", TRAIN_PY),
-        environment=train_environment(profile, seed, gpu, limits.train_budget_s),
+        run_id=run_id, role="train", image=image, command=train_command(compile_cache is not None),
+        environment=train_environment(profile, seed, gpu, limits.train_budget_s, compile_cache is not None),
         data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
-        inputs={TRAIN_PY: train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
+        inputs=inputs, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
         output_max_files=limits.out_max_files, cap_s=limits.train_cap_s, memory_gb=memory_gb,
         gpu=gpu, cpuset=cpuset, labels=dict(labels),
+    )
+
+
+def warmup_job(*, run_id: str, image: str, profile: str, gpu: int | None, memory_gb: float,
+               data_dir: Path, seed_train_py: Path, limits: Limits, labels: Mapping[str, str],
+               cpuset: str | None = None) -> JobSpec:
+    """The compile cache's only writer: the night's trusted seed train.py (never agent code),
+    locked down like any train job, told its deadline has passed (so it compiles its first step
+    and exports), killed at the profile's usual cap or WARMUP_MIN_CAP_S, whichever is longer; its
+    cache leaves through /out."""
+    return JobSpec(
+        run_id=run_id, role="train", image=image, command=warmup_command(),
+        environment=train_environment(profile, 0, gpu, WARMUP_BUDGET_S, compile_cache=True),
+        data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
+        inputs={TRAIN_PY: seed_train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
+        output_max_files=limits.out_max_files, cap_s=max(limits.train_cap_s, WARMUP_MIN_CAP_S),
+        memory_gb=memory_gb, gpu=gpu, cpuset=cpuset, labels=dict(labels),
     )
 
 
