@@ -15,10 +15,11 @@ PYTEST_ARGS ?=
 BACKEND ?= $(OVERNIGHT_BACKEND)
 ON_CLUSTER = $(filter kubernetes,$(BACKEND))
 
-.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox bench-gpu images overnight replay logs status report cleanup
+.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox bench-gpu images overnight replay verify logs status report cleanup
 
 help:
 	@echo "make overnight              run the research loop (cpu or gpu profile, search or anthropic agent)"
+	@echo "make verify TAG=<tag>       the improvement +/- spread: the baseline and the best re-run RUNS=3 times each"
 	@echo "make test                   the test suite (builds the images first)"
 	@echo "make prepare [PROFILE=cpu]  prepare the data directory data/\$$PROFILE (BACKEND=kubernetes: on the cluster's data volume)"
 	@echo "make experiment-bare        train + score one train.py as plain processes (development)"
@@ -119,6 +120,12 @@ endif
 replay: $(VENV)/.host
 	@test -n "$(SHA)" || { echo "usage: make replay SHA=<commit>"; exit 2; }
 	$(PY) -m controller replay $(SHA) $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
+
+# The morning's error bars: the tag's baseline and final best, RUNS fresh-seeded runs each (recorded
+# as replays, so later nights pool them), then the improvement as mean +/- spread.
+verify: $(VENV)/.host
+	@test -n "$(TAG)" || { echo "usage: make verify TAG=<tag> [RUNS=3]"; exit 2; }
+	$(PY) -m controller verify --tag $(TAG) $(if $(RUNS),--runs $(RUNS)) $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
 logs: $(VENV)/.host
 	@test -n "$(RUN)" || { echo "usage: make logs RUN=<number or commit> [TAG=..]"; exit 2; }

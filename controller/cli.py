@@ -1,4 +1,4 @@
-"""`python -m controller overnight|replay|logs|status|notebook|report|cleanup|profile|doctor`.
+"""`python -m controller overnight|replay|verify|logs|status|notebook|report|cleanup|profile|doctor`.
 
 Errors meant for a person are one line on stderr (exit 2), never a traceback."""
 
@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="run a recorded commit again and compare val_bpb")
     rp.add_argument("sha", help="commit (prefix) of the run to replay")
     _add_flags(rp, [*COMMON_FLAGS, *K8S_FLAGS])
+    vf = sub.add_parser("verify", help="re-run a tag's baseline and best k times each: the improvement with "
+                        "error bars")
+    vf.add_argument("--tag", required=True, help="the night to verify (it must have ended)")
+    vf.add_argument("--runs", type=int, default=3, metavar="K", help="runs of each commit, fresh seeds (default: 3)")
+    _add_flags(vf, [*COMMON_FLAGS, *K8S_FLAGS])
     lg = sub.add_parser("logs", help="print a run's train.log and eval.log")
     lg.add_argument("run", help="experiment number (in --tag, default the latest tag) or commit prefix")
     lg.add_argument("--tag", default=None)
@@ -467,6 +472,26 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     return 0 if outcome.equal is not False else 1
 
 
+def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    from controller.logs import configure_logging
+    from controller.verify import VerifyError, check_runs, describe, verify_lock, verify_tag
+
+    settings = load_settings(tag=args.tag, **_overrides(args, [*COMMON_FLAGS, *K8S_FLAGS]))
+    try:
+        check_runs(args.runs)
+        with verify_lock(settings):
+            configure_logging(settings.tag_dir)
+            backend = None if settings.sandbox == "bare" else make_backend(settings)
+            image = current_image_id(settings, backend)
+            outcome = verify_tag(settings, make_runner(settings, backend), image, runs=args.runs,
+                                 say=lambda line: console.print(Text(line)))
+    except VerifyError as exc:
+        raise UserError(str(exc)) from None
+    for line in describe(outcome):
+        console.print(Text(line))
+    return 0 if outcome.ok else 1
+
+
 def cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
     from controller import git
     from sandbox.errors import SandboxError
@@ -505,13 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     from controller.git import GitError
     from controller.logs import configure_quiet
 
-    if args.command != "overnight" and args.command != "replay":
+    if args.command not in ("overnight", "replay", "verify"):
         configure_quiet()
     try:
         if args.command == "overnight":
             return cmd_overnight(args, argv[1:], console)
         if args.command == "replay":
             return cmd_replay(args, console)
+        if args.command == "verify":
+            return cmd_verify(args, console)
         if args.command == "logs":
             return cmd_logs(args, console)
         if args.command == "status":

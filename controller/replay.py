@@ -21,6 +21,7 @@ from controller.records import ReplayRecord, RunRecord, utcnow
 from controller.safefiles import atomic_write_model
 from controller.settings import Settings
 from evaluator.profiles import get_profile
+from sandbox.errors import SandboxError
 from sandbox.result import ExperimentResult, ExperimentSpec
 
 Runner = Callable[[ExperimentSpec], ExperimentResult]
@@ -67,9 +68,11 @@ def locate(settings: Settings, sha: str) -> tuple[RunLocation, RunRecord]:
     return loc, record
 
 
-def check_same_setup(settings: Settings, record: RunRecord, image_id: str | None, data_dir: Path) -> None:
-    """Refuse a replay whose image or data differs from the recorded run's."""
-    if record.image_id is not None and image_id != record.image_id:
+def check_same_setup(settings: Settings, record: RunRecord, image_id: str | None, data_dir: Path,
+                     check_image: bool = True) -> None:
+    """Refuse a replay whose image or data differs from the recorded run's (check_image False:
+    the caller runs with the very runner and image the record was made with, e.g. at a night's end)."""
+    if check_image and record.image_id is not None and image_id != record.image_id:
         raise ReplayError(
             f"the evaluator image {settings.image} is {image_id or 'missing'}, but {record.commit[:7]} ran in "
             f"{record.image_id}: rebuild or retag that image to replay it"
@@ -100,39 +103,73 @@ def baseline_noise(tag_dir: Path) -> tuple[float | None, int]:
     return (statistics.stdev(values) if len(values) >= 2 else None), len(values)
 
 
-def replay(settings: Settings, sha: str, runner: Runner, image_id: str | None) -> ReplayOutcome:
-    """Run the recorded commit `sha` again; `image_id` is the current id of settings.image (None
-    when replaying with the bare runner)."""
-    loc, record = locate(settings, sha)
-    data_dir = Path(settings.data_dir if "data_dir" in settings.model_fields_set or not record.data_dir
-                    else record.data_dir)
-    check_same_setup(settings, record, image_id, data_dir)
+def recorded_data_dir(settings: Settings, record: RunRecord) -> Path:
+    """The data a re-run uses: --data-dir when given, else the data the run was recorded with."""
+    return Path(settings.data_dir if "data_dir" in settings.model_fields_set or not record.data_dir
+                else record.data_dir)
+
+
+def prepare_rerun(settings: Settings, loc: RunLocation, record: RunRecord, image_id: str | None,
+                  check_image: bool = True) -> tuple[Path, bytes]:
+    """Check that the recorded run can run again here (same image and data, commit present);
+    returns (data dir, its train.py)."""
+    data_dir = recorded_data_dir(settings, record)
+    check_same_setup(settings, record, image_id, data_dir, check_image)
     repo = git.repo_root(settings.repo)
     if git.resolve(repo, record.commit) is None:
         raise ReplayError(f"commit {record.commit[:7]} is not in this repository "
                           f"(ref refs/autoresearch/{loc.tag}/{loc.n} was deleted?)")
-    source = git.file_at(repo, record.commit, f"programs/{record.program}/train.py")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    run_dir = (settings.runs_dir / loc.tag / "replays" / f"{loc.n:04d}-{record.commit[:7]}-{stamp}").resolve()
+    return data_dir, git.file_at(repo, record.commit, f"programs/{record.program}/train.py")
+
+
+def run_recorded(settings: Settings, loc: RunLocation, record: RunRecord, runner: Runner, image_id: str | None,
+                 data_dir: Path, source: bytes, seed: int, name: str, run_id: str,
+                 labels: dict[str, str] | None = None) -> ReplayRecord:
+    """Run the recorded commit once more, in runs/<tag>/replays/<name>/, and write its replay.json
+    (the loop pools these into the tag's noise). A runner that raises is this run's crash; the
+    sandbox failing (SandboxError) is a ReplayError."""
+    run_dir = (settings.runs_dir / loc.tag / "replays" / name).resolve()
     run_dir.mkdir(parents=True)
     started = utcnow()
     with tempfile.TemporaryDirectory(prefix="overnight-replay-") as tmp:
         train_py = Path(tmp) / "train.py"
         train_py.write_bytes(source)
         spec = ExperimentSpec(
-            run_id=f"{loc.tag}-replay-{loc.n:04d}-{stamp}", train_py=train_py, run_dir=run_dir,
+            run_id=run_id, train_py=train_py, run_dir=run_dir,
             profile=record.profile, data_dir=data_dir.resolve(), image=settings.image, gpu=record.gpu,
-            seed=record.seed, vram_cap_gb=settings.vram_cap_gb, memory_limit_gb=settings.memory_limit_gb,
-            labels={"overnight.replay-of": f"{loc.tag}-{loc.n}"},
+            seed=seed, vram_cap_gb=settings.vram_cap_gb, memory_limit_gb=settings.memory_limit_gb,
+            labels={"overnight.replay-of": f"{loc.tag}-{loc.n}", **(labels or {})},
         )
-        result = runner(spec)
+        try:
+            result = runner(spec)
+        except SandboxError as exc:
+            raise ReplayError(f"the sandbox failed: {exc}") from None
+        except Exception as exc:
+            result = ExperimentResult(status="crash", run_dir=run_dir,
+                                      reason=f"the sandbox failed on this run ({type(exc).__name__})")
     rep = ReplayRecord(
         tag=loc.tag, n=loc.n, commit=record.commit, image_id=result.image_id or image_id,
-        data_manifest_sha256=record.data_manifest_sha256, profile=record.profile, seed=record.seed,
+        data_manifest_sha256=record.data_manifest_sha256, profile=record.profile, seed=seed,
         status=result.status, reason=result.reason, recorded_val_bpb=record.val_bpb,
         replayed_val_bpb=result.val_bpb, started=started, finished=utcnow(), run_dir=run_dir,
     )
     atomic_write_model(run_dir / REPLAY_JSON, rep)
+    return rep
+
+
+def _stamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
+def replay(settings: Settings, sha: str, runner: Runner, image_id: str | None) -> ReplayOutcome:
+    """Run the recorded commit `sha` again; `image_id` is the current id of settings.image (None
+    when replaying with the bare runner)."""
+    loc, record = locate(settings, sha)
+    data_dir, source = prepare_rerun(settings, loc, record, image_id)
+    stamp = _stamp()
+    rep = run_recorded(settings, loc, record, runner, image_id, data_dir, source, seed=record.seed,
+                       name=f"{loc.n:04d}-{record.commit[:7]}-{stamp}",
+                       run_id=f"{loc.tag}-replay-{loc.n:04d}-{stamp}")
     step_budget = get_profile(record.profile).max_steps is not None
     equal = (rep.replayed_val_bpb == rep.recorded_val_bpb) if step_budget else None
     noise, noise_runs = baseline_noise(settings.runs_dir / loc.tag)
