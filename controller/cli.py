@@ -433,7 +433,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     runs_dir = Path(args.runs_dir or "runs")
     tag = _tag_or_latest(runs_dir, args.tag)
     try:
-        plot = write_report(runs_dir / tag, Ledger(runs_dir / tag).rows())
+        plot = write_report(runs_dir / tag)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     console.print(Text(f"wrote {plot.path}: {plot.points} experiments ({plot.kept} kept, "
@@ -474,7 +474,13 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     from controller.logs import configure_logging
-    from controller.verify import VerifyError, check_runs, describe, verify_lock, verify_tag
+    from controller.verify import (
+        VerifyError,
+        check_runs,
+        describe,
+        verify_lock,
+        verify_tag,
+    )
 
     settings = load_settings(tag=args.tag, **_overrides(args, [*COMMON_FLAGS, *K8S_FLAGS]))
     try:
@@ -483,13 +489,13 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
             configure_logging(settings.tag_dir)
             backend = None if settings.sandbox == "bare" else make_backend(settings)
             image = current_image_id(settings, backend)
-            outcome = verify_tag(settings, make_runner(settings, backend), image, runs=args.runs,
-                                 say=lambda line: console.print(Text(line)))
+            result = verify_tag(settings, make_runner(settings, backend), image, runs=args.runs,
+                                say=lambda line: console.print(Text(line)))
     except VerifyError as exc:
         raise UserError(str(exc)) from None
-    for line in describe(outcome):
+    for line in describe(result):
         console.print(Text(line))
-    return 0 if outcome.ok else 1
+    return 0 if result.ok else 1
 
 
 def cmd_cleanup(args: argparse.Namespace, console: Console) -> int:

@@ -144,7 +144,7 @@ def run_recorded(settings: Settings, loc: RunLocation, record: RunRecord, runner
             result = runner(spec)
         except SandboxError as exc:
             raise ReplayError(f"the sandbox failed: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - anything else is this run's crash, as in the loop
             result = ExperimentResult(status="crash", run_dir=run_dir,
                                       reason=f"the sandbox failed on this run ({type(exc).__name__})")
     rep = ReplayRecord(

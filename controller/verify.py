@@ -9,17 +9,24 @@ both commits gets the same seed), give an unbiased difference. Each run is recor
 (runs/<tag>/replays/<n>-<sha>-verify<i>-<stamp>/replay.json), so later nights pool it into the
 tag's noise; runs/<tag>/verify.json holds the summary that progress.png draws.
 
-Numbers: baseline_bpb and best_bpb are the mean +/- the sample standard deviation of a commit's
-runs (the spread of one run); improvement_bpb is mean(best) - mean(baseline) (negative = the best
-is better, as the ledger's delta) +/- the standard error of that difference (Welch), from
-controller.noise.error_bars. Runs that crash are counted and left out of the means."""
+Numbers (grep-able, `name: mean ± se`): baseline_bpb and best_bpb are a commit's mean over its
+ok runs ± the standard error of that mean (std/sqrt(n); with one run, the tag's pooled noise
+sigma); improvement_bpb is mean(baseline) - mean(best) (positive = the best is better, as in
+controller.noise.error_bars) ± the standard error of that difference: Welch over the runs (or
+the tag's pooled noise when a side has one run), plus, in quadrature, the paired eval-sampling
+SE from the runs' per-row losses (identical eval rows) when every scored run has them. The
+verdict reads the 95% t interval: better beyond noise, within noise, worse beyond noise. Runs
+that crash are counted and left out of the means. docs/noise.md says how to read them.
+
+The loop calls verify_night(settings, runner, ...) at the night's end when
+settings.verify_runs > 0."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,18 +34,43 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from controller.ledger import Ledger, LedgerError, LedgerRow, RunLocation, list_tags
-from controller.noise import NoiseEstimate, Replicates, error_bars, pooled_noise, summarize
+from controller.noise import (
+    NoiseError,
+    NoiseEstimate,
+    Replicates,
+    paired_eval_se,
+    pooled_noise,
+    summarize,
+    t_quantile,
+)
 from controller.records import ReplayRecord, RunRecord, utcnow
-from controller.replay import REPLAY_JSON, ReplayError, Runner, prepare_rerun, run_recorded
+from controller.replay import (
+    REPLAY_JSON,
+    ReplayError,
+    Runner,
+    prepare_rerun,
+    run_recorded,
+)
 from controller.safefiles import UnsafeFileError, atomic_write_model, read_regular
 from controller.settings import Settings
 from evaluator.hostile import clean_line
+from evaluator.profiles import get_profile
+from evaluator.rowloss import ROWLOSS_FILE, RowLossError, profile_rows, read_rowloss
 
 VERIFY_JSON = "verify.json"
 DEFAULT_RUNS = 3
 MAX_RUNS = 20
 LEVEL = 0.95
 Role = Literal["baseline", "best"]
+Method = Literal["welch", "pooled", "deterministic", "unmeasured"]
+
+V_BETTER = "better beyond noise"
+V_WORSE = "worse beyond noise"
+V_WITHIN = "within noise"
+V_EQUAL = "equal"
+V_UNMEASURED = "spread not measured: verify with RUNS=2 or more"
+V_NO_BEST = "no keep beyond the baseline"
+V_NO_SCORE = "a side has no scored run"
 
 
 class VerifyError(RuntimeError):
@@ -60,6 +92,27 @@ class VerifyRun(BaseModel):
     replay_dir: str
 
 
+class VerifyNumbers(BaseModel):
+    """The pooled numbers of verify: each side's mean +/- standard error, and the improvement
+    mean(baseline) - mean(best) (positive = the best is better) +/- its standard error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline: Replicates | None  # the ok runs summarized; None when none scored
+    best: Replicates | None
+    baseline_se: float | None  # SE of the mean: std/sqrt(n), or the tag's pooled sigma/sqrt(n) for n=1
+    best_se: float | None
+    improvement: float | None
+    se: float | None  # sqrt(se_train^2 + se_eval^2)
+    se_train: float | None  # run-to-run part (Welch, or the tag's pooled noise, 0 when deterministic)
+    se_eval: float | None  # paired eval-sampling part from the per-row losses (None: not all runs have them)
+    df: int | None  # of the t interval; None: normal (or exact)
+    ci_low: float | None  # LEVEL confidence interval of improvement
+    ci_high: float | None
+    method: Method
+    verdict: str
+
+
 class VerifyRecord(BaseModel):
     """runs/<tag>/verify.json: the latest verify of the tag, for progress.png and a person."""
 
@@ -74,13 +127,7 @@ class VerifyRecord(BaseModel):
     best_commit: str | None
     best_description: str | None = None
     runs: list[VerifyRun]
-    baseline: Replicates | None  # its ok runs summarized; None when none scored
-    best: Replicates | None
-    improvement_bpb: float | None  # mean(best) - mean(baseline); negative = the best is better
-    improvement_se: float | None  # standard error of that difference
-    ci_low: float | None  # LEVEL confidence interval of improvement_bpb
-    ci_high: float | None
-    method: str | None  # controller.noise.ErrorBars.method: welch | pooled | deterministic | unmeasured
+    numbers: VerifyNumbers
     stopped: bool = False  # the runs were cut short (a night's Ctrl-C)
     started: dt.datetime
     finished: dt.datetime
@@ -93,15 +140,91 @@ class VerifyRecord(BaseModel):
 
 
 @dataclass(frozen=True)
-class VerifyOutcome:
+class VerifyResult:
     record: VerifyRecord
     path: Path  # verify.json
 
     @property
     def ok(self) -> bool:
         """Something to report: the baseline scored, and so did the best when there is one."""
-        r = self.record
-        return r.baseline is not None and (r.best_commit is None or r.best is not None)
+        n = self.record.numbers
+        return n.baseline is not None and (self.record.best_commit is None or n.best is not None)
+
+
+# -- the arithmetic --------------------------------------------------------------------------
+
+
+def _side_se(summary: Replicates | None, noise: NoiseEstimate | None) -> float | None:
+    if summary is None:
+        return None
+    if noise is not None and noise.exact:
+        return 0.0
+    if summary.se is not None:
+        return summary.se
+    if noise is not None and noise.sigma is not None:
+        return noise.sigma / math.sqrt(summary.n)
+    return None
+
+
+def pool_runs(baseline: Sequence[float], best: Sequence[float], noise: NoiseEstimate | None = None,
+              se_eval: float | None = None, level: float = LEVEL) -> VerifyNumbers:
+    """Pool verify's runs. Run-to-run SE of the improvement: Welch when both sides have 2+ runs,
+    else the tag's pooled noise (sigma sqrt(1/n_a + 1/n_b), its df), 0 on a deterministic
+    profile. The paired eval-sampling SE (per-row losses, identical rows) adds in quadrature; the
+    t interval's df is Welch-Satterthwaite with that term taken as known. `best` empty: only the
+    baseline was re-run."""
+    a = summarize(baseline) if baseline else None
+    b = summarize(best) if best else None
+    a_se, b_se = _side_se(a, noise), _side_se(b, noise)
+
+    def numbers(verdict: str, **kw: object) -> VerifyNumbers:
+        fields: dict = {"improvement": None, "se": None, "se_train": None, "se_eval": None, "df": None,
+                        "ci_low": None, "ci_high": None, "method": "unmeasured"}
+        fields.update(kw)
+        return VerifyNumbers(baseline=a, best=b, baseline_se=a_se, best_se=b_se, verdict=verdict, **fields)
+
+    if a is None or b is None:
+        return numbers(V_NO_BEST if not best and a is not None else V_NO_SCORE)
+    improvement = a.mean - b.mean
+    df_train: int | None = None
+    method: Method
+    if noise is not None and noise.exact:
+        se_train, method = 0.0, "deterministic"
+    elif a.std is not None and b.std is not None:
+        va, vb = a.std**2 / a.n, b.std**2 / b.n
+        se_train, method = math.sqrt(va + vb), "welch"
+        if va + vb > 0:
+            df_train = max(1, int((va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))))
+    elif noise is not None and noise.sigma is not None and noise.df > 0:
+        se_train, df_train, method = noise.sigma * math.sqrt(1.0 / a.n + 1.0 / b.n), noise.df, "pooled"
+    else:
+        return numbers(V_UNMEASURED, improvement=improvement, se_eval=se_eval)
+    vt, ve = se_train**2, (se_eval or 0.0) ** 2
+    se = math.sqrt(vt + ve)
+    df = max(1, int((vt + ve) ** 2 / (vt**2 / df_train))) if df_train is not None and vt > 0 else None
+    half = t_quantile(0.5 + level / 2.0, df) * se if se > 0 else 0.0
+    low, high = improvement - half, improvement + half
+    if se == 0:
+        verdict = V_BETTER if improvement > 0 else V_WORSE if improvement < 0 else V_EQUAL
+    else:
+        verdict = V_BETTER if low > 0 else V_WORSE if high < 0 else V_WITHIN
+    return numbers(verdict, improvement=improvement, se=se, se_train=se_train, se_eval=se_eval, df=df,
+                   ci_low=low, ci_high=high, method=method)
+
+
+def paired_rows_se(profile: str, baseline_dirs: list[Path], best_dirs: list[Path]) -> float | None:
+    """The paired eval-sampling SE of the improvement from the per-row losses of every scored run
+    of both sides; None when a side has none or any run lacks a readable rowloss.bin (hostile
+    input: read under caps, a bad file only drops the term)."""
+    if not baseline_dirs or not best_dirs:
+        return None
+    rows = profile_rows(get_profile(profile))
+    try:
+        base = [read_rowloss(d / ROWLOSS_FILE, rows) for d in baseline_dirs]
+        best = [read_rowloss(d / ROWLOSS_FILE, rows) for d in best_dirs]
+        return paired_eval_se(best, base).se
+    except (RowLossError, NoiseError, OSError):
+        return None
 
 
 # -- the tag, its baseline and its best ------------------------------------------------------
@@ -151,7 +274,7 @@ def _location(ledger: Ledger, row: LedgerRow) -> tuple[RunLocation, RunRecord]:
     return loc, record
 
 
-def _replays(tag_dir: Path) -> list[ReplayRecord]:
+def tag_replays(tag_dir: Path) -> list[ReplayRecord]:
     found: list[ReplayRecord] = []
     for path in sorted((tag_dir / "replays").glob(f"*/{REPLAY_JSON}")):
         try:
@@ -196,7 +319,7 @@ def tag_noise(ledger: Ledger, rows: list[LedgerRow], replays: list[ReplayRecord]
 
 def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: int = DEFAULT_RUNS,
                say: Callable[[str], None] = lambda line: None, check_image: bool = True,
-               stop: Callable[[], bool] = lambda: False) -> VerifyOutcome:
+               stop: Callable[[], bool] = lambda: False) -> VerifyResult:
     """Re-run settings.tag's baseline and final best `runs` times each and write verify.json.
     The caller holds the tag's lock (verify_lock, or the night's own at its end). `image_id`: the
     current id of settings.image, checked against the records unless check_image is False."""
@@ -223,7 +346,7 @@ def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: i
             prepared[role] = prepare_rerun(settings, loc, record, image_id, check_image)
     except ReplayError as exc:
         raise VerifyError(str(exc)) from None
-    replays = _replays(ledger.tag_dir)
+    replays = tag_replays(ledger.tag_dir)
     seeds = fresh_seeds(sides[0][2].seed, [record for _, _, record in sides], replays, runs)
 
     base_rec = sides[0][2]
@@ -262,53 +385,56 @@ def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: i
 
     base_vals = [r.val_bpb for r in done if r.role == "baseline" and r.val_bpb is not None]
     best_vals = [r.val_bpb for r in done if r.role == "best" and r.val_bpb is not None]
+    replays_dir = ledger.tag_dir / "replays"
+    se_eval = paired_rows_se(
+        base_rec.profile, [replays_dir / r.replay_dir for r in done if r.role == "baseline" and r.val_bpb is not None],
+        [replays_dir / r.replay_dir for r in done if r.role == "best" and r.val_bpb is not None])
+    numbers = pool_runs(base_vals, best_vals, _noise_for(base_rec.profile, ledger, rows, base_vals, best_vals),
+                        se_eval)
+    if best_row is not None and numbers.verdict == V_NO_BEST:
+        numbers = numbers.model_copy(update={"verdict": V_NO_SCORE})
     record = VerifyRecord(
         tag=settings.tag, runs_each=runs, seeds=seeds, baseline_n=0, baseline_commit=base_rec.commit,
         best_n=best_row.n if best_row else None, best_commit=sides[1][2].commit if best_row else None,
-        best_description=best_row.description if best_row else None, runs=done,
-        baseline=summarize(base_vals) if base_vals else None, best=summarize(best_vals) if best_vals else None,
-        improvement_bpb=None, improvement_se=None, ci_low=None, ci_high=None, method=None, stopped=stopped,
-        started=started, finished=utcnow(),
+        best_description=best_row.description if best_row else None, runs=done, numbers=numbers,
+        stopped=stopped, started=started, finished=utcnow(),
     )
-    if base_vals and best_vals:
-        record = record.model_copy(update=_improvement(base_vals, best_vals, ledger, rows))
     path = ledger.tag_dir / VERIFY_JSON
     atomic_write_model(path, record)
-    return VerifyOutcome(record=record, path=path)
+    return VerifyResult(record=record, path=path)
 
 
-def _improvement(base: list[float], best: list[float], ledger: Ledger, rows: list[LedgerRow]) -> dict:
-    """improvement_bpb (best - baseline) with its SE and CI. With a single run on a side the
-    tag's pooled noise stands in for that side's spread (when it was measured and is not zero)."""
-    noise = None
-    if len(base) < 2 or len(best) < 2:
-        pooled = tag_noise(ledger, rows, _replays(ledger.tag_dir))
-        noise = pooled if pooled.sigma is not None and not pooled.exact else None
-    bars = error_bars(base, best, noise, LEVEL)  # its improvement is baseline - best: flip the sign
-    return {"improvement_bpb": -bars.improvement, "improvement_se": bars.se,
-            "ci_low": -bars.ci_high if bars.ci_high is not None else None,
-            "ci_high": -bars.ci_low if bars.ci_low is not None else None,
-            "method": bars.method if bars.se is not None else None}
+def _noise_for(profile: str, ledger: Ledger, rows: list[LedgerRow], base: list[float],
+               best: list[float]) -> NoiseEstimate | None:
+    """None on a deterministic profile's counterpart: the exact estimate; the tag's pooled noise
+    when a side has a single scored run (the fallback for its spread); else None (Welch alone)."""
+    if get_profile(profile).max_steps is not None:
+        return NoiseEstimate.for_deterministic_profile()
+    if len(base) >= 2 and len(best) >= 2:
+        return None
+    pooled = tag_noise(ledger, rows, tag_replays(ledger.tag_dir))
+    return pooled if pooled.sigma is not None and not pooled.exact else None
 
 
-def verify_after_night(settings: Settings, runner: Runner, image_id: str | None = None,
-                       say: Callable[[str], None] = lambda line: None,
-                       stop: Callable[[], bool] = lambda: False) -> VerifyOutcome | None:
+def verify_night(settings: Settings, runner: Runner, image_id: str | None = None,
+                 say: Callable[[str], None] = lambda line: None,
+                 stop: Callable[[], bool] = lambda: False) -> VerifyResult | None:
     """The end-of-night hook: when settings.verify_runs > 0, verify the tag with the night's own
-    runner (the caller, the loop, holds the tag's lock) and say the report's lines. image_id None
-    skips the image check (the night's runner just ran with its image). Never raises VerifyError:
-    a verify that cannot run is said, and the night still ends normally."""
+    runner and say the report's lines (None when verify_runs is 0 or verify could not run). The
+    caller, the loop, already holds the tag's lock. image_id None skips the image check (the
+    night's runner just ran with its image). Never raises VerifyError: a verify that cannot run is
+    said, and the night still ends normally."""
     if settings.verify_runs <= 0:
         return None
     try:
-        outcome = verify_tag(settings, runner, image_id, settings.verify_runs, say=say,
-                             check_image=image_id is not None, stop=stop)
+        result = verify_tag(settings, runner, image_id, settings.verify_runs, say=say,
+                            check_image=image_id is not None, stop=stop)
     except VerifyError as exc:
         say(f"verify skipped: {exc}")
         return None
-    for line in describe(outcome):
+    for line in describe(result):
         say(line)
-    return outcome
+    return result
 
 
 # -- what a person reads ---------------------------------------------------------------------
@@ -318,8 +444,10 @@ def _span(seeds: list[int]) -> str:
     return f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
 
 
-def _value(x: float | None) -> str:
-    return "na" if x is None else f"{x:.6f}"
+def _num(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "na"
+    return f"{x:+.6f}" if signed else f"{x:.6f}"
 
 
 def _decimals(se: float | None) -> int:
@@ -329,44 +457,40 @@ def _decimals(se: float | None) -> int:
     return max(4, min(8, 1 - math.floor(math.log10(se))))
 
 
-def _side_line(name: str, summary: Replicates | None, asked: int) -> str:
-    if summary is None:
-        return f"{name}: na (n=0: none of its {asked} runs scored)"
-    return f"{name}: {summary.mean:.6f} +/- {_value(summary.std)} (n={summary.n})"
-
-
-def describe(outcome: VerifyOutcome) -> list[str]:
-    """The report: grep-able `name: value` lines, then the line for a person."""
-    r = outcome.record
-    lines = [_side_line("baseline_bpb", r.baseline, r.done("baseline"))]
+def describe(result: VerifyResult) -> list[str]:
+    """The report: grep-able `name: value` lines (mean ± standard error), then the lines for a
+    person. improvement_bpb is mean(baseline) - mean(best): positive = the best is better."""
+    r, x = result.record, result.record.numbers
+    nb, nk = (x.baseline.n if x.baseline else 0), (x.best.n if x.best else 0)
+    lines = [f"baseline_bpb: {_num(x.baseline.mean if x.baseline else None)} ± {_num(x.baseline_se)}",
+             f"best_bpb: {_num(x.best.mean if x.best else None)} ± {_num(x.best_se)}",
+             f"improvement_bpb: {_num(x.improvement, signed=True)} ± {_num(x.se)}",
+             f"baseline_runs: {nb}", f"best_runs: {nk}",
+             f"verdict: {x.verdict}"]
     if r.best_commit is None:
-        lines += ["best_bpb: na (no keep beyond the baseline)", "improvement_bpb: na (no keep beyond the baseline)",
-                  f"no keep beyond the baseline in tag {r.tag}: nothing to compare; the baseline's runs measure "
-                  "the noise"]
-    else:
-        lines.append(_side_line("best_bpb", r.best, r.done("best")))
-        nb, nk = (r.baseline.n if r.baseline else 0), (r.best.n if r.best else 0)
-        if r.improvement_bpb is None:
-            lines.append(f"improvement_bpb: na (n={nk} vs {nb}: a side has no scored run)")
-        else:
-            lines.append(f"improvement_bpb: {r.improvement_bpb:+.6f} +/- {_value(r.improvement_se)} (n={nk} vs {nb})")
-            d = _decimals(r.improvement_se)
-            spread = f" +/- {r.improvement_se:.{d}f}" if r.improvement_se is not None else " (spread not measured)"
-            ci = (f"; {LEVEL:.0%} CI {r.ci_low:+.{d}f} to {r.ci_high:+.{d}f}"
-                  if r.ci_low is not None and r.ci_high is not None and r.method != "deterministic" else "")
-            pooled = "; one side's spread from the tag's pooled noise" if r.method == "pooled" else ""
-            lines.append(f"improvement: {r.improvement_bpb:+.{d}f}{spread} (best #{r.best_n} {nk} run"
-                         f"{'s' if nk != 1 else ''} vs baseline {nb} run{'s' if nb != 1 else ''}{ci}{pooled})")
-        lines.append("+/-: the standard deviation of a commit's runs; for the improvement (best - baseline, "
-                     "negative = better), the standard error of the difference of the means")
+        lines.append(f"tag {r.tag} has no keep beyond the baseline: nothing to compare; the baseline's runs "
+                     "measure the noise")
+    elif x.improvement is not None:
+        d = _decimals(x.se)
+        spread = f" ± {x.se:.{d}f}" if x.se is not None else " (spread not measured)"
+        ci = (f"; {LEVEL:.0%} CI {x.ci_low:+.{d}f} to {x.ci_high:+.{d}f}"
+              if x.ci_low is not None and x.ci_high is not None and x.se else "")
+        how = {"welch": "Welch", "pooled": "one side's spread from the tag's pooled noise",
+               "deterministic": "deterministic profile: no run-to-run noise", "unmeasured": "no spread"}[x.method]
+        paired = (f"; paired eval-row SE {x.se_eval:.{_decimals(x.se_eval)}f} included" if x.se_eval is not None
+                  else "")
+        lines.append(f"improvement: {x.improvement:+.{d}f}{spread} bpb, best #{r.best_n} ({nk} run"
+                     f"{'s' if nk != 1 else ''}) vs baseline #0 ({nb} run{'s' if nb != 1 else ''}){ci}; "
+                     f"{how}{paired}: {x.verdict}")
+        lines.append("±: the standard error of a mean; improvement = baseline - best (positive = the best is better)")
     failed = r.failed("baseline") + r.failed("best")
     per = ", ".join(f"{role} {r.failed(role)} of {r.done(role)}" for role in ("baseline", "best") if r.done(role))
-    lines.append(f"failed_runs: {failed} of {len(r.runs)} ({per})" +
+    lines.append(f"failed_runs: {failed} of {len(r.runs)}" + (f" ({per})" if per else "") +
                  (": crashed, timed out or rejected, left out of the means; their logs are under replays/"
                   if failed else ""))
     if r.stopped:
         lines.append(f"stopped early: {len(r.runs)} of {r.runs_each * (1 if r.best_commit is None else 2)} runs")
-    lines.append(f"records: {outcome.path} and {outcome.path.parent / 'replays'}/*-verify*/")
+    lines.append(f"records: {result.path} and {result.path.parent / 'replays'}/*-verify*/")
     return lines
 
 
