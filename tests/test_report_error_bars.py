@@ -12,7 +12,7 @@ import pytest
 from controller_fakes import FakeRunner, build_loop, make_repo
 from matplotlib.container import ErrorbarContainer
 
-import controller.cli as cli
+from controller import cli
 from controller import git as g
 from controller.ledger import HEADER, Ledger, LedgerRow
 from controller.report import draw_progress, point_errors, read_rows, write_report
@@ -77,7 +77,7 @@ def test_bars_are_the_pooled_noise_over_sqrt_runs_at_each_experiment_number(tag_
         bars = _bars(fig)
         assert bars == pytest.approx({0.0: 2 * SIGMA / math.sqrt(3), 1.0: 2 * SIGMA / math.sqrt(2), 2.0: 2 * SIGMA})
         ax = fig.axes[0]
-        kept = [c for c in ax.collections if c.get_label().startswith("kept")][0]
+        kept = next(c for c in ax.collections if c.get_label().startswith("kept"))
         assert [list(p) for p in kept.get_offsets().tolist()] == [[0.0, pytest.approx(1.2)], [1.0, pytest.approx(1.11)]]
         assert "experiment number" in ax.get_xlabel()
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from controller_fakes import FakeRunner, build_loop, make_repo
 
-import controller.cli as cli
+from controller import cli
 from controller import git as g
 from controller.ledger import Ledger
 from controller.noise import NoiseEstimate, paired_eval_se, t_quantile
@@ -41,7 +41,7 @@ from sandbox.errors import SandboxError
 
 SCRIPT = {1: {"set": {"LR": 0.01}, "desc": "LR up"}, 2: {"set": {"LR": 1.0}, "desc": "LR way up"},
           3: {"append": "CRASH = 1", "desc": "crashes"}}
-LINE = re.compile(r"^(baseline|best|improvement)_bpb: (\S+) ± (\S+)$", re.M)
+LINE = re.compile(r"^(baseline|best|improvement)_bpb: (\S+) ± (\S+)$", re.MULTILINE)
 
 
 # -- the arithmetic on known inputs ------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_cli_prints_grep_able_mean_se_lines_and_the_verdict(night: Path, monkeyp
     record = read_verify(night / "runs" / "t1")
     assert record.numbers.se_eval is not None and record.numbers.se_eval > 0  # paired over the rowloss files
     assert float(lines["improvement"][1]) == pytest.approx(math.hypot(welch, record.numbers.se_eval), abs=1e-6)
-    assert re.search(r"^verdict: (better beyond noise|within noise|worse beyond noise)$", out, re.M)
+    assert re.search(r"^verdict: (better beyond noise|within noise|worse beyond noise)$", out, re.MULTILINE)
     assert "baseline_runs: 3" in out and "best_runs: 3" in out and "failed_runs: 0 of 6" in out
 
 
