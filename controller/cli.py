@@ -37,6 +37,8 @@ OVERNIGHT_FLAGS: dict[str, str] = {
     "overlap": "true | false: the agent prepares the next proposal while experiments run (default: true)",
     "preflight": "true | false: a short CPU check before a proposal takes a slot (default: on for gpu)",
     "calibration_runs": "runs of the baseline that measure the noise at the start (default: 3)",
+    "verify_runs": "at the night's end, re-run the baseline and the best this many times each: the "
+                   "improvement with error bars (default: 0, off; `make verify TAG=..` does it later)",
     "hours": "end the night after this many hours",
     "until": "end the night at this local time, HH:MM",
     "max_experiments": "end when the tag has this many experiments after the baseline",
