@@ -216,8 +216,9 @@ def draw_progress(tag: str, rows: list[LedgerRow], errors: PointErrors | None = 
         low, high = min(values), max(values)
         pad = (high - low) * 0.08 or max(abs(high) * 0.01, 1e-3)
         ax.set_ylim(low - pad, high + pad)
-    ax.set_xlim(min(r.n for r in rows) - 0.5, max(right, 1.0))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    first = min(r.n for r in rows)
+    ax.set_xlim(first - 0.5, max(right, 1.0))
+    ax.set_xticks([t for t in MaxNLocator(integer=True).tick_values(first, last) if first <= t <= last])
     ax.set_xlabel("experiment number (#n in results.tsv)")
     ax.set_ylabel("val_bpb (lower is better)")
     best = f", best {kept[-1].val_bpb:.6f} (#{kept[-1].n})" if kept else ""

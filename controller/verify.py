@@ -275,6 +275,7 @@ def _location(ledger: Ledger, row: LedgerRow) -> tuple[RunLocation, RunRecord]:
 
 
 def tag_replays(tag_dir: Path) -> list[ReplayRecord]:
+    """Every readable replay.json of the tag (replays and verify runs); unreadable ones are skipped."""
     found: list[ReplayRecord] = []
     for path in sorted((tag_dir / "replays").glob(f"*/{REPLAY_JSON}")):
         try:
