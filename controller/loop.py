@@ -828,6 +828,10 @@ class NightLoop:
         if self.s.overlap and len(self.slots) == 1 and self.pending:
             return False  # one slot: commit n+1 once n is decided, on the right parent
         prepared = st.prepared.pop(0)
+        if self._experiments_done():  # a merge took the last number while it was being prepared
+            self.log.info("proposal_dropped", reason="max-experiments", description=prepared.proposal.description)
+            self.d.observer.say("a prepared proposal was not run: the night has all its experiments")
+            return True
         best = self._best_commit()
         content = prepared.content
         if prepared.parent != best:
