@@ -369,12 +369,16 @@ def _tag_or_latest(runs_dir: Path, tag: str | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from controller.status import ledger_table
+    from controller.loop import tag_running
+    from controller.status import in_flight_lines, ledger_table
 
     runs_dir = Path(args.runs_dir or "runs")
     tag = _tag_or_latest(runs_dir, args.tag)
-    rows = Ledger(runs_dir / tag).rows()
+    ledger = Ledger(runs_dir / tag)
+    rows = ledger.rows()
     console.print(ledger_table(tag, rows))
+    for text in in_flight_lines(ledger.read_journal(), ledger.read_slots(), tag_running(runs_dir / tag)):
+        console.print(text)
     for line in morning_notes(runs_dir / tag, rows):
         console.print(Text(line))
     return 0
@@ -388,7 +392,8 @@ def morning_notes(tag_dir: Path, rows: list) -> list[str]:
     from controller.safefiles import read_regular
 
     ledger, lines = Ledger(tag_dir), []
-    for n, row in enumerate(rows):
+    for row in rows:
+        n = row.n
         path = ledger.row_run_dir(n, row) / FIX_DECLINED_JSON
         if path.is_file():
             try:

@@ -82,6 +82,8 @@ from controller.records import (
     ReplayRecord,
     ReplicateRecord,
     RunRecord,
+    SlotsRecord,
+    SlotState,
     TagRecord,
     Timings,
     utcnow,
@@ -145,6 +147,8 @@ class LoopObserver(Protocol):
     def finished(self, record: RunRecord, best: LedgerRow | None) -> None: ...
 
     def say(self, text: str, level: str = "info") -> None: ...
+
+    # Optional: `slot(state: SlotState)` when a slot starts or ends a run (the live view).
 
 
 class NullObserver:
@@ -233,6 +237,23 @@ def tag_lock(tag_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def tag_running(tag_dir: Path) -> int | None:
+    """The pid of the controller running this tag now, or None (its lock is free)."""
+    try:
+        fd = os.open(tag_dir / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        return None
+    finally:
+        os.close(fd)
+
+
 def _backoff() -> Iterator[float]:
     delay = BACKOFF_START_S
     while True:
@@ -309,6 +330,8 @@ class NightLoop:
         self.state = _State()
         self.reproposals: list[FixTask] = []  # merge conflicts: the agent proposes the idea again
         self.fix_keys: set[tuple[int, int]] = set()  # (first failed experiment, attempt) of fixes started
+        self.slot_states: dict[int, SlotState] = {s.index: SlotState(index=s.index, label=s.label())
+                                                  for s in self.slots}
 
     # -- the night ---------------------------------------------------------------------------
 
@@ -373,6 +396,7 @@ class NightLoop:
             task, slot = st.running.pop(future)
             st.free.append(slot)
             st.free.sort(key=lambda s: s.index)
+            self._show_slot(slot, None)
             self._run_finished(task, slot, future)
             progressed = True
         for future in [f for f in st.preflights if f.done()]:
@@ -466,6 +490,8 @@ class NightLoop:
         st.preflights.clear()
         st.proposing = None
         st.free = list(self.slots)
+        for slot in self.slots:
+            self._show_slot(slot, None)
         st.queue.clear()
 
     # -- start or resume -------------------------------------------------------------------
@@ -939,12 +965,27 @@ class NightLoop:
             self.ledger.set_aside(run_dir, _stamp())
             run_dir.mkdir(parents=True)
             spec = self._spec(pending, task.k, slot)
+            self._show_slot(slot, pending, task.k)
             self._hook(task.n, "training")
             begun, t0 = utcnow(), time.monotonic()
             future = _spawn(lambda spec=spec: (self._run(spec), begun, t0), f"run-{task.n}-{task.k}")
             st.running[future] = (task, slot)
             started = True
         return started
+
+    def _show_slot(self, slot: Slot, pending: Pending | None, k: int = 0) -> None:
+        """Note what `slot` does now (None: idle) for the live view and `make status` (slots.json)."""
+        state = SlotState(index=slot.index, label=slot.label())
+        if pending is not None:
+            state = state.model_copy(update={"n": pending.n, "k": k, "what": _run_label(pending, k)})
+        self.slot_states[slot.index] = state
+        show = getattr(self.d.observer, "slot", None)
+        if callable(show):
+            show(state)
+        try:
+            self.ledger.write_slots(SlotsRecord(pid=os.getpid(), slots=list(self.slot_states.values())))
+        except OSError as exc:  # a view only: never stops the night
+            self.log.warning("slots_write_failed", error=str(exc))
 
     def _spec(self, pending: Pending, k: int, slot: Slot | None, preflight: bool = False) -> ExperimentSpec:
         run_dir = self.ledger.run_dir(pending.n, pending.commit, k)
@@ -1223,6 +1264,21 @@ class NightLoop:
             eval_exit_code=first.eval_exit_code if first else None, slot=first.slot if first else None,
             replicates=replicates, decision=decision, started=pending.started, finished=utcnow(),
         )
+
+
+def _run_label(pending: Pending, k: int) -> str:
+    """What a run is, in a few words: 'baseline, calibration run 2/3', 'confirmation run 2',
+    'merge of #7', 'fix 1 of #5: <description>', or the proposal's description."""
+    if pending.kind == "baseline":
+        return f"baseline, calibration run {k + 1}/{pending.wanted}" if pending.wanted > 1 else "baseline"
+    description = clean_line(pending.proposal.description if pending.proposal else pending.kind, 60)
+    if k > 0:
+        return f"confirmation run {k + 1}: {description}"
+    if pending.kind == "merge":
+        return f"merge of #{pending.merge_of}"
+    if pending.kind == "fix":
+        return f"fix {pending.fix_attempt} of #{pending.fix_of}: {description}"
+    return description
 
 
 def _reason(result: ExperimentResult) -> str | None:
