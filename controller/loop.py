@@ -174,6 +174,7 @@ class LoopDeps:
     remove_orphans: Callable[[str], object] | None = None  # tag -> (removes that tag's containers)
     manifest_sha256: str | None = None
     preflight: Runner | None = None  # a CPU check of a proposal before it takes a slot (sandbox.preflight)
+    compile_cache: Path | None = None  # the night's warm compile cache, given to every train job (sandbox.compile_cache)
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], dt.datetime] = _local_now
     stop: StopFlag = field(default_factory=StopFlag)
@@ -999,8 +1000,8 @@ class NightLoop:
             train_py=train_py.resolve(), run_dir=run_dir.resolve(),
             profile=self.s.profile, data_dir=Path(self.s.data_dir).resolve(), image=self.s.image,
             gpu=slot.gpu if slot is not None else None, cpuset=slot.cpuset if slot is not None else None,
-            seed=self.s.seed + k, vram_cap_gb=self.s.vram_cap_gb, memory_limit_gb=self.s.memory_limit_gb,
-            labels=labels,
+            seed=self.s.seed + k, vram_cap_gb=self.s.vram_cap_gb, memory_limit_gb=self.s.container_memory_gb,
+            labels=labels, compile_cache=None if preflight else self.d.compile_cache,
         )
 
     def _run(self, spec: ExperimentSpec) -> ExperimentResult | None:
