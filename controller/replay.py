@@ -137,7 +137,7 @@ def run_recorded(settings: Settings, loc: RunLocation, record: RunRecord, runner
         spec = ExperimentSpec(
             run_id=run_id, train_py=train_py, run_dir=run_dir,
             profile=record.profile, data_dir=data_dir.resolve(), image=settings.image, gpu=record.gpu,
-            seed=seed, vram_cap_gb=settings.vram_cap_gb, memory_limit_gb=settings.memory_limit_gb,
+            seed=seed, vram_cap_gb=settings.vram_cap_gb, memory_limit_gb=settings.container_memory_gb,
             labels={"overnight.replay-of": f"{loc.tag}-{loc.n}", **(labels or {})},
         )
         try:
