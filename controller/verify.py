@@ -355,8 +355,9 @@ def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: i
         say(f"tag {settings.tag} has no keep beyond the baseline: re-running the baseline only")
     else:
         say(f"best of tag {settings.tag}: #{best_row.n} {best_row.commit} ({best_row.description})")
+    times = f"{runs} time{'s' if runs != 1 else ''}" + (" each" if best_row else "")
     say(f"re-running baseline #0 {base_rec.commit[:7]}" + (f" and best #{best_row.n} {best_row.commit}"
-        if best_row else "") + f" {runs} time{'s' if runs != 1 else ''}{' each' if best_row else ''}, seeds {_span(seeds)}")
+        if best_row else "") + f" {times}, seeds {_span(seeds)}")
 
     started = utcnow()
     done: list[VerifyRun] = []
