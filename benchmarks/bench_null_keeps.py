@@ -9,8 +9,8 @@ keep is a false keep. The scores the night measured (each proposal's first run a
 confirmations) are then replayed under the old rule (keep when the first run is strictly below
 the best so far) and the new one (controller.noise), as benchmarks/sim_null_keeps.py does; the
 new rule's replay must agree with what the loop decided. With --improvement, one more proposal is
-a change measured as clearly better (--improvement-edit, default: the CPU model's learning rates),
-and the line `improvement_kept:` says whether the night kept it.
+a real change (--improvement-edit OLD NEW, default: the Muon learning rate doubled), and the line
+`improvement_kept:` says whether the night kept it.
 
 Ends with grep-able lines: `false_keep_old:`, `false_keep_new:`, `extra_runs:` (runs beyond one
 per experiment, calibration included, as a share of all runs), `runs:`, `proposals:`.
@@ -33,8 +33,8 @@ from controller.noise import replay_night  # noqa: E402
 from evaluator.profiles import get_profile  # noqa: E402
 from night_kit import ThinkingAgent, all_records, comment_only, run_night, seed_only  # noqa: E402
 
-# A change measured as clearly better on the cpu profile (see the README for the numbers).
-IMPROVEMENT = ("CPU_TOTAL_BATCH_TOKENS = 2**12", "CPU_TOTAL_BATCH_TOKENS = 2**11")
+# The real change of --improvement: the Muon learning rate doubled (the README has what it measured).
+IMPROVEMENT = ("MATRIX_LR = 0.02", "MATRIX_LR = 0.04")
 
 
 def main() -> int:

@@ -344,6 +344,11 @@ class NightLoop:
             self.log.info("night_start", n=len(self.rows), deadline=str(self.deadline), slots=len(self.slots),
                           max_experiments=self.s.max_experiments, agent=self.d.agent.name)
             reason = self._schedule()
+            if reason != "stopped" and self.s.verify_runs > 0:  # the morning's error bars (make verify)
+                from controller.verify import verify_night
+
+                self.d.observer.say(f"verifying: the baseline and the best, {self.s.verify_runs} runs each")
+                verify_night(self.s, self.d.runner, say=self.d.observer.say, stop=lambda: self.d.stop.requested)
             self.log.info("night_end", reason=reason, rows=len(self.rows))
             return NightSummary(reason=reason, rows=list(self.rows), best=self._best_row())
 
