@@ -40,6 +40,7 @@ from evaluator.allowlist import (
     check_tensor_meta,
 )
 from evaluator.hostile import UnsafeFileError, clean_line, open_regular
+from evaluator.records import RejectCode
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -60,7 +61,7 @@ class ArtifactRejected(Exception):
     """The artifact is refused before the model ever runs; `reason` is one line for a person
     (hostile text from the archive cleaned out), `code` "archive" or "graph"."""
 
-    def __init__(self, reason: str, code: str = "archive") -> None:
+    def __init__(self, reason: str, code: RejectCode = "archive") -> None:
         reason = clean_line(reason, 300)
         super().__init__(reason)
         self.reason = reason
@@ -87,7 +88,7 @@ _ROOT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 _PAYLOAD_META_KEYS = {"path_name", "is_param", "use_pickle", "tensor_meta"}
 
 
-def _reject(reason: str, code: str = "archive") -> NoReturn:
+def _reject(reason: str, code: RejectCode = "archive") -> NoReturn:
     raise ArtifactRejected(reason, code)
 
 
