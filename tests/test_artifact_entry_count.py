@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.artifact import ArtifactLimits, ArtifactRejected, declared_entry_count, index_archive
+from evaluator.artifact import (
+    ArtifactLimits,
+    ArtifactRejected,
+    declared_entry_count,
+    index_archive,
+)
 
 END = struct.Struct("<4s4H2LH")
 LOCATOR = struct.Struct("<4sLQL")
