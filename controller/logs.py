@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 import structlog.tracebacks
+from structlog.typing import EventDict
 
 LOG_NAME = "controller.log.jsonl"
 
@@ -77,7 +78,8 @@ def configure_logging(tag_dir: Path) -> Path:
     _open_files.append(f)
     structlog.configure(
         processors=_processors(),
-        logger_factory=structlog.WriteLoggerFactory(file=f),
+        # structlog types `file` as TextIO but its WriteLogger only calls write() and flush()
+        logger_factory=structlog.WriteLoggerFactory(file=f),  # type: ignore[arg-type]
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=False,
     )
@@ -95,7 +97,7 @@ def configure_quiet() -> None:
     )
 
 
-def _drop(logger: object, method: str, event: dict) -> dict:
+def _drop(logger: object, method: str, event: EventDict) -> EventDict:
     raise structlog.DropEvent
 
 

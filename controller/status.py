@@ -208,7 +208,7 @@ def ledger_table(tag: str, rows: list[LedgerRow]) -> Table:
     table.add_column("description", overflow="fold", min_width=16)
     for row in rows:  # in decision order; the number is the experiment's
         marker = " *" if best is not None and row.n == best[0] else ""
-        cells = [str(row.n), row.commit, Text(_val(row) + marker), str(row.runs) if row.scored else "-",
+        cells: list[str | Text] = [str(row.n), row.commit, Text(_val(row) + marker), str(row.runs) if row.scored else "-",
                  f"{row.memory_gb:.1f}", Text(row.status, style=STATUS_STYLE.get(row.status, "")),
                  _short_delta(row.delta)]
         if several_slots:

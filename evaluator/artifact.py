@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from evaluator.allowlist import (
     check_tensor_meta,
 )
 from evaluator.hostile import UnsafeFileError, clean_line, open_regular
+from evaluator.records import RejectCode
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -60,7 +62,7 @@ class ArtifactRejected(Exception):
     """The artifact is refused before the model ever runs; `reason` is one line for a person
     (hostile text from the archive cleaned out), `code` "archive" or "graph"."""
 
-    def __init__(self, reason: str, code: str = "archive") -> None:
+    def __init__(self, reason: str, code: RejectCode = "archive") -> None:
         reason = clean_line(reason, 300)
         super().__init__(reason)
         self.reason = reason
@@ -87,7 +89,7 @@ _ROOT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 _PAYLOAD_META_KEYS = {"path_name", "is_param", "use_pickle", "tensor_meta"}
 
 
-def _reject(reason: str, code: str = "archive") -> NoReturn:
+def _reject(reason: str, code: RejectCode = "archive") -> NoReturn:
     raise ArtifactRejected(reason, code)
 
 
@@ -133,13 +135,74 @@ def _check_entry_name(name: str) -> list[str]:
     return parts
 
 
+# The zip end records (PKWARE APPNOTE.TXT 4.3.14-4.3.16), found where zipfile looks for them.
+_END = struct.Struct("<4s4H2LH")  # end of central directory: signature ... entries total (field 4) ...
+_END_SIGNATURE = b"PK\x05\x06"
+_END64_LOCATOR = struct.Struct("<4sLQL")  # zip64 locator: signature, disk, record offset, disks
+_END64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_END64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end record: ... entries this disk, entries total (field 7) ...
+_END64_SIGNATURE = b"PK\x06\x06"
+_MAX_COMMENT = 1 << 16
+
+
+def declared_entry_count(f: BinaryIO) -> int | None:
+    """The entry count the archive's end records declare, read before zipfile builds one ZipInfo
+    per entry; None when there is no end record (not a zip). The records are found exactly as
+    zipfile finds them (the end record last in the file, else the last signature in the final
+    64 KiB + 22 bytes; a zip64 locator and record just before it), so this is the count zipfile
+    then trusts. An archive spanning several disks raises zipfile.BadZipFile, as zipfile does."""
+    try:
+        f.seek(-_END.size, os.SEEK_END)
+    except OSError:
+        return None
+    data = f.read()
+    if len(data) == _END.size and data[:4] == _END_SIGNATURE and data[-2:] == b"\x00\x00":
+        return _zip64_entry_count(f, -_END.size, _END.unpack(data)[4])
+    size = f.seek(0, os.SEEK_END)
+    search_from = max(size - _MAX_COMMENT - _END.size, 0)
+    f.seek(search_from)
+    data = f.read()
+    start = data.rfind(_END_SIGNATURE)
+    if start < 0:
+        return None
+    record = data[start : start + _END.size]
+    if len(record) != _END.size:
+        return None
+    return _zip64_entry_count(f, search_from + start - size, _END.unpack(record)[4])
+
+
+def _zip64_entry_count(f: BinaryIO, end_offset: int, count: int) -> int:
+    """The zip64 record's count when a zip64 locator sits just before the end record (at
+    `end_offset` from the end of the file), else `count`."""
+    try:
+        f.seek(end_offset - _END64_LOCATOR.size, os.SEEK_END)
+    except OSError:
+        return count
+    data = f.read(_END64_LOCATOR.size)
+    if len(data) != _END64_LOCATOR.size:
+        return count
+    signature, disk, _, disks = _END64_LOCATOR.unpack(data)
+    if signature != _END64_LOCATOR_SIGNATURE:
+        return count
+    if disk != 0 or disks > 1:
+        raise zipfile.BadZipFile("zipfiles that span multiple disks are not supported")
+    f.seek(end_offset - _END64_LOCATOR.size - _END64.size, os.SEEK_END)  # assumes no extensible data
+    data = f.read(_END64.size)
+    if len(data) != _END64.size:
+        return count
+    record = _END64.unpack(data)
+    if record[0] != _END64_SIGNATURE:
+        return count
+    return int(record[7])
+
+
 def index_archive(f: BinaryIO, file_size: int, limits: ArtifactLimits) -> ArchiveIndex:
     try:
-        end = zipfile._EndRecData(f)  # read the entry count before zipfile builds its list
-        if end is None:
+        entry_count = declared_entry_count(f)  # read the entry count before zipfile builds its list
+        if entry_count is None:
             _reject("the artifact is not a zip archive (torch.export.save writes one)")
-        if end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_entries:
-            _reject(f"the archive has {end[zipfile._ECD_ENTRIES_TOTAL]} entries (limit {limits.max_entries})")
+        if entry_count > limits.max_entries:
+            _reject(f"the archive has {entry_count} entries (limit {limits.max_entries})")
         f.seek(0)
         zf = zipfile.ZipFile(f)
     except ArtifactRejected:

@@ -159,7 +159,8 @@ def stdlib_files(root: Path) -> tuple[list[Path], list[Path]]:
             if name.endswith(".py") and path.is_file() and not path.is_symlink():
                 found.append((path.relative_to(root).as_posix(), path))
     found.sort()
-    train, val = [], []
+    train: list[Path] = []
+    val: list[Path] = []
     for relative, path in found:
         is_test = not STDLIB_TEST_DIRS.isdisjoint(relative.split("/")[:-1])
         (val if is_test else train).append(path)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import structlog
@@ -345,7 +346,7 @@ class ShardWriter:
         self.docs = 0
         self.tokens = 0
         self._in_shard = 0
-        self._handle = None
+        self._handle: BinaryIO | None = None
         self.spans: list[tuple[int, int, int]] = []  # (shard, start, end) of every document written
         split_dir.mkdir(parents=True, exist_ok=True)
 
@@ -370,6 +371,7 @@ class ShardWriter:
     def _write(self, docs: list[np.ndarray]) -> None:
         if not docs:
             return
+        assert self._handle is not None, "add() opens a shard before it writes"
         block = np.concatenate(docs).astype(TOKEN_DTYPE, copy=False)
         block.tofile(self._handle)
         start = self._in_shard

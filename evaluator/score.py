@@ -37,7 +37,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from evaluator.artifact import (
 )
 from evaluator.probe import Probe, ProbeConfig
 from evaluator.profiles import Profile, UnknownProfileError, get_profile
-from evaluator.records import REJECT_TEXT, ScoreRecord
+from evaluator.records import REJECT_TEXT, RejectCode, ScoreRecord
 from evaluator.rowloss import ROWLOSS_FILE, RowLosses, row_totals, write_rowloss
 
 EXIT_OK = 0
@@ -66,7 +66,7 @@ DETAIL_NAME = "detail.log"
 class ModelRejected(Exception):
     """The model failed after it ran on validation tokens: a fixed category (records.REJECT_TEXT)."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: RejectCode) -> None:
         super().__init__(REJECT_TEXT[code])
         self.code = code
 
@@ -219,11 +219,11 @@ def score_model(
     sha256: str | None = None
     B, T, V = profile.eval_batch_size, profile.seq_len, profile.vocab_size
     config = probe_config or ProbeConfig.for_profile(profile)
-    facts = dict(profile=profile.name, manifest_sha256=manifest_sha256)
+    facts: dict[str, Any] = dict(profile=profile.name, manifest_sha256=manifest_sha256)
     try:
         model: LoadedModel = load_artifact(artifact, B, T, device=device, limits=limits)
     except ArtifactRejected as e:
-        return ScoreRecord(status="rejected", reason_code=e.code, reason=e.reason,  # type: ignore[arg-type]
+        return ScoreRecord(status="rejected", reason_code=e.code, reason=e.reason,
                            eval_seconds=time.perf_counter() - started, artifact_sha256=e.sha256, **facts), None
     sha256 = model.sha256
     tensors = data() if callable(data) else data
@@ -233,7 +233,7 @@ def score_model(
         with torch.inference_mode():
             rows = evaluate(forward, tensors.inputs, tensors.targets, token_bytes, probe)
     except ModelRejected as e:
-        return ScoreRecord(status="rejected", reason_code=e.code, reason=REJECT_TEXT[e.code],  # type: ignore[arg-type]
+        return ScoreRecord(status="rejected", reason_code=e.code, reason=REJECT_TEXT[e.code],
                            probe=probe.result(), forwards=tensors.inputs.shape[0] + probe.checks,
                            eval_seconds=time.perf_counter() - started, artifact_sha256=sha256, **facts), None
     totals = Totals(nats=float(rows.nats.sum()), tokens=int(rows.tokens.sum()), bytes=int(rows.bytes.sum()))

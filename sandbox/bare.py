@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from evaluator import layout
 from evaluator.profiles import get_profile
@@ -75,7 +76,7 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
     code, train_s, train_gb = _run(
         [sys.executable, str(train_py)], env, run_dir, run_dir / "train.log", profile.train_cap_s
     )
-    result = dict(run_dir=run_dir, train_seconds=train_s, peak_memory_gb=train_gb, train_exit_code=code,
+    result: dict[str, Any] = dict(run_dir=run_dir, train_seconds=train_s, peak_memory_gb=train_gb, train_exit_code=code,
                   train_budget_s=profile.time_budget_s, train_cap_s=profile.train_cap_s)
     artifact = out_dir / layout.ARTIFACT_NAME
     if code is None:

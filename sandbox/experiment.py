@@ -35,7 +35,7 @@ from sandbox.errors import SandboxError
 from sandbox.limits import GiB, Limits
 from sandbox.logs import last_line
 from sandbox.nvml import VramWatchdog
-from sandbox.result import ExperimentResult, ExperimentSpec
+from sandbox.result import ExperimentResult, ExperimentSpec, Status
 from sandbox.rundir import RunPaths, check_data_dir, prepare_run_dir
 from sandbox.runner import JobHandle, JobOutcome, Runner, Watcher
 
@@ -134,7 +134,7 @@ def _train_then_score(runner: Runner, spec: ExperimentSpec, limits: Limits, imag
 
 
 def _train_problem(train: JobOutcome, limits: Limits, spec: ExperimentSpec,
-                   paths: RunPaths) -> tuple[str, str] | None:
+                   paths: RunPaths) -> tuple[Status, str] | None:
     if train.timed_out:
         return "timeout", (f"killed at {limits.train_cap_s:.0f} s: the budget of {limits.train_budget_s:.0f} s "
                            f"plus {limits.train_allowance_s:.1f} s to export, measured from the container's start")

@@ -12,7 +12,9 @@ def visible_gpus(nvml: Any = None) -> int:
     """GPUs NVML sees; 0 without a driver. `nvml` is the pynvml module (or a fake)."""
     try:
         if nvml is None:
-            import pynvml as nvml  # nvidia-ml-py
+            import pynvml  # nvidia-ml-py
+
+            nvml = pynvml
         nvml.nvmlInit()
         try:
             return int(nvml.nvmlDeviceGetCount())
