@@ -120,6 +120,7 @@ def test_the_warm_up_runs_the_seed_told_its_deadline_passed_and_packs_only_after
 def test_a_run_whose_cache_is_gone_fails_before_anything_starts(tmp_path: Path, stub_data_dir: Path) -> None:
     class NoJobs:
         name = "docker"
+        data_on_host = True
 
         def image_id(self, ref: str) -> str:
             return "sha256:" + "0" * 64

@@ -17,7 +17,6 @@ from evaluator.profiles import get_profile
 from evaluator.records import ScoreRecord
 from sandbox import specs
 from sandbox.limits import Limits
-from sandbox.runner import JobSpec
 
 
 @pytest.mark.slow
@@ -28,19 +27,13 @@ def test_a_seed_experiment_trains_scores_and_leaves_nothing(tmp_path: Path, test
     runner = setup.runner
     runner.cluster = dataclasses.replace(runner.cluster, data_volume="overnight-test-data")
     # Generous caps: this checks the plumbing, and a shared CI machine can be slow to compile.
-    limits = Limits.for_profile(get_profile("test"), train_cap_s=900, eval_cap_s=600)
+    limits = Limits.for_profile(get_profile("test"), train_allowance_s=880, eval_cap_s=600)  # caps for a busy machine
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    common: dict = {"run_id": "night-0001", "image": IMAGE, "data_dir": test_data_dir,
-                    "memory_gb": 4.0, "labels": {"overnight.tag": "night"}}
+    common: dict = {"run_id": "night-0001", "image": IMAGE, "data_dir": test_data_dir, "profile": "test",
+                    "gpu": None, "memory_gb": 4.0, "limits": limits, "labels": {"overnight.tag": "night"}}
     try:
-        train = runner.submit(JobSpec(
-            role="train", command=("python", specs.TRAIN_PY),
-            environment=specs.train_environment("test", 0, None, 20.0),
-            data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
-            inputs={specs.TRAIN_PY: seed_train_py}, output_dir=specs.OUT,
-            output_max_bytes=limits.out_max_bytes, output_max_files=limits.out_max_entries,
-            cap_s=limits.train_cap_s, **common))
+        train = runner.submit(specs.train_job(seed=0, train_py=seed_train_py, **common))
         runner.stream_logs(train, run_dir / "train.log", limits.log_max_bytes)
         trained = runner.wait(train)
         assert trained.exit_code == 0, (run_dir / "train.log").read_text()[-2000:]
@@ -48,13 +41,7 @@ def test_a_seed_experiment_trains_scores_and_leaves_nothing(tmp_path: Path, test
         artifact = run_dir / "artifact" / layout.ARTIFACT_NAME
         assert runner.fetch_output(train, layout.ARTIFACT_NAME, artifact, limits.artifact_max_bytes) > 0
 
-        evaluation = runner.submit(JobSpec(
-            role="eval", command=tuple(specs.eval_command("test", None)),
-            environment=specs.environment(None),
-            data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.VAL_DIR),
-            inputs={specs.ARTIFACT: artifact},
-            output_dir=specs.SCORE_DIR, output_max_bytes=limits.score_max_bytes,
-            output_max_files=16, cap_s=limits.eval_cap_s, **common))
+        evaluation = runner.submit(specs.eval_job(artifact=artifact, **common))
         runner.cancel(train)
         runner.stream_logs(evaluation, run_dir / "eval.log", limits.log_max_bytes)
         scored = runner.wait(evaluation)
