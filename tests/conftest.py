@@ -17,6 +17,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVALUATOR_IMAGE = "overnight-evaluator:latest"
 _BUILT: dict[str, bool] = {}
+# A test that uses one of these (directly or through other fixtures) needs the Docker engine.
+DOCKER_FIXTURES = frozenset({"docker_client", "images"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the engine `docker`, so `make unit` (-m "not docker") leaves it out.
+
+    item.fixturenames is the whole fixture closure, so a fixture built on `images` counts too."""
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
 
 
 @pytest.fixture(scope="session")
