@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller import git as g
-from controller.agents.base import Proposal, ProposalContext, Usage
+from controller.agents.base import BaseAgent, Proposal, ProposalContext, Usage
 from controller.ledger import Ledger, LedgerRow
 from controller.loop import LoopDeps, NightLoop
 from controller.records import RunRecord
@@ -195,7 +195,7 @@ class Step:
     description: str = ""
 
 
-class CaseAgent:
+class CaseAgent(BaseAgent):
     name = "adversarial"
     can_fix_crashes = False
 
