@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.specs import DEFAULT_IMAGE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EVALUATOR_IMAGE = "overnight-evaluator:latest"
+EVALUATOR_IMAGE = DEFAULT_IMAGE
 _BUILT: dict[str, bool] = {}
 # A test that uses one of these (directly or through other fixtures) needs the Docker engine.
 DOCKER_FIXTURES = frozenset({"docker_client", "images"})
