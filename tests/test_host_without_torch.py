@@ -9,8 +9,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = ("controller", "controller.cli", "controller.loop", "sandbox", "sandbox.experiment",
-                "sandbox.docker_runner")
+ENTRY_POINTS = (
+    "controller",
+    "controller.cli",
+    "controller.loop",
+    "sandbox",
+    "sandbox.experiment",
+    "sandbox.docker_runner",
+)
 # Modules of the host packages documented as needing torch: none.
 NEEDS_TORCH: frozenset[str] = frozenset()
 
@@ -27,13 +33,19 @@ for name in names:
         continue
     importlib.import_module(name)
     imported.append(name)
-print(json.dumps({"imported": imported, "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}))
+torch = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+print(json.dumps({"imported": imported, "torch": torch}))
 """
 
 
 def test_importing_every_host_module_never_imports_torch() -> None:
-    done = subprocess.run([sys.executable, "-c", PROBE, ",".join(ENTRY_POINTS), ",".join(NEEDS_TORCH)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, ",".join(ENTRY_POINTS), ",".join(NEEDS_TORCH)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"controller.loop", "sandbox.docker_runner", "sandbox.kubernetes.runner"} <= set(found["imported"])
