@@ -15,14 +15,33 @@ PYTEST_ARGS ?=
 BACKEND ?= $(OVERNIGHT_BACKEND)
 ON_CLUSTER = $(filter kubernetes,$(BACKEND))
 
-.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox bench-gpu bench-throughput bench-null-keeps images overnight replay verify logs status report cleanup
+.PHONY: help setup setup-host doctor test unit lint prepare prepare-bare experiment experiment-bare bench-sandbox bench-gpu bench-throughput bench-null-keeps bench-preflight images overnight replay verify logs status report cleanup
 
 help:
 	@echo "make overnight              run the research loop (cpu or gpu profile, search or anthropic agent)"
-	@echo "make verify TAG=<tag>       the improvement +/- spread: the baseline and the best re-run RUNS=3 times each"
-	@echo "make test                   the test suite (builds the images first)"
+	@echo "make status [TAG=..]        the night's progress: each slot's experiment, what is in flight"
+	@echo "make report [TAG=..]        the morning report of a night (table, plot, kept diffs)"
+	@echo "make logs RUN=<n|commit>    one run's container logs"
+	@echo "make replay SHA=<commit>    run one experiment again and compare its val_bpb with the recorded one"
+	@echo "make verify TAG=<tag>       the improvement +/- its standard error: the baseline and the best re-run RUNS=3 times each"
+	@echo "make cleanup [TAG=..]       remove every container and volume a night (or the sandbox) left"
+	@echo "make doctor                 check everything a night depends on: ok, warning or missing, and the fix"
+	@echo "make setup-host             install and start what a night needs (Docker engine, compose, debootstrap)"
+	@echo "make setup                  the development virtualenv .venv (torch CPU, test tools)"
+	@echo "make images                 build the base, runtime, evaluator and prepare images"
 	@echo "make prepare [PROFILE=cpu]  prepare the data directory data/\$$PROFILE (BACKEND=kubernetes: on the cluster's data volume)"
+	@echo "make prepare-bare           prepare data/\$$PROFILE on the host (development)"
+	@echo "make experiment             train + score one train.py in the two containers"
 	@echo "make experiment-bare        train + score one train.py as plain processes (development)"
+	@echo "make test                   the full test suite, end-to-end Docker tests included (builds the images first)"
+	@echo "make unit                   every test that needs no Docker engine (pytest -m 'not docker and not slow')"
+	@echo "make lint                   ruff (lint and format check) and mypy over controller, sandbox, evaluator"
+	@echo "make bench-sandbox          containers against bare processes: wall time of one experiment"
+	@echo "make bench-gpu              where an experiment's time goes outside training, on this machine's GPU"
+	@echo "make bench-preflight        how long the checks before a night take"
+	@echo "make bench-throughput       slots kept busy: nights of fixed length, sequential against overlapping"
+	@echo "make bench-null-keeps       keeps you can trust: no-op proposals, how many were falsely kept"
+	@echo "make help                   this list"
 
 # --- environment -----------------------------------------------------------------------------
 
@@ -113,6 +132,17 @@ experiment-bare: $(VENV)/.dev
 
 test: setup-host $(VENV)/.dev images
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Every test that needs no Docker engine (the docker marker is set in tests/conftest.py for any
+# test that uses the engine's fixtures): no images, no engine, a few minutes at most.
+unit: $(VENV)/.dev
+	$(PY) -m pytest -q -m "not docker and not slow" $(PYTEST_ARGS)
+
+# ruff (lint and format check) and mypy, configured in pyproject.toml.
+LINT_PATHS = controller sandbox evaluator tests benchmarks
+lint: $(VENV)/.dev
+	$(PY) -m ruff check $(LINT_PATHS) && $(PY) -m ruff format --check $(LINT_PATHS) && \
+	  $(PY) -m mypy controller sandbox evaluator
 
 # --- the research loop -----------------------------------------------------------------------
 # PROFILE is passed on only when the user gave it: otherwise the controller picks gpu or cpu.

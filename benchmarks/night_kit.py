@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.agents.base import Proposal, ProposalContext, Usage
+from controller.agents.base import BaseAgent, Proposal, ProposalContext, Usage
 from controller.ledger import Ledger
 from controller.loop import LoopDeps, NightLoop, NightSummary
 from controller.records import RunRecord
@@ -63,7 +63,7 @@ def seed_only(source: str, n: int) -> str:
     return source.replace(SEED_LINE, f"torch.manual_seed(context.seed + {1000 + n})", 1)
 
 
-class ThinkingAgent:
+class ThinkingAgent(BaseAgent):
     """Takes `think_s` per proposal, then applies `edit(source, n)` to the best train.py."""
 
     name = "bench"

@@ -689,7 +689,7 @@ class NightLoop:
         """The next failed experiment to send back for a fix: the latest crash or rejection among
         the last few rows (with several slots, it need not be the very last row) whose next fix
         attempt was not started yet, not declined, and within max_fix_attempts."""
-        if self.s.max_fix_attempts == 0 or not getattr(self.d.agent, "can_fix_crashes", True):
+        if self.s.max_fix_attempts == 0 or not self.d.agent.can_fix_crashes:
             return None
         with self.lock:
             recent = list(self.rows[-(len(self.slots) + 1):])
@@ -1224,12 +1224,10 @@ class NightLoop:
         self.log.info("experiment", **record.model_dump(mode="json", exclude={"usage", "replicates", "decision"}),
                       cost_usd=record.usage.cost_usd, evidence=decision.text if decision else None)
         self.d.observer.finished(record, self._best_row())
-        observe = getattr(self.d.agent, "observe", None)
-        if callable(observe):
-            try:
-                observe(n, record.val_bpb, record.status)
-            except Exception as exc:
-                self.log.error("agent_observe_failed", n=n, error=f"{type(exc).__name__}: {exc}")
+        try:
+            self.d.agent.observe(n, record.val_bpb, record.status)
+        except Exception as exc:
+            self.log.error("agent_observe_failed", n=n, error=f"{type(exc).__name__}: {exc}")
 
     def _run_record(self, pending: Pending, status: str, decision: NoiseDecision | None,
                     note: str | None) -> RunRecord:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from evaluator.profiles import PROFILES
 from sandbox.engine import docker_runtimes
 from sandbox.gpu import visible_gpus as nvml_gpu_count
+from sandbox.specs import DEFAULT_IMAGE
 
 __all__ = ["Settings", "SettingsError", "detect_profile", "docker_runtimes", "load_settings", "nvml_gpu_count"]
 
@@ -29,7 +30,6 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _RESOURCE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_/-]*$")
-DEFAULT_IMAGE = "overnight-evaluator:latest"
 
 
 class SettingsError(ValueError):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from evaluator.hostile import UnsafeFileError, open_regular
 from evaluator.profiles import Profile
 from evaluator.records import ScoreRecord
 
@@ -194,20 +194,15 @@ def write_rowloss(rows: RowLosses, path: Path) -> None:
 
 def _read_capped(path: Path, size: int) -> bytes:
     """The file's bytes if it is a regular file (no symlink followed) of exactly `size` bytes."""
+    if not os.path.lexists(path):
+        raise RowLossError(f"per-row loss file {path.name} is missing")
+    try:  # no symlink, regular files only, unchanged between check and open (evaluator.hostile)
+        fd, actual = open_regular(path)
+    except UnsafeFileError as e:
+        raise RowLossError(f"per-row loss file: {e}") from None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise RowLossError(f"per-row loss file {path.name} is missing") from None
-    except OSError as e:
-        if e.errno == 40:  # ELOOP: the last component is a symlink
-            raise RowLossError(f"per-row loss file {path.name} is a symlink") from None
-        raise RowLossError(f"per-row loss file {path.name} cannot be opened: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RowLossError(f"per-row loss file {path.name} is not a regular file")
-        if st.st_size != size:
-            raise RowLossError(f"per-row loss file is {st.st_size} bytes, expected {size}")
+        if actual != size:
+            raise RowLossError(f"per-row loss file is {actual} bytes, expected {size}")
         chunks, left = [], size + 1  # one byte more: a file that grew since fstat is refused too
         while left > 0:
             chunk = os.read(fd, left)

@@ -50,15 +50,12 @@ from evaluator.artifact import (
     ModelOutputError,
     load_artifact,
 )
+from evaluator.exitcodes import EXIT_INTERNAL, EXIT_OK, EXIT_REJECTED, EXIT_SETUP
 from evaluator.probe import Probe, ProbeConfig
 from evaluator.profiles import Profile, UnknownProfileError, get_profile
 from evaluator.records import REJECT_TEXT, RejectCode, ScoreRecord
 from evaluator.rowloss import ROWLOSS_FILE, RowLosses, row_totals, write_rowloss
 
-EXIT_OK = 0
-EXIT_SETUP = 2
-EXIT_REJECTED = 3
-EXIT_INTERNAL = 4
 SCORE_SEED = 0
 DETAIL_NAME = "detail.log"
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from evaluator import layout
 from evaluator.profiles import get_profile
+from evaluator.exitcodes import EXIT_OK, EXIT_REJECTED
 from evaluator.records import ScoreRecord
 from evaluator.rowloss import ROWLOSS_FILE
 from sandbox.errors import SandboxError
 from sandbox.result import ExperimentResult, ExperimentSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXIT_REJECTED = 3
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, cap_s: float) -> tuple[int | None, float, float]:
@@ -99,7 +99,7 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
     result.update(eval_seconds=eval_s, eval_exit_code=code)
     if code is None:
         return ExperimentResult(status="timeout", reason=f"scoring passed its {profile.eval_timeout_s:.0f}s cap", **result)
-    if code not in (0, EXIT_REJECTED) or not score_json.is_file():
+    if code not in (EXIT_OK, EXIT_REJECTED) or not score_json.is_file():
         return ExperimentResult(status="crash", reason=f"the evaluator failed (exit {code}); see eval.log", **result)
     score = ScoreRecord.model_validate_json(score_json.read_text())
     shutil.copyfile(score_json, run_dir / layout.SCORE_NAME)

@@ -25,6 +25,9 @@ import structlog
 from pydantic import ValidationError
 
 from evaluator import layout
+from evaluator.exitcodes import EXIT_OK as EVAL_EXIT_OK
+from evaluator.exitcodes import EXIT_REJECTED as EVAL_EXIT_REJECTED
+from evaluator.exitcodes import EXIT_SETUP as EVAL_EXIT_SETUP
 from evaluator.hostile import UnsafeFileError, clean_line, read_regular
 from evaluator.profiles import Profile, UnknownProfileError, get_profile
 from evaluator.records import ScoreRecord
@@ -42,7 +45,6 @@ from sandbox.runner import JobHandle, JobOutcome, Runner, Watcher
 log = structlog.get_logger("sandbox")
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
-EVAL_EXIT_OK, EVAL_EXIT_SETUP, EVAL_EXIT_REJECTED = 0, 2, 3
 
 
 def default_runner() -> Runner:

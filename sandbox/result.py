@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluator.records import ScoreRecord
+from sandbox.specs import DEFAULT_IMAGE
 
 Status = Literal["ok", "crash", "timeout", "rejected"]
 
@@ -21,13 +22,13 @@ class ExperimentSpec(BaseModel):
     run_dir: Path  # host folder of this run: train.log, eval.log, score.json, nvml.jsonl, out/
     profile: str  # a name from evaluator.profiles.PROFILES
     data_dir: Path  # a prepared data directory (evaluator.layout)
-    image: str = "overnight-evaluator:latest"  # image both containers start from
+    image: str = DEFAULT_IMAGE  # image both containers start from
     gpu: int | None = None  # index of the one GPU this run may use; None = CPU
     seed: int = 0
     vram_cap_gb: float | None = None  # NVML watchdog kills the run above this (GPU runs)
     memory_limit_gb: float = 8.0  # container memory limit (host RAM)
     cpuset: str | None = None  # CPUs the run's containers are pinned to, e.g. "0-1" (CPU slots)
-    labels: dict[str, str] = Field(default_factory=dict)  # extra labels, e.g. {"overnight.tag": tag}
+    labels: dict[str, str] = Field(default_factory=dict)  # extra labels, e.g. {specs.LABEL_TAG: tag}
     # The night's warm compile cache (sandbox.compile_cache.warm_compile_cache: written by the
     # trusted seed only), copied into the train job's own tmpfs; never given to the eval job.
     compile_cache: Path | None = None

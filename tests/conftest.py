@@ -4,6 +4,8 @@
 - test_data_dir: the `test` profile prepared from the stdlib dataset, once per session.
 - docker_client / images: the engine, and the images built once per session (images/build.py).
 - stub_data_dir: a data dir with the right layout but no real data, for runs never scored.
+- adversarial: the adversarial night (tests/adversarial/night.py), run once per session for
+  the two modules that read it (test_adversarial_train.py, test_adversarial_agent_tools.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,22 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.specs import DEFAULT_IMAGE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EVALUATOR_IMAGE = "overnight-evaluator:latest"
+EVALUATOR_IMAGE = DEFAULT_IMAGE
 _BUILT: dict[str, bool] = {}
+# A test that uses one of these (directly or through other fixtures) needs the Docker engine.
+DOCKER_FIXTURES = frozenset({"docker_client", "images"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the engine `docker`, so `make unit` (-m "not docker") leaves it out.
+
+    item.fixturenames is the whole fixture closure, so a fixture built on `images` counts too."""
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +92,13 @@ def stub_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "val" / "shard_00000.bin").write_bytes(b"VALIDATION-SECRET" * 10)
     (root / "eval" / "scored.bin").write_bytes(b"EVAL-SECRET" * 10)
     return root
+
+
+@pytest.fixture(scope="session")
+def adversarial(images, test_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The adversarial night: every hostile train.py and agent refusal through the real loop, once."""
+    from tests.adversarial.night import adversarial_night
+
+    result = adversarial_night(tmp_path_factory.mktemp("adversarial"), test_data_dir)
+    print(f"\nadversarial night: {len(result.rows)} experiments in {result.seconds:.0f}s")
+    return result

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from controller.agents.base import AgentError, Proposal, ProposalContext, Usage  # noqa: E402
+from controller.agents.base import AgentError, BaseAgent, Proposal, ProposalContext, Usage  # noqa: E402
 from evaluator.records import ScoreRecord  # noqa: E402
 from sandbox.errors import SandboxError  # noqa: E402
 from sandbox.result import ExperimentResult, ExperimentSpec  # noqa: E402
@@ -180,7 +180,7 @@ def set_constants(source: str, values: dict[str, float]) -> str:
     return "".join(lines)
 
 
-class ScriptedAgent:
+class ScriptedAgent(BaseAgent):
     """Follows a script keyed by experiment number; a list there gives successive calls for that
     experiment (refused edits and fix attempts ask again; the last entry repeats). Experiments
     without an entry get {"set": {"WIDTH": 64 + n}} (a change that does not move the score). Steps:

@@ -13,10 +13,10 @@ from typing import Any
 import docker
 
 from sandbox.result import ExperimentResult, ExperimentSpec
-from sandbox.specs import LABEL_RUN
+from sandbox.specs import DEFAULT_IMAGE, LABEL_RUN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EVALUATOR_IMAGE = "overnight-evaluator:latest"
+EVALUATOR_IMAGE = DEFAULT_IMAGE
 PREPARE_IMAGE = "overnight-prepare:latest"
 
 # Run ids get a per-session suffix: concurrent test sessions on one engine never clash

@@ -25,7 +25,6 @@ from tests.adversarial.night import (
     TAG,
     TRAIN_REL,
     NightResult,
-    adversarial_night,
 )
 from tests.fake_anthropic import FakeAnthropic, Reply, text, tool_use
 
@@ -144,59 +143,54 @@ def test_a_train_py_hardlinked_to_another_file_is_replaced_not_written_through(w
 # Past the controller: refusals during the adversarial night (real git, real ledger).
 
 
-@pytest.fixture(scope="session")
-def night(images, test_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> NightResult:
-    return adversarial_night(tmp_path_factory.mktemp("adversarial"), test_data_dir)
-
-
 @pytest.mark.docker
 @pytest.mark.parametrize("index", range(len(REFUSALS)), ids=[r.label for r in REFUSALS])
-def test_the_controller_refuses_anything_but_a_compiling_train_py(night: NightResult, index: int) -> None:
+def test_the_controller_refuses_anything_but_a_compiling_train_py(adversarial: NightResult, index: int) -> None:
     refusal = REFUSALS[index]
-    assert len(night.refused) == len(REFUSALS)
-    assert refusal.reason in night.refused[index], night.refused[index]
+    assert len(adversarial.refused) == len(REFUSALS)
+    assert refusal.reason in adversarial.refused[index], adversarial.refused[index]
     # The refused proposal left no row: the experiment number it had went to the next run.
-    taken = [(n, step) for n, step in night.agent.taken]
+    taken = [(n, step) for n, step in adversarial.agent.taken]
     i = next(i for i, (_, step) in enumerate(taken) if step.refusal is refusal)
     n, _ = taken[i]
     assert taken[i + 1][0] == n and taken[i + 1][1].run is not None
-    assert night.rows[n].description == taken[i + 1][1].run.label
+    assert adversarial.rows[n].description == taken[i + 1][1].run.label
 
 
 @pytest.mark.docker
-def test_no_commit_of_the_night_touches_anything_but_train_py(night: NightResult) -> None:
-    refs = g.experiment_refs(night.repo, TAG)
+def test_no_commit_of_the_night_touches_anything_but_train_py(adversarial: NightResult) -> None:
+    refs = g.experiment_refs(adversarial.repo, TAG)
     base = refs[0]
-    for n in range(1, len(night.rows)):
-        parent = g.git(night.repo, "rev-parse", f"{refs[n]}^")
-        changed = g.git(night.repo, "diff", "--name-only", parent, refs[n]).splitlines()
+    for n in range(1, len(adversarial.rows)):
+        parent = g.git(adversarial.repo, "rev-parse", f"{refs[n]}^")
+        changed = g.git(adversarial.repo, "diff", "--name-only", parent, refs[n]).splitlines()
         assert changed == [TRAIN_REL], (n, changed)
-        assert g.git(night.repo, "log", "--format=%an", "-1", refs[n]) == "overnight"
-    tip = g.resolve(night.repo, f"refs/heads/autoresearch/{TAG}")
-    assert g.git(night.repo, "diff", "--name-only", base, tip) in ("", TRAIN_REL)
+        assert g.git(adversarial.repo, "log", "--format=%an", "-1", refs[n]) == "overnight"
+    tip = g.resolve(adversarial.repo, f"refs/heads/autoresearch/{TAG}")
+    assert g.git(adversarial.repo, "diff", "--name-only", base, tip) in ("", TRAIN_REL)
     # Nothing the agent committed by itself survives on the branch or under a ref.
-    reachable = g.git(night.repo, "log", "--format=%an %s", f"refs/heads/autoresearch/{TAG}",
+    reachable = g.git(adversarial.repo, "log", "--format=%an %s", f"refs/heads/autoresearch/{TAG}",
                       *[f"refs/autoresearch/{TAG}/{n}" for n in refs]).splitlines()
     assert not [line for line in reachable if line.startswith("agent ")], reachable
 
 
 @pytest.mark.docker
-def test_the_users_checkout_evaluator_and_hooks_are_untouched(night: NightResult) -> None:
-    repo = night.repo
+def test_the_users_checkout_evaluator_and_hooks_are_untouched(adversarial: NightResult) -> None:
+    repo = adversarial.repo
     assert g.git(repo, "rev-parse", "HEAD") == g.experiment_refs(repo, TAG)[0]
     assert g.git(repo, "status", "--porcelain") == ""
     worktree = repo / "worktrees" / TAG
     assert (worktree / "evaluator" / "score.py").read_bytes() == (repo / "evaluator" / "score.py").read_bytes()
     assert not (worktree / "programs" / "default" / "helper.py").exists()
     assert not (worktree / TRAIN_REL).is_symlink()
-    assert night.hook_marker is not None and not night.hook_marker.exists()  # planted hooks never ran
+    assert adversarial.hook_marker is not None and not adversarial.hook_marker.exists()  # planted hooks never ran
     assert (repo / ".git" / "hooks" / "post-commit").exists()  # (they were planted)
 
 
 @pytest.mark.docker
-def test_every_step_of_the_agent_was_taken(night: NightResult) -> None:
-    assert night.agent.steps == []
-    assert len(night.agent.taken) == len(RUNS) + len(REFUSALS)
-    out = subprocess.run(["git", "worktree", "list"], cwd=night.repo, capture_output=True, text=True,
+def test_every_step_of_the_agent_was_taken(adversarial: NightResult) -> None:
+    assert adversarial.agent.steps == []
+    assert len(adversarial.agent.taken) == len(RUNS) + len(REFUSALS)
+    out = subprocess.run(["git", "worktree", "list"], cwd=adversarial.repo, capture_output=True, text=True,
                          check=True).stdout
     assert out.count("\n") == 2  # the user's checkout and the night's worktree, nothing else

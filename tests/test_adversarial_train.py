@@ -42,7 +42,6 @@ from tests.adversarial.night import (
     MEMORY_LIMIT_GB,
     TAG,
     NightResult,
-    adversarial_night,
 )
 
 pytestmark = pytest.mark.docker
@@ -52,22 +51,15 @@ TABLE_ENV = "OVERNIGHT_SECURITY_TABLE"  # set to a path to write the observed ta
 OBSERVED: dict[str, str] = {}  # filled by tests that run outside the night (the VRAM case)
 
 
-@pytest.fixture(scope="session")
-def night(images, test_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> NightResult:
-    result = adversarial_night(tmp_path_factory.mktemp("adversarial"), test_data_dir)
-    print(f"\nadversarial night: {len(result.rows)} experiments in {result.seconds:.0f}s")
-    return result
-
-
-def baseline_bpb(night: NightResult) -> float:
-    value = night.runs["baseline"].record.val_bpb
+def baseline_bpb(adversarial: NightResult) -> float:
+    value = adversarial.runs["baseline"].record.val_bpb
     assert value is not None
     return value
 
 
-def probe_report(night: NightResult, case: str) -> dict:
-    found = reports(night.case_run(case).train_log)
-    assert case in found, f"no report from {case}: {night.case_run(case).train_log[-2000:]}"
+def probe_report(adversarial: NightResult, case: str) -> dict:
+    found = reports(adversarial.case_run(case).train_log)
+    assert case in found, f"no report from {case}: {adversarial.case_run(case).train_log[-2000:]}"
     assert "error" not in found[case], found[case]
     return found[case]
 
@@ -89,46 +81,46 @@ def folder_bytes(root: Path) -> int:
 
 
 @pytest.mark.parametrize("case", [c.name for c in CASES])
-def test_each_case_ends_as_the_table_says(night: NightResult, case: str) -> None:
+def test_each_case_ends_as_the_table_says(adversarial: NightResult, case: str) -> None:
     spec = BY_NAME[case]
-    run = night.case_run(case)
+    run = adversarial.case_run(case)
     allowed = set().union(*(STATUS_OF[o] for o in spec.outcomes))
     assert run.row.status in allowed, (run.row, run.record.reason)
     assert run.record.status == run.row.status
     if spec.reason is not None:
         assert spec.reason in (run.record.reason or ""), run.record.reason
     if spec.outcome == "honest":
-        assert run.record.val_bpb == baseline_bpb(night)  # exactly: the attack changed nothing
-        assert run.row.val_bpb == night.runs["baseline"].row.val_bpb
+        assert run.record.val_bpb == baseline_bpb(adversarial)  # exactly: the attack changed nothing
+        assert run.row.val_bpb == adversarial.runs["baseline"].row.val_bpb
     else:
         assert run.record.val_bpb is None and run.row.val_bpb == 0.0
 
 
-def test_the_night_keeps_one_row_per_run_and_a_consistent_branch(night: NightResult) -> None:
-    rows = check_consistent(night.repo, TAG)
+def test_the_night_keeps_one_row_per_run_and_a_consistent_branch(adversarial: NightResult) -> None:
+    rows = check_consistent(adversarial.repo, TAG)
     assert len(rows) == 1 + len(RUNS)
     assert [r.description for r in rows][: 3] == ["baseline", "probes", RUNS[1].label]
-    lines = (night.tag_dir / "results.tsv").read_text().splitlines()
+    lines = (adversarial.tag_dir / "results.tsv").read_text().splitlines()
     assert len(lines) == 1 + len(rows)  # the header, then exactly one line per run
 
 
-def test_data_evaluator_and_image_are_unchanged(night: NightResult) -> None:
-    assert night.fingerprints_after == night.fingerprints_before
-    verify_manifest(night.data_dir, ["train", "val"])  # raises if any shard changed
+def test_data_evaluator_and_image_are_unchanged(adversarial: NightResult) -> None:
+    assert adversarial.fingerprints_after == adversarial.fingerprints_before
+    verify_manifest(adversarial.data_dir, ["train", "val"])  # raises if any shard changed
 
 
-def test_an_earlier_run_folder_is_untouched_by_later_runs(night: NightResult) -> None:
-    assert night.baseline_folder_before and night.baseline_folder_after == night.baseline_folder_before
+def test_an_earlier_run_folder_is_untouched_by_later_runs(adversarial: NightResult) -> None:
+    assert adversarial.baseline_folder_before and adversarial.baseline_folder_after == adversarial.baseline_folder_before
 
 
-def test_the_honest_seed_after_every_attack_scores_exactly_like_the_baseline(night: NightResult) -> None:
-    last = night.runs["leftover_check"]
-    assert last.n == len(night.rows) - 1
-    assert last.record.val_bpb == baseline_bpb(night)
-    assert score_json(last.run_dir).manifest_sha256 == night.runs["baseline"].record.data_manifest_sha256
+def test_the_honest_seed_after_every_attack_scores_exactly_like_the_baseline(adversarial: NightResult) -> None:
+    last = adversarial.runs["leftover_check"]
+    assert last.n == len(adversarial.rows) - 1
+    assert last.record.val_bpb == baseline_bpb(adversarial)
+    assert score_json(last.run_dir).manifest_sha256 == adversarial.runs["baseline"].record.data_manifest_sha256
 
 
-def test_no_container_is_left_after_the_night(night: NightResult, docker_client) -> None:
+def test_no_container_is_left_after_the_night(adversarial: NightResult, docker_client) -> None:
     assert docker_client.containers.list(all=True, filters={"label": f"overnight.tag={TAG}"}) == []
 
 
@@ -136,52 +128,52 @@ def test_no_container_is_left_after_the_night(night: NightResult, docker_client)
 # 1. The score comes only from the eval container.
 
 
-def test_a_printed_or_written_fake_score_is_not_the_score(night: NightResult) -> None:
-    report = probe_report(night, "fake_score_print")
+def test_a_printed_or_written_fake_score_is_not_the_score(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "fake_score_print")
     fake = report["fake_bpb"]
-    run = night.case_run("fake_score_print")
+    run = adversarial.case_run("fake_score_print")
     assert f"val_bpb: {fake:.6f}" in run.train_log  # it did print the evaluator's line
     assert report["writes"]["/out/score.json"] == "written"  # and wrote fakes where it could
     assert report["writes"]["/tmp/score.json"] == "written"
     for target in ("/score/score.json", "/out/../score/score.json", "/work/score.json", "/data/score.json"):
         assert report["writes"][target] != "written", target
     recorded = score_json(run.run_dir)
-    assert recorded.val_bpb == run.record.val_bpb == baseline_bpb(night) != fake
-    assert recorded.manifest_sha256 == night.fingerprints_before["data_manifest"]
+    assert recorded.val_bpb == run.record.val_bpb == baseline_bpb(adversarial) != fake
+    assert recorded.manifest_sha256 == adversarial.fingerprints_before["data_manifest"]
     assert recorded.probe is not None and recorded.probe.passed and recorded.probe.checks > 0
-    assert f"{fake:.6f}" not in (night.tag_dir / "results.tsv").read_text()
-    assert f"val_bpb: {baseline_bpb(night):.6f}" in (run.run_dir / "eval.log").read_text()
+    assert f"{fake:.6f}" not in (adversarial.tag_dir / "results.tsv").read_text()
+    assert f"val_bpb: {baseline_bpb(adversarial):.6f}" in (run.run_dir / "eval.log").read_text()
 
 
-def test_monkeypatching_the_evaluator_in_train_py_changes_nothing(night: NightResult) -> None:
-    report = probe_report(night, "monkeypatch_evaluator")
+def test_monkeypatching_the_evaluator_in_train_py_changes_nothing(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "monkeypatch_evaluator")
     assert report["in_process_patched"] is True  # the patches took, in its own process
     root = report["evaluator_root"]
     for path, outcome in report["writes"].items():
         if path.startswith(root) or "site-packages/zz_evil" in path:
             assert outcome != "written", path
-    recorded = score_json(night.case_run("monkeypatch_evaluator").run_dir)
-    baseline = score_json(night.runs["baseline"].run_dir)
+    recorded = score_json(adversarial.case_run("monkeypatch_evaluator").run_dir)
+    baseline = score_json(adversarial.runs["baseline"].run_dir)
     assert recorded.probe is not None and baseline.probe is not None
     assert recorded.probe.checks == baseline.probe.checks != 99 and recorded.probe.tolerance == 1e-4
-    assert recorded.tokens == score_json(night.runs["baseline"].run_dir).tokens  # the profile's, not the patched one
-    assert recorded.val_bpb == baseline_bpb(night)
+    assert recorded.tokens == score_json(adversarial.runs["baseline"].run_dir).tokens  # the profile's, not the patched one
+    assert recorded.val_bpb == baseline_bpb(adversarial)
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. Validation data is never visible to training code.
 
 
-def test_validation_data_is_not_where_the_layout_says(night: NightResult) -> None:
-    report = probe_report(night, "read_val_known_paths")
+def test_validation_data_is_not_where_the_layout_says(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "read_val_known_paths")
     assert report["manifest_val_files"]  # it knew the names
     assert report["data_listing"] == ["manifest.json", "tokenizer", "train"]
     assert all(not outcome.startswith("read") for outcome in report["opened"].values()), report["opened"]
     assert report["val_globs"] == ["/data/train/shard_00000.bin"]
 
 
-def test_searching_the_filesystem_finds_no_validation_text(night: NightResult) -> None:
-    report = probe_report(night, "search_val_data")
+def test_searching_the_filesystem_finds_no_validation_text(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "search_val_data")
     assert report["shards"] == ["/data/train/shard_00000.bin"]
     assert report["manifests"] == ["/data/manifest.json"]
     assert report["stdlib_test_files"] == 0, report["stdlib_test_examples"]
@@ -189,8 +181,8 @@ def test_searching_the_filesystem_finds_no_validation_text(night: NightResult) -
     assert not [s for s in sources if "/val" in s], sources
 
 
-def test_other_processes_are_invisible_from_the_train_container(night: NightResult) -> None:
-    report = probe_report(night, "proc_other_processes")
+def test_other_processes_are_invisible_from_the_train_container(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "proc_other_processes")
     assert len(report["pids"]) <= 3, report["cmdlines"]
     assert report["host_processes_seen"] == []
     assert all("/work/train.py" in c for c in report["cmdlines"].values()), report["cmdlines"]
@@ -202,15 +194,15 @@ def test_other_processes_are_invisible_from_the_train_container(night: NightResu
 # 3 and 9. The evaluator, the data, the images, git and the ledger cannot be written.
 
 
-def test_writes_to_the_evaluator_data_image_git_and_ledger_are_refused(night: NightResult) -> None:
-    report = probe_report(night, "write_everywhere")
+def test_writes_to_the_evaluator_data_image_git_and_ledger_are_refused(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "write_everywhere")
     assert {k: v for k, v in report["writes"].items() if v == "ok"} == {}
     assert set(report["markers"].values()) == {"ok"}  # the writable places were really written
     assert report["git_or_ledger_found"] == []
 
 
-def test_privilege_escalation_is_refused(night: NightResult) -> None:
-    report = probe_report(night, "escalate_privileges")
+def test_privilege_escalation_is_refused(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "escalate_privileges")
     assert report["uid"] == report["euid"] == 1000
     assert report["cap_eff"] == "0000000000000000" and report["cap_bnd"] == "0000000000000000"
     assert report["no_new_privs"] == "1"
@@ -223,8 +215,8 @@ def test_privilege_escalation_is_refused(night: NightResult) -> None:
 # 5. No network, no API keys, no Docker socket.
 
 
-def test_the_environment_holds_no_secret_and_no_host_variable(night: NightResult) -> None:
-    report = probe_report(night, "env_secrets")
+def test_the_environment_holds_no_secret_and_no_host_variable(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "env_secrets")
     # HOSTNAME from the engine; TORCHINDUCTOR_CACHE_DIR is set by torch itself when evaluator imports it
     expected = set(train_environment("test", 0, None, 0.0)) | {"HOSTNAME", "TORCHINDUCTOR_CACHE_DIR"}
     assert set(report["environ_keys"]) == expected
@@ -232,19 +224,19 @@ def test_the_environment_holds_no_secret_and_no_host_variable(night: NightResult
     assert report["canary_in_environ"] is False and report["canary_in_pid1_environ"] is False
     assert "readable" not in report["credential_files"].values(), report["credential_files"]
     assert report["canary_files"] == []
-    assert CANARY_KEY not in night.case_run("env_secrets").train_log
+    assert CANARY_KEY not in adversarial.case_run("env_secrets").train_log
 
 
-def test_there_is_no_docker_socket_and_no_route_to_the_engine(night: NightResult) -> None:
-    report = probe_report(night, "docker_socket")
+def test_there_is_no_docker_socket_and_no_route_to_the_engine(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "docker_socket")
     assert all(v == "No such file or directory" for v in report["known_paths"].values()), report["known_paths"]
     assert report["unix_sockets"] == []
     assert "connected" not in report["tcp"].values()
     assert report["docker_host_env"] is None
 
 
-def test_there_is_no_network(night: NightResult) -> None:
-    report = probe_report(night, "network")
+def test_there_is_no_network(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "network")
     assert report["interfaces"] == ["lo"]
     assert set(report["tcp"].values()) == {"Network is unreachable"}
     assert set(report["udp"].values()) == {"Network is unreachable"}
@@ -256,16 +248,16 @@ def test_there_is_no_network(night: NightResult) -> None:
 
 
 @pytest.mark.parametrize("case", ["peek_future", "mix_rows", "causal_on_some_inputs"])
-def test_non_causal_and_row_mixing_models_fail_the_probe(night: NightResult, case: str) -> None:
-    recorded = score_json(night.case_run(case).run_dir)
+def test_non_causal_and_row_mixing_models_fail_the_probe(adversarial: NightResult, case: str) -> None:
+    recorded = score_json(adversarial.case_run(case).run_dir)
     assert recorded.status == "rejected" and recorded.val_bpb is None
     assert recorded.probe is not None and not recorded.probe.passed
     assert recorded.probe.max_abs_diff > 1.0  # caught by a wide margin, not by float noise
 
 
 @pytest.mark.parametrize("case", ["custom_op", "pickle_in_archive"])
-def test_code_in_the_artifact_never_runs_in_the_eval_container(night: NightResult, case: str) -> None:
-    run = night.case_run(case)
+def test_code_in_the_artifact_never_runs_in_the_eval_container(adversarial: NightResult, case: str) -> None:
+    run = adversarial.case_run(case)
     recorded = score_json(run.run_dir)
     assert recorded.status == "rejected" and recorded.val_bpb is None  # the evaluator's, not the payload's
     assert recorded.reason_code in ("archive", "graph")  # refused at load, before anything ran
@@ -273,8 +265,8 @@ def test_code_in_the_artifact_never_runs_in_the_eval_container(night: NightResul
     assert "pwned" not in (run.run_dir / "eval-detail.log").read_text()
 
 
-def test_a_symlinked_artifact_is_refused_by_the_host_without_being_followed(night: NightResult) -> None:
-    run = night.case_run("symlink_artifact")
+def test_a_symlinked_artifact_is_refused_by_the_host_without_being_followed(adversarial: NightResult) -> None:
+    run = adversarial.case_run("symlink_artifact")
     assert "/val/shard_00000.bin" in run.train_log.split("model.pt2 -> ", 1)[1]  # the attack was real
     assert not (run.run_dir / "model.pt2").exists()  # nothing was copied
     assert run.record.eval_exit_code is None  # no eval container ran
@@ -286,8 +278,8 @@ def test_a_symlinked_artifact_is_refused_by_the_host_without_being_followed(nigh
 
 @pytest.mark.parametrize("case", ["train_past_budget", "budget_one_line_overrun", "budget_untimed_warmup",
                                   "budget_ignored_steps", "clock_tamper", "sleep_through_eval"])
-def test_time_is_enforced_from_outside_the_container(night: NightResult, case: str) -> None:
-    run = night.case_run(case)
+def test_time_is_enforced_from_outside_the_container(adversarial: NightResult, case: str) -> None:
+    run = adversarial.case_run(case)
     assert LIMITS.train_cap_s <= run.record.timings.train < LIMITS.train_cap_s + 5
     assert run.record.timings.train_cap == LIMITS.train_cap_s and run.row.train_s == pytest.approx(
         run.record.timings.train, abs=0.05)  # the measured container time is in run.json and the ledger
@@ -295,28 +287,28 @@ def test_time_is_enforced_from_outside_the_container(night: NightResult, case: s
     assert run.record.val_bpb is None and run.row.status == "timeout"  # nothing past the budget is scored
 
 
-def test_an_honest_run_fits_its_budget_and_records_its_container_time(night: NightResult) -> None:
-    run = night.runs["baseline"]
+def test_an_honest_run_fits_its_budget_and_records_its_container_time(adversarial: NightResult) -> None:
+    run = adversarial.runs["baseline"]
     assert 0 < run.record.timings.train < LIMITS.train_cap_s
     assert run.row.train_s == pytest.approx(run.record.timings.train, abs=0.05)
     assert run.record.timings.train_budget == LIMITS.train_budget_s
 
 
-def test_the_memorisers_are_refused_before_they_run(night: NightResult) -> None:
-    refused = " | ".join(night.refused)
+def test_the_memorisers_are_refused_before_they_run(adversarial: NightResult) -> None:
+    refused = " | ".join(adversarial.refused)
     assert "over the 65536-byte cap" in refused
     assert refused.count("embedded data") == 2
-    memorised = [r for r in night.rows if r.description.startswith("memoriser")]
+    memorised = [r for r in adversarial.rows if r.description.startswith("memoriser")]
     assert memorised == []  # never committed, never run, never scored
 
 
-def test_an_error_message_carries_no_validation_data_to_anything_the_agent_reads(night: NightResult) -> None:
-    run = night.case_run("exfil_oob_index")
+def test_an_error_message_carries_no_validation_data_to_anything_the_agent_reads(adversarial: NightResult) -> None:
+    run = adversarial.case_run("exfil_oob_index")
     detail = (run.run_dir / "eval-detail.log").read_text()
     leaked = set(re.findall(r"index (\d+) is out of bounds", detail))
     assert leaked, "the attack did not hit the error it aims for"  # the values exist, privately
     readable = [run.run_dir / "eval.log", run.run_dir / "score.json", run.run_dir / "run.json",
-                night.tag_dir / "results.tsv", run.run_dir / "train.log"]
+                adversarial.tag_dir / "results.tsv", run.run_dir / "train.log"]
     for path in readable:
         text = path.read_text()
         assert not any(value in text for value in leaked), path
@@ -324,8 +316,8 @@ def test_an_error_message_carries_no_validation_data_to_anything_the_agent_reads
     assert (run.run_dir / "eval.log").read_text().strip() == f"rejected: {run.record.reason}"
 
 
-def test_the_clock_cannot_be_set(night: NightResult) -> None:
-    report = reports(night.case_run("clock_tamper").train_log)["clock_tamper"]
+def test_the_clock_cannot_be_set(adversarial: NightResult) -> None:
+    report = reports(adversarial.case_run("clock_tamper").train_log)["clock_tamper"]
     assert report["clock_settime"] == "Operation not permitted"
     assert report["clock_settime_monotonic"] != "ok"
 
@@ -341,16 +333,16 @@ def host_processes_with(marker: str) -> list[int]:
     return found
 
 
-def test_a_daemon_dies_with_its_container_and_cannot_swap_the_artifact(night: NightResult) -> None:
-    run = night.case_run("daemon_left_behind")
+def test_a_daemon_dies_with_its_container_and_cannot_swap_the_artifact(adversarial: NightResult) -> None:
+    run = adversarial.case_run("daemon_left_behind")
     assert "daemon started" in run.train_log
     # Checked after the whole night: long after the daemon would have woken up.
     assert host_processes_with("adversarial-daemon-left-behind") == []
-    assert run.record.val_bpb == baseline_bpb(night)
+    assert run.record.val_bpb == baseline_bpb(adversarial)
 
 
-def test_nothing_from_earlier_runs_is_left_in_a_new_container(night: NightResult) -> None:
-    report = probe_report(night, "leftover_check")
+def test_nothing_from_earlier_runs_is_left_in_a_new_container(adversarial: NightResult) -> None:
+    report = probe_report(adversarial, "leftover_check")
     own = {"torchinductor_overnight"}  # made by this container's own torch import, not by an earlier run
     assert all(set(entries) <= own for entries in report["listing"].values()), report["listing"]
     assert len(report["processes"]) == 2, report["processes"]  # docker-init and train.py
@@ -360,26 +352,26 @@ def test_nothing_from_earlier_runs_is_left_in_a_new_container(night: NightResult
 # 7 and 10. Resource abuse ends that run only; what it writes is hostile input.
 
 
-def test_a_fork_bomb_is_contained(night: NightResult) -> None:
-    run = night.case_run("fork_bomb")
+def test_a_fork_bomb_is_contained(adversarial: NightResult) -> None:
+    run = adversarial.case_run("fork_bomb")
     assert run.record.timings.train < LIMITS.train_cap_s + 5
     assert run.record.eval_exit_code is None
 
 
-def test_a_memory_hog_is_stopped_by_the_memory_limit(night: NightResult) -> None:
-    run = night.case_run("memory_hog")
+def test_a_memory_hog_is_stopped_by_the_memory_limit(adversarial: NightResult) -> None:
+    run = adversarial.case_run("memory_hog")
     assert run.record.train_exit_code == 137
     assert f"{MEMORY_LIMIT_GB:g} GB memory limit" in run.record.reason
 
 
-def test_a_graph_that_exhausts_the_evaluator_is_stopped_by_the_eval_containers_limit(night: NightResult) -> None:
-    run = night.case_run("eval_memory_bomb")
+def test_a_graph_that_exhausts_the_evaluator_is_stopped_by_the_eval_containers_limit(adversarial: NightResult) -> None:
+    run = adversarial.case_run("eval_memory_bomb")
     assert run.record.train_exit_code == 0 and run.record.eval_exit_code == 137
     assert "graph edited" in run.train_log
 
 
-def test_filling_the_disk_is_stopped_by_the_kernel_and_does_not_stay_on_the_host(night: NightResult) -> None:
-    run = night.case_run("disk_fill")
+def test_filling_the_disk_is_stopped_by_the_kernel_and_does_not_stay_on_the_host(adversarial: NightResult) -> None:
+    run = adversarial.case_run("disk_fill")
     assert "No space left on device" in run.train_log  # the tmpfs cap, enforced by the kernel
     assert run.record.timings.train < 10
     assert folder_bytes(run.run_dir) < 1 * 2**20, f"{folder_bytes(run.run_dir) / 2**20:.0f} MiB left in {run.run_dir}"
@@ -390,9 +382,9 @@ HOSTILE_OUTPUT_CASES = ["out_setuid_file", "out_special_files", "out_deep_tree",
 
 
 @pytest.mark.parametrize("case", HOSTILE_OUTPUT_CASES)
-def test_a_run_folder_holds_only_the_artifact_the_logs_and_the_controllers_records(night: NightResult,
+def test_a_run_folder_holds_only_the_artifact_the_logs_and_the_controllers_records(adversarial: NightResult,
                                                                                  case: str) -> None:
-    run = night.case_run(case)
+    run = adversarial.case_run(case)
     allowed = set(RUN_FILES) | {RUN_JSON, REPLICATE_JSON, "transcript.json"}
     found = {}
     for entry in os.scandir(run.run_dir):
@@ -404,45 +396,45 @@ def test_a_run_folder_holds_only_the_artifact_the_logs_and_the_controllers_recor
     assert sum(st.st_blocks * 512 for st in found.values()) < 16 * 2**20  # the seed's artifact + logs
 
 
-def test_hostile_entries_in_out_were_really_made(night: NightResult) -> None:
-    assert probe_report(night, "out_setuid_file")["setuid_written"] is True
-    special = probe_report(night, "out_special_files")
+def test_hostile_entries_in_out_were_really_made(adversarial: NightResult) -> None:
+    assert probe_report(adversarial, "out_setuid_file")["setuid_written"] is True
+    special = probe_report(adversarial, "out_special_files")
     assert special["fifo"] == special["symlink"] == special["odd_name"] == special["locked_folder"] == "ok"
     assert special["char_device"] == "Operation not permitted"  # no CAP_MKNOD
-    assert probe_report(night, "out_deep_tree")["depth"] == 3000
-    junk = probe_report(night, "out_junk_under_cap")
+    assert probe_report(adversarial, "out_deep_tree")["depth"] == 3000
+    junk = probe_report(adversarial, "out_junk_under_cap")
     assert junk["junk_bytes"] > 0.5 * LIMITS.out_max_bytes
 
 
-def test_nothing_hostile_is_anywhere_on_the_host_after_the_night(night: NightResult) -> None:
+def test_nothing_hostile_is_anywhere_on_the_host_after_the_night(adversarial: NightResult) -> None:
     """Not in the tag's folder, and no volume of the night left in the engine."""
-    for path in night.tag_dir.rglob("*"):
+    for path in adversarial.tag_dir.rglob("*"):
         st = path.lstat()
         assert stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode), path
         assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), path
         assert "level-" not in path.name and "junk" not in path.name and "\x1b" not in path.name, path
 
 
-def test_a_sparse_artifact_is_refused_on_its_apparent_size(night: NightResult) -> None:
-    run = night.case_run("sparse_artifact")
+def test_a_sparse_artifact_is_refused_on_its_apparent_size(adversarial: NightResult) -> None:
+    run = adversarial.case_run("sparse_artifact")
     assert "apparent size" in run.record.reason and str(1 << 40) in run.record.reason
     assert run.record.eval_exit_code is None
 
 
-def test_a_log_flood_is_capped_and_the_run_still_scores(night: NightResult) -> None:
-    run = night.case_run("log_flood")
+def test_a_log_flood_is_capped_and_the_run_still_scores(adversarial: NightResult) -> None:
+    run = adversarial.case_run("log_flood")
     log = run.run_dir / "train.log"
     assert LIMITS.log_max_bytes <= log.stat().st_size <= LIMITS.log_max_bytes + 200
     assert log.read_bytes().rstrip().endswith(b"the rest was dropped]")
-    assert run.record.val_bpb == baseline_bpb(night)
+    assert run.record.val_bpb == baseline_bpb(adversarial)
 
 
-def test_forged_ledger_rows_in_the_output_do_not_reach_the_ledger(night: NightResult) -> None:
-    run = night.case_run("ledger_injection")
-    lines = (night.tag_dir / "results.tsv").read_text().splitlines()
-    assert len(lines) == 1 + len(night.rows)
+def test_forged_ledger_rows_in_the_output_do_not_reach_the_ledger(adversarial: NightResult) -> None:
+    run = adversarial.case_run("ledger_injection")
+    lines = (adversarial.tag_dir / "results.tsv").read_text().splitlines()
+    assert len(lines) == 1 + len(adversarial.rows)
     assert lines[0] == HEADER and all(len(line.split("\t")) == len(HEADER.split("\t")) for line in lines)
-    assert [line.split("\t")[0] for line in lines[1:]] == [r.commit for r in night.rows]  # no deadbee, no 0000000
+    assert [line.split("\t")[0] for line in lines[1:]] == [r.commit for r in adversarial.rows]  # no deadbee, no 0000000
     reason = run.record.reason or ""
     assert reason.isprintable() and "\t" not in reason and "\n" not in reason
     assert run.row.description.startswith("ledger_injection forged 0000000 0.000001")  # one line, flattened
@@ -543,11 +535,11 @@ EVIDENCE = {
 }
 
 
-def observed_line(night: NightResult, case: str) -> str:
-    run = night.case_run(case)
+def observed_line(adversarial: NightResult, case: str) -> str:
+    run = adversarial.case_run(case)
     record = run.record
     if record.status in ("keep", "discard"):
-        same = "= baseline" if record.val_bpb == baseline_bpb(night) else "!= baseline"
+        same = "= baseline" if record.val_bpb == baseline_bpb(adversarial) else "!= baseline"
         text = f"scored, val_bpb {record.val_bpb:.6f} {same}"
         report = reports(run.train_log).get(case)
         if case in EVIDENCE and report:
@@ -563,12 +555,12 @@ def observed_line(night: NightResult, case: str) -> str:
     elif case == "daemon_left_behind":
         text += f"; daemon processes alive: {len(host_processes_with('adversarial-daemon-left-behind'))}"
     elif case == "ledger_injection":
-        text += f"; results.tsv: {len(night.rows)} rows, none forged"
+        text += f"; results.tsv: {len(adversarial.rows)} rows, none forged"
     return text
 
 
-def test_the_observed_table_covers_every_case(night: NightResult) -> None:
-    observed = {case.name: observed_line(night, case.name) for case in CASES} | OBSERVED
+def test_the_observed_table_covers_every_case(adversarial: NightResult) -> None:
+    observed = {case.name: observed_line(adversarial, case.name) for case in CASES} | OBSERVED
     table = markdown_table(observed)
     missing = [case.name for case in CASES if "not run" in observed.get(case.name, "not run")]
     assert not missing

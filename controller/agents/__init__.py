@@ -8,8 +8,9 @@ they are; an unknown or bad setting is an AgentConfigError with a one-line messa
 is imported only when its agent is asked for (the search agent needs no `anthropic`, the LLM
 agent no `optuna`).
 
-Beyond base.Agent, both agents have:
-- `observe(experiment: int, val_bpb: float | None, status: str) -> None`: call it after every
+base.Agent declares the whole interface; base.BaseAgent gives its optional parts defaults, and
+both agents derive from it:
+- `observe(n: int, val_bpb: float | None, status: str) -> None`: called after every
   recorded experiment, the baseline (n=0) included, with the ledger's status. Idempotent. The
   search agent learns from it (keep/discard with a finite val_bpb completes the trial, anything
   else fails it); the anthropic agent ignores it. The search agent also replays

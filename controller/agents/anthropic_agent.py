@@ -51,7 +51,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
-from controller.agents.base import AgentError, FixDeclined, Proposal, ProposalContext, Usage
+from controller.agents.base import AgentError, BaseAgent, FixDeclined, Proposal, ProposalContext, Usage
 from controller.agents.history import compact_table, summary
 from controller.agents.notebook import MAX_NOTEBOOK_BYTES, NotebookError, read_notebook
 from controller.agents.pricing import cost_usd
@@ -173,7 +173,7 @@ class AnthropicSettings(BaseModel):
     cache_ttl: Literal["auto", "5m", "1h"] = "auto"  # lifetime of the cached prefix (see the module doc)
 
 
-class AnthropicAgent:
+class AnthropicAgent(BaseAgent):
     name = "anthropic"
     can_fix_crashes = True
 

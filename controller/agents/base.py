@@ -8,7 +8,7 @@ train.py) and returns a Proposal. The controller then checks, commits and runs i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,12 +98,35 @@ class Proposal(BaseModel):
     transcript: list[dict] = Field(default_factory=list)  # JSON-able messages, saved per run
 
 
+@runtime_checkable
 class Agent(Protocol):
+    """What the loop uses of an agent, all of it. BaseAgent gives the optional parts defaults."""
+
     name: str
+    # False: the loop does not ask for fix attempts after a crash; it logs the crash and goes on.
+    can_fix_crashes: bool
 
     def propose(self, context: ProposalContext) -> Proposal:
         """Edit context.train_py in place and describe the change. May raise AgentError."""
         ...
+
+    def observe(self, n: int, val_bpb: float | None, status: str) -> None:
+        """Experiment n was recorded (the baseline, n=0, included) with the ledger's status.
+        Called once per recorded experiment; must be idempotent. An exception is logged, never fatal."""
+        ...
+
+
+class BaseAgent:
+    """The defaults of Agent's optional parts: asks for crash fixes, learns nothing from results."""
+
+    name: str = "agent"
+    can_fix_crashes: bool = True
+
+    def propose(self, context: ProposalContext) -> Proposal:
+        raise NotImplementedError
+
+    def observe(self, n: int, val_bpb: float | None, status: str) -> None:
+        """Nothing to learn by default."""
 
 
 class AgentError(RuntimeError):

@@ -14,16 +14,14 @@ never followed) and read back without following links.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from controller.safefiles import atomic_write_text
-from evaluator.hostile import clean_line, clean_text
+from evaluator.hostile import UnsafeFileError, clean_line, clean_text, read_regular
 
 NOTEBOOK_NAME = "notebook.md"
 MAX_NOTEBOOK_BYTES = 8_000  # it goes into every proposal's first message (about 2k tokens at most)
@@ -50,20 +48,12 @@ def notebook_path(tag_dir: Path) -> Path:
 def read_notebook(tag_dir: Path) -> str:
     """The notebook's text ("" when there is none yet). Refuses a symlink or a non-regular file."""
     path = notebook_path(tag_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return ""
-    except OSError as exc:
-        reason = "is a symlink" if exc.errno == errno.ELOOP else exc.strerror
-        raise NotebookError(f"{NOTEBOOK_NAME} {reason}; refused") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise NotebookError(f"{NOTEBOOK_NAME} is not a regular file; refused")
-        data = f.read(4 * MAX_NOTEBOOK_BYTES + 1)
-    if len(data) > 4 * MAX_NOTEBOOK_BYTES:
-        raise NotebookError(f"{NOTEBOOK_NAME} is over {4 * MAX_NOTEBOOK_BYTES} bytes; refused")
+    try:  # no symlink, regular files only, capped (evaluator.hostile)
+        data = read_regular(path, 4 * MAX_NOTEBOOK_BYTES)
+    except UnsafeFileError as exc:
+        raise NotebookError(str(exc)) from None
     return clean_text(data.decode("utf-8", errors="replace"))
 
 

@@ -53,7 +53,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.agents.base import AgentError, HistoryRow, Proposal, ProposalContext
+from controller.agents.base import AgentError, BaseAgent, HistoryRow, Proposal, ProposalContext
 from controller.agents.constants_block import Constant, ConstantsError, Value, parse_constants, rewrite_constants
 from controller.agents.constants_block import format_value as format_literal
 from controller.agents.tools import ToolError, read_regular_file, read_train_py, write_train_py
@@ -242,7 +242,7 @@ class SearchSettings(BaseModel):
     max_draws: int = Field(default=64, ge=1)  # TPE draws per proposal before falling back to neighbours
 
 
-class SearchAgent:
+class SearchAgent(BaseAgent):
     name = "search"
     can_fix_crashes = False  # asked to fix anyway, it proposes a fresh configuration from the best
 

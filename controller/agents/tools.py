@@ -3,15 +3,15 @@
 give up on a fix; finish.
 
 Everything here treats files as hostile: train.py and the run logs were written by agent code.
-Files are opened with O_NOFOLLOW (and every folder under the runs folder walked one component at
-a time with O_NOFOLLOW), only regular files are read, reads and writes are size-capped, and the
-model never names a path: a log is asked for by run number and kind, and its folder comes from
-the controller's history, confined to `context.runs_dir`.
+Files are read through evaluator.hostile (no symlink followed, every folder under the runs folder
+walked one component at a time, only regular files, unchanged between check and open; its
+UnsafeFileError becomes a ToolError whose message goes back to the model), reads and writes are
+size-capped, and the model never names a path: a log is asked for by run number and kind, and
+its folder comes from the controller's history, confined to `context.runs_dir`.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import tempfile
@@ -35,6 +35,8 @@ from controller.agents.history import (
 )
 from controller.agents.notebook import MAX_NOTEBOOK_BYTES, NotebookError, update_notebook
 from controller.agents.textsafe import deep_no_surrogates
+from evaluator import hostile
+from evaluator.hostile import UnsafeFileError
 
 __all__ = ["ToolError", "ToolOutcome", "TrainPyTools", "history_table", "one_line", "tool_specs"]
 
@@ -46,10 +48,6 @@ SNIPPET_CONTEXT_LINES = 4
 
 class ToolError(Exception):
     """A tool call that cannot be done; its message goes back to the model as an error result."""
-
-
-class UnsafeFileError(ToolError):
-    """A path that is a symlink, not a regular file, outside its folder, or too large."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +64,9 @@ class ToolOutcome:
 def read_regular_file(path: Path, cap: int) -> str:
     """Text of a regular file, not following a symlink at its last component, at most `cap` bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UnsafeFileError(f"cannot open {path.name}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"{path.name} is not a regular file")
-        if st.st_size > cap:
-            raise UnsafeFileError(f"{path.name} is {st.st_size} bytes, over the {cap} byte cap")
-        data = f.read(cap + 1)
-    if len(data) > cap:
-        raise UnsafeFileError(f"{path.name} is over the {cap} byte cap")
-    return data.decode("utf-8", errors="replace")
+        return hostile.read_regular(path, cap).decode("utf-8", errors="replace")
+    except UnsafeFileError as exc:  # the one hostile-file check, its reason told to the model
+        raise ToolError(str(exc)) from None
 
 
 def read_train_py(path: Path) -> str:
@@ -106,53 +94,30 @@ def write_train_py(path: Path, text: str) -> None:
         raise
 
 
-def open_dir_under(root: Path, target: Path) -> int:
-    """A file descriptor of folder `target`, which must lie inside `root`, reached without following
-    any symlink below `root`. The caller closes it."""
-    if ".." in target.parts:
-        raise UnsafeFileError("a run folder with '..' in its path is refused")
-    abs_root = Path(os.path.abspath(root))
-    abs_target = Path(os.path.abspath(target))  # relative = to the working directory, as any path
-    try:
-        rel = abs_target.relative_to(abs_root)
-    except ValueError:
-        raise UnsafeFileError("that run's folder is outside the runs folder of this tag; refused") from None
-    try:
-        fd = os.open(abs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UnsafeFileError(f"runs folder unavailable: {exc.strerror}") from None
-    for part in rel.parts:
-        try:
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        except OSError as exc:
-            os.close(fd)
-            reason = "is a symlink or not a folder" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
-            raise UnsafeFileError(f"run folder component {part!r} {reason}; refused") from None
-        os.close(fd)
-        fd = nxt
-    return fd
-
-
 def read_tail_under(root: Path, folder: Path, name: str, cap: int) -> tuple[str, int]:
-    """The last `cap` bytes of regular file `folder/name` (folder inside `root`) and its full size."""
-    dir_fd = open_dir_under(root, folder)
+    """The last `cap` bytes of regular file `folder/name` (folder inside `root`, reached without
+    following a symlink below it) and its full size."""
     try:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
-            raise ToolError(f"{name} does not exist for that run") from None
-        except OSError as exc:
-            reason = "is a symlink; refused" if exc.errno == errno.ELOOP else exc.strerror
-            raise UnsafeFileError(f"{name} {reason}") from None
+        dir_fd = hostile.open_dir_under(root, folder)
+    except UnsafeFileError as exc:
+        raise ToolError(f"that run's folder: {exc}") from None
+    try:
+        if not _exists(name, dir_fd):
+            raise ToolError(f"{name} does not exist for that run")
+        data, size = hostile.read_tail(name, cap, dir_fd=dir_fd)
+    except UnsafeFileError as exc:
+        raise ToolError(str(exc)) from None
     finally:
         os.close(dir_fd)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"{name} is not a regular file; refused")
-        f.seek(max(0, st.st_size - cap))
-        data = f.read(cap)
-    return data.decode("utf-8", errors="replace"), st.st_size
+    return data.decode("utf-8", errors="replace"), size
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # --- tool inputs -----------------------------------------------------------------------------

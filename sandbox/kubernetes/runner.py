@@ -39,6 +39,7 @@ from sandbox.kubernetes.fetch import Receiver, fetch_command
 from sandbox.kubernetes.follow import LogFollower
 from sandbox.kubernetes.podwatch import FATAL_WAITING, PodView, PodWatch
 from sandbox.runner import JobHandle, JobOutcome, JobSpec, Runner, Watcher
+from sandbox.specs import LABEL_TAG
 
 log = structlog.get_logger("sandbox")
 
@@ -437,7 +438,7 @@ class KubernetesRunner(Runner):
 
     def cleanup_tag(self, tag: str) -> list[str]:
         """Everything of a night's tag (the controller's `overnight.tag` label)."""
-        return self.cleanup_selector(names.selector({"overnight.tag": names.label_value(tag)}))
+        return self.cleanup_selector(names.selector({LABEL_TAG: names.label_value(tag)}))
 
     def cleanup_selector(self, selector: str) -> list[str]:
         removed: list[str] = []

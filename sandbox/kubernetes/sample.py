@@ -16,7 +16,7 @@ from sandbox.limits import Limits
 from sandbox.runner import JobSpec
 
 SAMPLE_RUN_ID = "sample-0001"
-SAMPLE_LABELS = {"overnight.tag": "sample", "overnight.experiment": "1"}
+SAMPLE_LABELS = {specs.LABEL_TAG: "sample", "overnight.experiment": "1"}
 SAMPLE_TRAIN_PY = b"# the experiment's train.py (its full text goes here)\n"
 
 

@@ -38,7 +38,7 @@ STATUS_OF: dict[Outcome, set[str]] = {
 @dataclass(frozen=True)
 class Case:
     name: str  # tests/adversarial/<name>.py
-    threat: str  # DESIGN.md threat-model points it attacks
+    threat: str  # the threat points it attacks (docs/architecture.md, "Threat model")
     attack: str
     expected: str
     outcome: Outcome | tuple[Outcome, ...]

@@ -30,7 +30,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "tests"):
 from controller_fakes import _maybe_hang
 from controller_fakes import make_repo as make_toy_repo
 
-from controller.agents.base import Proposal, ProposalContext, Usage
+from controller.agents.base import BaseAgent, Proposal, ProposalContext, Usage
 from controller.ledger import LedgerRow
 from controller.loop import LoopDeps, NightLoop
 from controller.records import RunRecord
@@ -61,7 +61,7 @@ def fast_sleep(seconds: float) -> None:
 # The agent and the observer.
 
 
-class StepsAgent:
+class StepsAgent(BaseAgent):
     """Sets STEPS in the honest seed to steps[n] for experiment n (the same edit when asked again)."""
 
     name = "steps"

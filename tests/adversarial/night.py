@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller import git as g
-from controller.agents.base import Proposal, ProposalContext, Usage
+from controller.agents.base import BaseAgent, Proposal, ProposalContext, Usage
 from controller.ledger import Ledger, LedgerRow
 from controller.loop import LoopDeps, NightLoop
 from controller.records import RunRecord
@@ -29,6 +29,7 @@ from controller.settings import load_settings
 from evaluator.manifest import manifest_sha256
 from evaluator.profiles import get_profile
 from sandbox.limits import Limits, MiB
+from sandbox.specs import DEFAULT_IMAGE
 from tests.adversarial.cases import HONEST_SEED, RUNS, Run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +196,7 @@ class Step:
     description: str = ""
 
 
-class CaseAgent:
+class CaseAgent(BaseAgent):
     name = "adversarial"
     can_fix_crashes = False
 
@@ -317,7 +318,7 @@ class NightResult:
         raise KeyError(case)
 
 
-def image_id(image: str = "overnight-evaluator:latest") -> str:
+def image_id(image: str = DEFAULT_IMAGE) -> str:
     from sandbox.engine import docker_client
 
     return str(docker_client().images.get(image).id)
