@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 BACKEND ?= $(OVERNIGHT_BACKEND)
 ON_CLUSTER = $(filter kubernetes,$(BACKEND))
 
-.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox bench-gpu images overnight replay logs status report cleanup
+.PHONY: help setup setup-host doctor test prepare prepare-bare experiment experiment-bare bench-sandbox bench-gpu bench-throughput bench-null-keeps images overnight replay logs status report cleanup
 
 help:
 	@echo "make overnight              run the research loop (cpu or gpu profile, search or anthropic agent)"
@@ -90,6 +90,18 @@ bench-sandbox: $(VENV)/.dev images
 # only PyTorch (the project's venv when there is one, else $(PYTHON)); nothing is downloaded.
 bench-gpu:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/bench_gpu.py $(if $(call given,PROFILE),--profile $(PROFILE)) $(ARGS)
+
+# Slots kept busy (issue 13): three nights of fixed length on $(PROFILE), 1 core per slot; prints
+# busy_sequential, busy_overlap, speedup_2_slots. ARGS: --minutes 10 --think-s 20.
+bench-throughput: $(VENV)/.dev images
+	@test -f $(DATA_DIR)/manifest.json || $(MAKE) --no-print-directory prepare
+	$(PY) benchmarks/bench_throughput.py --profile $(PROFILE) --data-dir $(DATA_DIR) $(ARGS)
+
+# Keeps you can trust (issue 12): >= 20 no-op proposals on $(PROFILE); prints false_keep_old,
+# false_keep_new, extra_runs. ARGS: --proposals 20 --slots 2 --improvement.
+bench-null-keeps: $(VENV)/.dev images
+	@test -f $(DATA_DIR)/manifest.json || $(MAKE) --no-print-directory prepare
+	$(PY) benchmarks/bench_null_keeps.py --profile $(PROFILE) --data-dir $(DATA_DIR) $(ARGS)
 
 experiment-bare: $(VENV)/.dev
 	@$(PY) -m sandbox.bare --preflight --profile $(PROFILE)

@@ -42,7 +42,9 @@ OVERNIGHT_FLAGS: dict[str, str] = {
     "max_experiments": "end when the tag has this many experiments after the baseline",
     "max_fix_attempts": "fix tries after a crash (and re-asks after a refused edit)",
     "vram_cap_gb": "kill a run whose GPU memory passes this",
-    "memory_limit_gb": "RAM limit of each container",
+    "memory_limit_gb": "RAM limit of each container (default: the profile's, sized from measured peaks)",
+    "compile_cache": "true | false: compile the seed once at night start and give every run that cache "
+                     "(default: on for gpu with Docker)",
     "data_dir": "prepared data (default: data/<profile>)",
     "runs_dir": "where results go (default: runs)",
     "worktrees_dir": "where the experiment worktree goes (default: worktrees)",
@@ -315,8 +317,9 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         raise KeyboardInterrupt
 
     remover = None if backend is None else functools.partial(remove_tag_containers, backend=backend)
+    compile_cache = warm_night_cache(settings, backend, console)
     deps = LoopDeps(agent=agent, runner=runner, observer=observer, remove_orphans=remover,
-                    manifest_sha256=manifest, stop=stop)
+                    manifest_sha256=manifest, stop=stop, compile_cache=compile_cache)
     loop = NightLoop(settings, deps, slots=slots)
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -348,6 +351,11 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         for line in resume:
             console.print(Text("  " + line))
         return EXIT_ERROR
+    finally:
+        if compile_cache is not None:  # the night's only: a resumed night warms its own
+            from sandbox.compile_cache import remove_compile_cache
+
+            remove_compile_cache(settings.tag_dir)
     observer.write_report()
     ends = {"max-experiments": "reached --max-experiments", "deadline": "reached its end time",
             "stopped": "stopped by Ctrl-C"}
@@ -364,6 +372,32 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
     return 0
 
 
+def warm_night_cache(settings: Settings, backend: Any, console: Console) -> Path | None:
+    """The night's warm compile cache (sandbox.compile_cache): the user's seed train.py compiled
+    once by trusted code, its cache handed to every train job as a private copy. None when off or
+    when warming gave nothing (every run then compiles cold, as the baseline does)."""
+    if not settings.compile_cache_on or backend is None:
+        return None
+    from sandbox.compile_cache import warm_compile_cache
+    from sandbox.errors import SandboxError
+    from sandbox.specs import LABEL_TAG
+
+    console.print(Text("warming the compile cache: the seed compiles once, every run gets a copy ..."))
+    try:
+        warm = warm_compile_cache(
+            seed_train_py=Path(settings.repo) / "programs" / settings.program / "train.py",
+            tag_dir=settings.tag_dir, run_id=f"{settings.tag}-warmup", profile=settings.profile,
+            data_dir=Path(settings.data_dir), image=settings.image, gpu=settings.gpu,
+            memory_gb=settings.container_memory_gb, labels={LABEL_TAG: settings.tag}, runner=backend)
+    except SandboxError as exc:
+        raise UserError(f"warming the compile cache failed: {exc} (or run with --compile-cache false)") from None
+    if warm.path is None:
+        console.print(Text(f"no compile cache ({warm.reason}); every run compiles cold", style="yellow"))
+        return None
+    console.print(Text(f"compile cache: {warm.bytes / 2**20:.0f} MiB in {warm.seconds:.0f} s"))
+    return warm.path
+
+
 def _tag_or_latest(runs_dir: Path, tag: str | None) -> str:
     tag = tag or latest_tag(runs_dir)
     if tag is None:
@@ -374,12 +408,16 @@ def _tag_or_latest(runs_dir: Path, tag: str | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from controller.status import ledger_table
+    from controller.loop import tag_running
+    from controller.status import in_flight_lines, ledger_table
 
     runs_dir = Path(args.runs_dir or "runs")
     tag = _tag_or_latest(runs_dir, args.tag)
-    rows = Ledger(runs_dir / tag).rows()
+    ledger = Ledger(runs_dir / tag)
+    rows = ledger.rows()
     console.print(ledger_table(tag, rows))
+    for text in in_flight_lines(ledger.read_journal(), ledger.read_slots(), tag_running(runs_dir / tag)):
+        console.print(text)
     for line in morning_notes(runs_dir / tag, rows):
         console.print(Text(line))
     return 0
@@ -393,7 +431,8 @@ def morning_notes(tag_dir: Path, rows: list) -> list[str]:
     from controller.safefiles import read_regular
 
     ledger, lines = Ledger(tag_dir), []
-    for n, row in enumerate(rows):
+    for row in rows:
+        n = row.n
         path = ledger.row_run_dir(n, row) / FIX_DECLINED_JSON
         if path.is_file():
             try:
@@ -495,7 +534,7 @@ def cmd_k8s_manifests(args: argparse.Namespace) -> int:
     settings = load_settings(**_overrides(args, ["profile", "image", "memory_limit_gb", "data_dir",
                                                  *K8S_FLAGS]))
     objects = sample_manifests(settings.profile, Cluster.from_settings(settings), image=settings.image,
-                               data_dir=Path(settings.data_dir), memory_gb=settings.memory_limit_gb)
+                               data_dir=Path(settings.data_dir), memory_gb=settings.container_memory_gb)
     print(f"# The Kubernetes objects of one {settings.profile} experiment, as the kubernetes backend\n"
           f"# creates them in namespace {settings.kube_namespace} (train.py shortened). Review, or\n"
           "# check with: kubectl apply --dry-run=server -f <this file>")

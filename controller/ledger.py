@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from controller.records import Journal, ReplicateRecord, RunRecord, TagRecord
+from controller.records import Journal, ReplicateRecord, RunRecord, SlotsRecord, TagRecord
 from controller.safefiles import (
     UnsafeFileError,
     atomic_write_model,
@@ -40,6 +40,7 @@ RESULTS = "results.tsv"
 RUN_JSON = "run.json"
 TAG_JSON = "tag.json"
 STATE_JSON = "state.json"
+SLOTS_JSON = "slots.json"
 REPLICATE_JSON = "replicate.json"
 MAX_DESCRIPTION = 200
 SHORT = 7
@@ -212,6 +213,18 @@ class Ledger:
 
     def write_journal(self, journal: Journal) -> None:
         atomic_write_model(self.tag_dir / STATE_JSON, journal)
+
+    def write_slots(self, record: SlotsRecord) -> None:
+        atomic_write_model(self.tag_dir / SLOTS_JSON, record)
+
+    def read_slots(self) -> SlotsRecord | None:
+        """What each slot is doing, as the running night last wrote it (None: none written, or
+        unreadable). Whether that night is still running is the tag lock's to say."""
+        path = self.tag_dir / SLOTS_JSON
+        try:
+            return SlotsRecord.model_validate_json(read_regular(path, 2**20))
+        except (OSError, UnsafeFileError, ValidationError):
+            return None
 
     def clear_journal(self) -> None:
         path = self.tag_dir / STATE_JSON

@@ -82,6 +82,8 @@ from controller.records import (
     ReplayRecord,
     ReplicateRecord,
     RunRecord,
+    SlotsRecord,
+    SlotState,
     TagRecord,
     Timings,
     utcnow,
@@ -146,6 +148,8 @@ class LoopObserver(Protocol):
 
     def say(self, text: str, level: str = "info") -> None: ...
 
+    # Optional: `slot(state: SlotState)` when a slot starts or ends a run (the live view).
+
 
 class NullObserver:
     def phase(self, n: int, phase: str) -> None:
@@ -170,6 +174,7 @@ class LoopDeps:
     remove_orphans: Callable[[str], object] | None = None  # tag -> (removes that tag's containers)
     manifest_sha256: str | None = None
     preflight: Runner | None = None  # a CPU check of a proposal before it takes a slot (sandbox.preflight)
+    compile_cache: Path | None = None  # the night's warm compile cache, given to every train job (sandbox.compile_cache)
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], dt.datetime] = _local_now
     stop: StopFlag = field(default_factory=StopFlag)
@@ -229,6 +234,23 @@ def tag_lock(tag_dir: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+    finally:
+        os.close(fd)
+
+
+def tag_running(tag_dir: Path) -> int | None:
+    """The pid of the controller running this tag now, or None (its lock is free)."""
+    try:
+        fd = os.open(tag_dir / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        return None
     finally:
         os.close(fd)
 
@@ -309,6 +331,8 @@ class NightLoop:
         self.state = _State()
         self.reproposals: list[FixTask] = []  # merge conflicts: the agent proposes the idea again
         self.fix_keys: set[tuple[int, int]] = set()  # (first failed experiment, attempt) of fixes started
+        self.slot_states: dict[int, SlotState] = {s.index: SlotState(index=s.index, label=s.label())
+                                                  for s in self.slots}
 
     # -- the night ---------------------------------------------------------------------------
 
@@ -373,6 +397,7 @@ class NightLoop:
             task, slot = st.running.pop(future)
             st.free.append(slot)
             st.free.sort(key=lambda s: s.index)
+            self._show_slot(slot, None)
             self._run_finished(task, slot, future)
             progressed = True
         for future in [f for f in st.preflights if f.done()]:
@@ -466,6 +491,8 @@ class NightLoop:
         st.preflights.clear()
         st.proposing = None
         st.free = list(self.slots)
+        for slot in self.slots:
+            self._show_slot(slot, None)
         st.queue.clear()
 
     # -- start or resume -------------------------------------------------------------------
@@ -828,6 +855,10 @@ class NightLoop:
         if self.s.overlap and len(self.slots) == 1 and self.pending:
             return False  # one slot: commit n+1 once n is decided, on the right parent
         prepared = st.prepared.pop(0)
+        if self._experiments_done():  # a merge took the last number while it was being prepared
+            self.log.info("proposal_dropped", reason="max-experiments", description=prepared.proposal.description)
+            self.d.observer.say("a prepared proposal was not run: the night has all its experiments")
+            return True
         best = self._best_commit()
         content = prepared.content
         if prepared.parent != best:
@@ -935,12 +966,27 @@ class NightLoop:
             self.ledger.set_aside(run_dir, _stamp())
             run_dir.mkdir(parents=True)
             spec = self._spec(pending, task.k, slot)
+            self._show_slot(slot, pending, task.k)
             self._hook(task.n, "training")
             begun, t0 = utcnow(), time.monotonic()
             future = _spawn(lambda spec=spec: (self._run(spec), begun, t0), f"run-{task.n}-{task.k}")
             st.running[future] = (task, slot)
             started = True
         return started
+
+    def _show_slot(self, slot: Slot, pending: Pending | None, k: int = 0) -> None:
+        """Note what `slot` does now (None: idle) for the live view and `make status` (slots.json)."""
+        state = SlotState(index=slot.index, label=slot.label())
+        if pending is not None:
+            state = state.model_copy(update={"n": pending.n, "k": k, "what": _run_label(pending, k)})
+        self.slot_states[slot.index] = state
+        show = getattr(self.d.observer, "slot", None)
+        if callable(show):
+            show(state)
+        try:
+            self.ledger.write_slots(SlotsRecord(pid=os.getpid(), slots=list(self.slot_states.values())))
+        except OSError as exc:  # a view only: never stops the night
+            self.log.warning("slots_write_failed", error=str(exc))
 
     def _spec(self, pending: Pending, k: int, slot: Slot | None, preflight: bool = False) -> ExperimentSpec:
         run_dir = self.ledger.run_dir(pending.n, pending.commit, k)
@@ -954,8 +1000,8 @@ class NightLoop:
             train_py=train_py.resolve(), run_dir=run_dir.resolve(),
             profile=self.s.profile, data_dir=Path(self.s.data_dir).resolve(), image=self.s.image,
             gpu=slot.gpu if slot is not None else None, cpuset=slot.cpuset if slot is not None else None,
-            seed=self.s.seed + k, vram_cap_gb=self.s.vram_cap_gb, memory_limit_gb=self.s.memory_limit_gb,
-            labels=labels,
+            seed=self.s.seed + k, vram_cap_gb=self.s.vram_cap_gb, memory_limit_gb=self.s.container_memory_gb,
+            labels=labels, compile_cache=None if preflight else self.d.compile_cache,
         )
 
     def _run(self, spec: ExperimentSpec) -> ExperimentResult | None:
@@ -1219,6 +1265,21 @@ class NightLoop:
             eval_exit_code=first.eval_exit_code if first else None, slot=first.slot if first else None,
             replicates=replicates, decision=decision, started=pending.started, finished=utcnow(),
         )
+
+
+def _run_label(pending: Pending, k: int) -> str:
+    """What a run is, in a few words: 'baseline, calibration run 2/3', 'confirmation run 2',
+    'merge of #7', 'fix 1 of #5: <description>', or the proposal's description."""
+    if pending.kind == "baseline":
+        return f"baseline, calibration run {k + 1}/{pending.wanted}" if pending.wanted > 1 else "baseline"
+    description = clean_line(pending.proposal.description if pending.proposal else pending.kind, 60)
+    if k > 0:
+        return f"confirmation run {k + 1}: {description}"
+    if pending.kind == "merge":
+        return f"merge of #{pending.merge_of}"
+    if pending.kind == "fix":
+        return f"fix {pending.fix_attempt} of #{pending.fix_of}: {description}"
+    return description
 
 
 def _reason(result: ExperimentResult) -> str | None:

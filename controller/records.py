@@ -179,3 +179,26 @@ class ReplayRecord(BaseModel):
     started: dt.datetime
     finished: dt.datetime
     run_dir: Path
+
+
+class SlotState(BaseModel):
+    """What one slot is doing (slots.json, rewritten on every change while a night runs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    label: str  # e.g. "slot 0 (GPU 0)"
+    n: int | None = None  # the experiment it runs; None: idle
+    k: int = 0  # which run of that experiment (0: the first; later: calibration or confirmation)
+    what: str = "idle"  # e.g. "proposal", "confirmation run 2", "baseline calibration run 3/3"
+    since: dt.datetime = Field(default_factory=utcnow)
+
+
+class SlotsRecord(BaseModel):
+    """slots.json: every slot's state, and the controller's pid (stale when that night ended)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int
+    slots: list[SlotState]
+    updated: dt.datetime = Field(default_factory=utcnow)

@@ -122,7 +122,7 @@ def replay(settings: Settings, sha: str, runner: Runner, image_id: str | None) -
         spec = ExperimentSpec(
             run_id=f"{loc.tag}-replay-{loc.n:04d}-{stamp}", train_py=train_py, run_dir=run_dir,
             profile=record.profile, data_dir=data_dir.resolve(), image=settings.image, gpu=record.gpu,
-            seed=record.seed, vram_cap_gb=settings.vram_cap_gb, memory_limit_gb=settings.memory_limit_gb,
+            seed=record.seed, vram_cap_gb=settings.vram_cap_gb, memory_limit_gb=settings.container_memory_gb,
             labels={"overnight.replay-of": f"{loc.tag}-{loc.n}"},
         )
         result = runner(spec)

@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     verify_runs: int = Field(default=0, ge=0, le=20)  # at the night's end: runs each of the baseline and the best
     max_fix_attempts: int = Field(default=2, ge=0, le=10)  # fix tries after a crash, and re-asks after a refused edit
     vram_cap_gb: float | None = Field(default=None, gt=0)  # the NVML watchdog kills a run above this
-    memory_limit_gb: float = Field(default=8.0, gt=0)  # container RAM limit
+    memory_limit_gb: float | None = Field(default=None, gt=0)  # container RAM limit (default: the profile's)
+    compile_cache: bool | None = None  # warm torch.compile's cache once per night (default: on for gpu, Docker)
     data_dir: Path = Field(default_factory=lambda data: Path("data") / str(data.get("profile", "cpu")))
     runs_dir: Path = Path("runs")
     worktrees_dir: Path = Path("worktrees")
@@ -183,6 +184,17 @@ class Settings(BaseSettings):
 
         return RuleSettings(keep_z=self.keep_z, confirm_z=self.confirm_z, max_confirm=self.max_confirmations,
                             min_delta=self.min_delta, simpler_wins_ties=self.simpler_wins_ties)
+
+    @property
+    def container_memory_gb(self) -> float:
+        """Each container's RAM limit: --memory-limit-gb, else the profile's measured size."""
+        return self.memory_limit_gb if self.memory_limit_gb is not None else PROFILES[self.profile].memory_gb
+
+    @property
+    def compile_cache_on(self) -> bool:
+        """Warm the compile cache at night start: it only pays where torch.compile runs (CUDA)."""
+        wanted = self.profile == "gpu" if self.compile_cache is None else self.compile_cache
+        return wanted and self.sandbox == "docker" and self.backend == "docker"
 
     @property
     def preflight_on(self) -> bool:

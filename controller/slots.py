@@ -132,7 +132,7 @@ def memory_per_experiment(settings: Settings) -> int:
     """RAM one experiment may hold at once, in bytes: one job container at its limit (the eval
     job starts after the train job has exited, so the two never hold memory together), plus the
     two small keepers that hold their output volumes."""
-    return int(settings.memory_limit_gb * GiB) + 2 * KEEPER_MEMORY
+    return int(settings.container_memory_gb * GiB) + 2 * KEEPER_MEMORY
 
 
 def host_memory() -> int:
@@ -146,14 +146,14 @@ def check_memory(settings: Settings, slots: int, host_bytes: int) -> None:
     need = slots * memory_per_experiment(settings)
     if need > host_bytes:
         fits = host_bytes // memory_per_experiment(settings)
-        raise SlotError(f"{slots} slots x {settings.memory_limit_gb:g} GB per experiment (--memory-limit-gb) need "
+        raise SlotError(f"{slots} slots x {settings.container_memory_gb:g} GB per experiment (--memory-limit-gb) need "
                         f"{need / GiB:.1f} GB, more than this machine's {host_bytes / GiB:.1f} GB of RAM: use "
                         f"fewer slots ({fits} fit) or a smaller --memory-limit-gb")
 
 
 def slot_lines(slots: list[Slot], settings: Settings) -> list[str]:
     """One line per slot for the night's first lines, e.g. "slot 0: GPU 0", "slot 1: CPUs 1"."""
-    memory = f"{settings.memory_limit_gb:g} GB RAM per container"
+    memory = f"{settings.container_memory_gb:g} GB RAM per container"
     lines = []
     for slot in slots:
         if settings.backend == "kubernetes":

@@ -84,6 +84,7 @@ def environment(gpu: int | None, extra: Mapping[str, str] | None = None) -> dict
         "LANG": "C.UTF-8",
         # "void" = no GPU even under an nvidia default runtime or a CUDA base image's "all".
         "NVIDIA_VISIBLE_DEVICES": "void" if gpu is None else str(gpu),
+        "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",  # also the image's: stated here so nothing is implicit
         **(extra or {}),
     }
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,24 +99,47 @@ def toy_score(source: str) -> float:
 
 
 def _maybe_hang(phase: str, n: int) -> None:
+    """Block forever at `phase` of experiment n when OVERNIGHT_TEST_HANG names it ("phase:n", or
+    several "phase:n,phase:m": each writes <marker>-<phase>-<n> when reached, for runs in flight
+    on several slots at once)."""
     want = os.environ.get(HANG_ENV)
-    if want and want == f"{phase}:{n}":
-        marker = os.environ.get(MARKER_ENV)
-        if marker:
-            Path(marker).write_text(f"{os.getpid()}\n")
-        while True:
-            time.sleep(1)
+    if not want:
+        return
+    points = want.split(",")
+    if f"{phase}:{n}" not in points:
+        return
+    marker = os.environ.get(MARKER_ENV)
+    if marker:
+        path = Path(marker) if len(points) == 1 else Path(f"{marker}-{phase}-{n}")
+        path.write_text(f"{os.getpid()}\n")
+    while True:
+        time.sleep(1)
 
 
 class FakeRunner:
     """Scores train.py from its constants. Markers in the source: CRASH, TIMEOUT, REJECT."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, delays: dict[int, float] | None = None) -> None:
         self.specs: list[ExperimentSpec] = []
         self.fail_first = fail_first  # raise ConnectionError this many times (engine down)
+        self.delays = delays or {}  # experiment number -> seconds its run takes
+        self.windows: list[tuple[ExperimentSpec, float, float]] = []  # (spec, start, end) of each run
+        self._lock = threading.Lock()
 
     def __call__(self, spec: ExperimentSpec) -> ExperimentResult:
-        self.specs.append(spec)
+        start = time.monotonic()
+        with self._lock:
+            self.specs.append(spec)
+        try:
+            return self._run(spec)
+        finally:
+            with self._lock:
+                self.windows.append((spec, start, time.monotonic()))
+
+    def _run(self, spec: ExperimentSpec) -> ExperimentResult:
+        n = int(spec.labels.get("overnight.experiment", "-1"))
+        if self.delays.get(n):
+            time.sleep(self.delays[n])
         if self.fail_first > 0:
             self.fail_first -= 1
             raise SandboxError("no Docker engine reachable (ConnectionError): start dockerd")
@@ -233,6 +257,7 @@ class HangObserver:
 def build_loop(repo: Path, tag: str, script: dict, max_experiments: int | None, **settings):
     from controller.loop import LoopDeps, NightLoop
     from controller.settings import load_settings
+    from controller.slots import Slot
 
     s = load_settings(**{"tag": tag, "profile": "test", "agent": "search", "repo": repo, "runs_dir": repo / "runs",
                          "worktrees_dir": repo / "worktrees", "data_dir": repo / "data",
@@ -242,7 +267,8 @@ def build_loop(repo: Path, tag: str, script: dict, max_experiments: int | None, 
     observer = HangObserver()
     deps = LoopDeps(agent=agent, runner=runner, observer=observer, sleep=lambda s: None,
                     manifest_sha256=make_data_dir(Path(s.data_dir)))
-    return NightLoop(s, deps), agent, runner, observer
+    slots = [Slot(i, cpuset=str(i)) for i in range(s.slots)] if s.slots > 1 else None
+    return NightLoop(s, deps, slots=slots), agent, runner, observer
 
 
 def main() -> int:
@@ -251,8 +277,11 @@ def main() -> int:
     parser.add_argument("--tag", required=True)
     parser.add_argument("--script", type=Path, required=True)
     parser.add_argument("--max-experiments", type=int, default=None)
+    parser.add_argument("--slots", type=int, default=1)
     args = parser.parse_args()
-    loop, agent, _, _ = build_loop(args.repo, args.tag, json.loads(args.script.read_text()), args.max_experiments)
+    extra = {"overlap": True, "slots": args.slots} if args.slots > 1 else {}
+    loop, agent, _, _ = build_loop(args.repo, args.tag, json.loads(args.script.read_text()), args.max_experiments,
+                                   **extra)
     summary = loop.run()
     print(json.dumps({"reason": summary.reason, "rows": len(summary.rows), "agent_calls": agent.calls}))
     return 0
@@ -263,32 +292,45 @@ if __name__ == "__main__":
 
 
 def check_consistent(repo: Path, tag: str) -> list:
-    """The invariants a night keeps, even across kill -9: one ref per ledger row and no other,
-    the branch is the baseline plus the kept commits in order, every row has its run folder and
-    run.json, nothing half-done is left in the worktree. Returns the ledger rows."""
+    """The invariants a night keeps, even across kill -9 and with several experiments in flight:
+    one ref per ledger row and no other, numbers 0..N-1 each decided once (rows come in decision
+    order), the branch is the baseline plus the kept commits in the order they were kept, each
+    kept commit's parent is the best before it (so exactly the measured commit landed), every row
+    has its run folder and run.json, every run folder belongs to a recorded run, nothing half-done
+    is left in the worktree. Returns the ledger rows."""
     from controller import git as g
     from controller.ledger import Ledger
 
     ledger = Ledger(repo / "runs" / tag)
     rows = ledger.rows()
     refs = g.experiment_refs(repo, tag)
-    assert sorted(refs) == list(range(len(rows))), (refs, rows)
-    commits = [refs[n] for n in range(len(rows))]
-    for n, row in enumerate(rows):
-        assert commits[n].startswith(row.commit)
-        record = ledger.read_record(n, commits[n])
-        assert record is not None and record.n == n and record.commit == commits[n] and record.status == row.status
-        assert (ledger.row_run_dir(n, row) / "train.py").read_bytes() == g.file_at(
-            repo, commits[n], "programs/default/train.py")
-    assert len(set(commits[1:])) == len(commits[1:])  # no experiment ran twice
+    numbers = [row.n for row in rows]
+    assert sorted(numbers) == list(range(len(rows))), numbers  # each number decided once, none missing
+    assert sorted(refs) == sorted(numbers), (refs, numbers)
+    expected_dirs: set[str] = set()
+    for row in rows:
+        commit = refs[row.n]
+        assert commit.startswith(row.commit)
+        record = ledger.read_record(row.n, commit)
+        assert record is not None and record.n == row.n and record.commit == commit and record.status == row.status
+        assert (ledger.row_run_dir(row.n, row) / "train.py").read_bytes() == g.file_at(
+            repo, commit, "programs/default/train.py")
+        expected_dirs.add(ledger.row_run_dir(row.n, row).name)
+        expected_dirs.update(r.run_dir for r in record.replicates)
+        if row.scored:
+            ok = [r.val_bpb for r in record.replicates if r.status == "ok" and r.val_bpb is not None]
+            assert len(ok) == row.runs >= 1 and abs(sum(ok) / len(ok) - row.val_bpb) < 1e-6  # val_bpb was measured
+    commits = [refs[row.n] for row in rows]
+    assert len(set(commits[1:])) == len(commits[1:])  # no commit decided twice
     run_dirs = {p.name for p in ledger.tag_dir.iterdir() if p.is_dir() and p.name[:4].isdigit()}
-    assert run_dirs == {ledger.row_run_dir(n, row).name for n, row in enumerate(rows)}  # no stray run folder
-    kept = [commits[n] for n, row in enumerate(rows) if row.status == "keep"]
-    base = commits[0] if rows else None
+    assert run_dirs == expected_dirs, (run_dirs, expected_dirs)  # no stray run folder
     if rows:
+        base = refs[0]
+        kept = [refs[row.n] for row in rows if row.status == "keep"]
         tip = g.resolve(repo, f"refs/heads/autoresearch/{tag}")
         chain = g.first_parent_chain(repo, base, tip)
-        expected = kept if rows[0].status == "keep" else [base, *kept]
+        baseline_kept = any(row.n == 0 and row.status == "keep" for row in rows)
+        expected = kept if baseline_kept else [base, *kept]
         assert chain == expected, (chain, expected)
         wt = repo / "worktrees" / tag
         assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""

@@ -19,6 +19,7 @@ import pytest
 from controller_fakes import check_consistent
 
 
+from controller.ledger import HEADER, REPLICATE_JSON, RUN_JSON
 from evaluator.manifest import verify_manifest
 from evaluator.records import ScoreRecord
 from sandbox import specs
@@ -392,7 +393,7 @@ HOSTILE_OUTPUT_CASES = ["out_setuid_file", "out_special_files", "out_deep_tree",
 def test_a_run_folder_holds_only_the_artifact_the_logs_and_the_controllers_records(night: NightResult,
                                                                                  case: str) -> None:
     run = night.case_run(case)
-    allowed = set(RUN_FILES) | {"run.json", "transcript.json"}
+    allowed = set(RUN_FILES) | {RUN_JSON, REPLICATE_JSON, "transcript.json"}
     found = {}
     for entry in os.scandir(run.run_dir):
         st = entry.stat(follow_symlinks=False)
@@ -440,7 +441,7 @@ def test_forged_ledger_rows_in_the_output_do_not_reach_the_ledger(night: NightRe
     run = night.case_run("ledger_injection")
     lines = (night.tag_dir / "results.tsv").read_text().splitlines()
     assert len(lines) == 1 + len(night.rows)
-    assert all(len(line.split("\t")) == 6 for line in lines)
+    assert lines[0] == HEADER and all(len(line.split("\t")) == len(HEADER.split("\t")) for line in lines)
     assert [line.split("\t")[0] for line in lines[1:]] == [r.commit for r in night.rows]  # no deadbee, no 0000000
     reason = run.record.reason or ""
     assert reason.isprintable() and "\t" not in reason and "\n" not in reason

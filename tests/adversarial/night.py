@@ -204,6 +204,8 @@ class CaseAgent:
         self.taken: list[tuple[int, Step]] = []
 
     def propose(self, context: ProposalContext) -> Proposal:
+        if not self.steps:
+            raise AssertionError(f"the loop asked for experiment {context.experiment} after the plan ran out")
         step = self.steps.pop(0)
         self.taken.append((context.experiment, step))
         train_py = Path(context.train_py)
@@ -361,7 +363,13 @@ def run_night(workdir: Path, data_dir: Path) -> NightResult:
     repo = make_repo(workdir / "repo")
     settings = load_settings(tag=TAG, profile=PROFILE, agent="search", repo=repo, runs_dir=repo / "runs",
                              worktrees_dir=repo / "worktrees", data_dir=data_dir,
-                             max_experiments=len(RUNS), max_fix_attempts=0, memory_limit_gb=MEMORY_LIMIT_GB)
+                             max_experiments=len(RUNS), max_fix_attempts=0, memory_limit_gb=MEMORY_LIMIT_GB,
+                             # One case after another: the plan is a fixed script, so a proposal prepared
+                             # during a run (and re-asked after a keep) would shift every later case.
+                             overlap=False, calibration_runs=1,
+                             # Honest cases score the seed's exact value: a tie must not move the best
+                             # (shorter code wins ties by default), so each case is judged against the seed.
+                             simpler_wins_ties=False)
     agent = CaseAgent(plan())
     baseline: dict[str, dict[str, str]] = {}
 

@@ -1,0 +1,124 @@
+"""False keeps of changes that do nothing, on a real night in containers.
+
+    python benchmarks/bench_null_keeps.py [--profile cpu] [--proposals 20] [--slots 2] [--improvement]
+    python benchmarks/bench_null_keeps.py --profile test --proposals 3 --slots 1   # the tiny version
+
+The real loop (calibration runs of the baseline, the keep rule, confirmation runs) over the real
+sandbox; every proposal is a no-op: a reworded comment and a changed random seed, alternating. Any
+keep is a false keep. The scores the night measured (each proposal's first run and its
+confirmations) are then replayed under the old rule (keep when the first run is strictly below
+the best so far) and the new one (controller.noise), as benchmarks/sim_null_keeps.py does; the
+new rule's replay must agree with what the loop decided. With --improvement, one more proposal is
+a change measured as clearly better (--improvement-edit, default: the CPU model's learning rates),
+and the line `improvement_kept:` says whether the night kept it.
+
+Ends with grep-able lines: `false_keep_old:`, `false_keep_new:`, `extra_runs:` (runs beyond one
+per experiment, calibration included, as a share of all runs), `runs:`, `proposals:`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from controller.logs import configure_quiet  # noqa: E402
+from controller.noise import replay_night  # noqa: E402
+from evaluator.profiles import get_profile  # noqa: E402
+from night_kit import ThinkingAgent, all_records, comment_only, run_night, seed_only  # noqa: E402
+
+# A change measured as clearly better on the cpu profile (see the README for the numbers).
+IMPROVEMENT = ("CPU_TOTAL_BATCH_TOKENS = 2**12", "CPU_TOTAL_BATCH_TOKENS = 2**11")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--data-dir", type=Path, default=None, help="default: data/<profile>")
+    p.add_argument("--proposals", type=int, default=20)
+    p.add_argument("--slots", type=int, default=2, help="experiments at once, one core each")
+    p.add_argument("--calibration-runs", type=int, default=3)
+    p.add_argument("--improvement", action="store_true", help="end with a change known to be better")
+    p.add_argument("--improvement-edit", nargs=2, default=IMPROVEMENT, metavar=("OLD", "NEW"))
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the scores (sim_null_keeps.py --scores)")
+    args = p.parse_args()
+    configure_quiet()
+    data_dir = (args.data_dir or REPO / "data" / args.profile).resolve()
+    if not (data_dir / "manifest.json").is_file():
+        sys.exit(f"no prepared data in {data_dir}: run `make prepare PROFILE={args.profile}` first")
+    total = args.proposals + (1 if args.improvement else 0)
+    old, new = args.improvement_edit
+
+    calls = {"n": 0}
+
+    def is_improvement(n: int) -> bool:  # the last proposal of the night (by the agent's count)
+        return args.improvement and calls["n"] == total
+
+    def edit(source: str, n: int) -> str:
+        calls["n"] += 1
+        if is_improvement(n):
+            if old not in source:
+                sys.exit(f"--improvement-edit: {old!r} is not in the seed")
+            return source.replace(old, new, 1)
+        return (comment_only if n % 2 else seed_only)(source, n)
+
+    def describe(n: int) -> str:
+        if is_improvement(n):
+            return f"improvement: {new}"
+        return f"no-op {n}: " + ("reword a comment" if n % 2 else "another random seed")
+
+    import os
+
+    cores = [str(c) for c in sorted(os.sched_getaffinity(0))]
+    cpusets = cores[: args.slots] if args.slots > 1 else [",".join(cores)]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-null-keeps-"))
+    night = run_night(work, label="null", profile=args.profile, data_dir=data_dir,
+                      agent=ThinkingAgent(0.0, edit, describe), cpusets=cpusets, overlap=True,
+                      max_experiments=total, calibration_runs=args.calibration_runs)
+    records = {r.n: r for r in all_records(night.tag_dir)}
+
+    def scores(n: int) -> list[float]:
+        return [r.val_bpb for r in records[n].replicates if r.val_bpb is not None and not r.preflight]
+
+    improvements = [n for n in records if records[n].description.startswith("improvement")]
+    nulls = [n for n in sorted(records) if n > 0 and records[n].kind == "proposal" and n not in improvements]
+    baseline = scores(0)
+    if not baseline:
+        sys.exit(f"the baseline did not score ({records[0].status}: {records[0].reason}): nothing to compare "
+                 "against; is the machine busy? (`make logs RUN=0` in the bench's checkout)")
+    firsts = [scores(n) for n in nulls if scores(n)]
+    replay = replay_night(baseline, firsts, deterministic=get_profile(args.profile).max_steps is not None)
+    kept_loop = [records[n].status == "keep" for n in nulls if scores(n)]
+    runs = sum(len(scores(n)) for n in records)
+    experiments = sum(1 for n in records if scores(n))
+    if args.json:
+        args.json.write_text(json.dumps({"baseline": baseline, "proposals": firsts}) + "\n")
+    print(f"noise: baseline runs {', '.join(f'{s:.4f}' for s in baseline)}")
+    if kept_loop != replay.kept_new:
+        print(f"note: the loop kept {sum(kept_loop)}, the replay of the new rule {sum(replay.kept_new)} "
+              "(with several slots the loop decides in completion order, against the best at that time)")
+    print(f"agree_with_replay: {'yes' if kept_loop == replay.kept_new else 'no'}")
+    print(f"wall_s: {night.wall_s:.0f}")
+    print(f"proposals: {len(firsts)}")
+    print(f"runs: {runs}")
+    print(f"false_keep_old: {replay.false_keep_old:.2f}")
+    print(f"false_keep_new: {sum(kept_loop) / len(kept_loop) if kept_loop else 0.0:.2f}")
+    print(f"extra_runs: {(runs - experiments) / runs if runs else 0.0:.2f}")
+    if args.improvement:
+        rec = records[improvements[0]] if improvements else None
+        kept = rec is not None and rec.status == "keep"
+        print(f"improvement: {', '.join(f'{s:.4f}' for s in scores(rec.n)) if rec else 'not run'} "
+              f"({rec.decision.text if rec and rec.decision else '-'})")
+        print(f"improvement_kept: {'yes' if kept else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
