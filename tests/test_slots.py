@@ -154,7 +154,7 @@ def test_on_kubernetes_slots_are_jobs_at_once_each_asking_for_one_gpu() -> None:
     slots = plan_slots(settings, nvml=FakeNVML(None))  # no local GPU needed: the cluster has them
     assert slots == [Slot(0, gpu=0), Slot(1, gpu=0), Slot(2, gpu=0)]
     assert slot_lines(slots, settings)[2] == ("slot 2: a job on the cluster with one nvidia.com/gpu, "
-                                              "8 GB RAM per container")
+                                              "24 GB RAM per container")
     cpu = load_settings(profile="cpu", backend="kubernetes", slots="2")
     assert plan_slots(cpu, cpus={0}) == [Slot(0), Slot(1)]  # no local pinning either
     with pytest.raises(SlotError, match="--gpus picks GPUs of this machine; on the kubernetes backend the "
@@ -167,10 +167,10 @@ def test_on_kubernetes_slots_are_jobs_at_once_each_asking_for_one_gpu() -> None:
 
 def test_each_slot_is_one_line_saying_where_it_runs() -> None:
     gpu = load_settings(profile="gpu", gpus="1,3")
-    assert slot_lines(gpu_plan(4, gpus="1,3"), gpu) == ["slot 0: GPU 1, 8 GB RAM per container",
-                                                        "slot 1: GPU 3, 8 GB RAM per container"]
+    assert slot_lines(gpu_plan(4, gpus="1,3"), gpu) == ["slot 0: GPU 1, 24 GB RAM per container",
+                                                        "slot 1: GPU 3, 24 GB RAM per container"]
     cpu = load_settings(profile="cpu", slots="2", memory_limit_gb="2")
     assert slot_lines(plan_slots(cpu, cpus={0, 1}, host_memory_bytes=BIG_HOST), cpu) == [
         "slot 0: CPUs 0, 2 GB RAM per container", "slot 1: CPUs 1, 2 GB RAM per container"]
     one = load_settings(profile="cpu")
-    assert slot_lines([Slot(0)], one) == ["slot 0: all CPUs (not pinned), 8 GB RAM per container"]
+    assert slot_lines([Slot(0)], one) == ["slot 0: all CPUs (not pinned), 2 GB RAM per container"]
