@@ -70,7 +70,7 @@ def test_each_gpu_slot_asks_for_its_own_gpu_and_no_other(images: str, docker_cli
         nvml = CreatedContainers(docker_client, run_id)
         spec = ExperimentSpec(run_id=run_id, train_py=seed_train_py, run_dir=tmp_path / run_id, profile="gpu",
                               data_dir=stub_data_dir, image=images, gpu=slot.gpu, cpuset=slot.cpuset,
-                              memory_limit_gb=settings.memory_limit_gb)
+                              memory_limit_gb=settings.container_memory_gb)
         with pytest.raises(SandboxError, match=f"NVML unavailable for GPU {slot.gpu} "):
             run_experiment(spec, runner=DockerRunner(docker_client, tick_s=0.1), nvml=nvml)
         assert nvml.watched == slot.gpu  # the VRAM watchdog watches the slot's GPU
@@ -84,7 +84,7 @@ def test_each_gpu_slot_asks_for_its_own_gpu_and_no_other(images: str, docker_cli
         assert requests[0]["Capabilities"] == [["gpu"]]
         assert f"NVIDIA_VISIBLE_DEVICES={slot.gpu}" in job["Config"]["Env"]
         assert job["HostConfig"]["CpusetCpus"] == ""  # a GPU slot is not pinned to cores
-        assert job["HostConfig"]["Memory"] == int(settings.memory_limit_gb * GiB)
+        assert job["HostConfig"]["Memory"] == int(settings.container_memory_gb * GiB)
         assert not keeper["HostConfig"]["DeviceRequests"]  # the keeper gets no GPU
         assert leftovers(docker_client, run_id) == []
 
