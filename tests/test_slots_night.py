@@ -6,15 +6,23 @@ runs overlap."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from controller_fakes import FakeRunner, ScriptedAgent, build_loop, check_consistent, make_data_dir, make_repo
+from controller_fakes import (
+    FakeRunner,
+    ScriptedAgent,
+    build_loop,
+    check_consistent,
+    make_data_dir,
+    make_repo,
+)
 
-import controller.cli as cli
+from controller import cli
 from controller.loop import NightLoop
 from controller.slots import GiB, Slot, plan_slots
 from sandbox.result import ExperimentResult, ExperimentSpec
@@ -93,7 +101,7 @@ def test_one_slot_never_runs_two_experiments_at_once(tmp_path: Path) -> None:
     loop.run()
     windows = sorted(runner.windows, key=lambda w: w.start)
     assert len(windows) == 4 and {w.where for w in windows} == {(None, "0")}
-    assert all(a.end <= b.start for a, b in zip(windows, windows[1:]))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(windows))
 
 
 # -- the command ---------------------------------------------------------------------------------

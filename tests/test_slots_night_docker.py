@@ -6,7 +6,6 @@ slot's cpuset, read back from the engine while it runs."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,14 +13,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.night_kit import Quiet, ThinkingAgent, comment_only, make_checkout
 from controller.settings import load_settings
 from controller.slots import GiB, plan_slots
 from sandbox import specs
 from sandbox.experiment import run_experiment
 from sandbox.result import ExperimentResult, ExperimentSpec
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from night_kit import Quiet, ThinkingAgent, comment_only, make_checkout  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
