@@ -76,7 +76,7 @@ def test_a_two_slot_night_trains_two_experiments_at_once_on_their_own_cores(
         pytest.skip("two CPU slots need two usable cores; this process may use one")
     repo = make_checkout(tmp_path / "night")
     settings = load_settings(tag="slots2", profile="test", agent="search", repo=repo, runs_dir=repo / "runs",
-                             worktrees_dir=repo / "worktrees", data_dir=test_data_dir, max_experiments=3,
+                             worktrees_dir=repo / "worktrees", data_dir=test_data_dir, max_experiments=2,
                              overlap=True, slots=2)
     slots = plan_slots(settings, host_memory_bytes=64 * GiB)
     assert len(slots) == 2 and all(slot.cpuset for slot in slots)
@@ -87,7 +87,7 @@ def test_a_two_slot_night_trains_two_experiments_at_once_on_their_own_cores(
     summary = NightLoop(settings, deps, slots=slots).run()
     runs = runner.runs
     assert summary.reason == "max-experiments", summary
-    assert len(runs) >= 4, runs  # the baseline and three experiments (at least one run each)
+    assert len(runs) >= 3, runs  # the baseline and two experiments (at least one run each)
     cpusets = {slot.cpuset for slot in slots}
     for run in runs:
         assert run["spec"].cpuset in cpusets  # every run went to a slot's cores ...
