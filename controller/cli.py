@@ -278,6 +278,9 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         settings = resume_settings(settings)
     except SetupError as exc:
         raise UserError(str(exc)) from None
+    from controller.slots import plan_slots, slot_lines
+
+    slots = plan_slots(settings)  # a plan that cannot work is a one-line error before anything starts
     backend = None if settings.sandbox == "bare" else make_backend(settings)
     manifest = data_manifest(settings, backend)
     image = current_image_id(settings, backend)
@@ -300,6 +303,8 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
     else:
         console.print(Text(f"image {settings.image} ({image[:19] if image else '?'})"))
     console.print(Text(f"results {settings.tag_dir}/results.tsv, log {log_path}"))
+    for line in slot_lines(slots, settings):
+        console.print(Text(line))
 
     rows = Ledger(settings.tag_dir).rows() if Ledger(settings.tag_dir).exists() else []
     deadline = settings.deadline(dt.datetime.now().astimezone())
@@ -322,7 +327,7 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
     compile_cache = warm_night_cache(settings, backend, console)
     deps = LoopDeps(agent=agent, runner=runner, observer=observer, remove_orphans=remover,
                     manifest_sha256=manifest, stop=stop, compile_cache=compile_cache)
-    loop = NightLoop(settings, deps)
+    loop = NightLoop(settings, deps, slots=slots)
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)  # the terminal went away: stop now, leave no container

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     )
     agent: AgentName = Field(default_factory=_default_agent)
     model: str | None = None  # the anthropic agent's model (None: the agent's default)
-    gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)  # GPU indices, one slot each (default: all)
+    # "all" or GPU indices like [0, 1, 3], one slot each (controller.slots); [] = not given (all on gpu)
+    gpus: Annotated[list[int] | Literal["all"], NoDecode] = Field(default_factory=list)
     slots: int = Field(default=1, ge=1, le=64)  # CPU profiles: experiments at once, each on its own pinned cores
     overlap: bool = True  # the agent prepares the next proposal while the slots train
     preflight: bool | None = None  # a CPU check before a proposal takes a slot (default: on for gpu)
@@ -125,10 +126,16 @@ class Settings(BaseSettings):
     @classmethod
     def _gpus(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.strip().lower() == "all":
+                return "all"
             parts = [p.strip() for p in value.split(",") if p.strip()]
             if not all(p.isdigit() for p in parts):
-                raise ValueError(f"{value!r} is not a comma-separated list of GPU indices like 0,1")
-            return [int(p) for p in parts]
+                raise ValueError(f"{value!r} is not a comma-separated list of GPU indices like 0,1, or all")
+            value = [int(p) for p in parts]
+        if isinstance(value, list):
+            twice = sorted({i for i in value if value.count(i) > 1})
+            if twice:
+                raise ValueError(f"GPU {twice[0]} is listed twice: give each GPU once (one slot per GPU)")
         return value
 
     @field_validator("until")
@@ -196,7 +203,7 @@ class Settings(BaseSettings):
     @property
     def gpu(self) -> int | None:
         """The one GPU an experiment uses: the first of --gpus, GPU 0 on the gpu profile, else none."""
-        if self.gpus:
+        if isinstance(self.gpus, list) and self.gpus:
             return self.gpus[0]
         return 0 if self.profile == "gpu" else None
 
