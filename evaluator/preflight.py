@@ -43,7 +43,12 @@ from typing import IO, TYPE_CHECKING, Any
 from evaluator import layout
 from evaluator.context import clock_started
 from evaluator.hostile import clean_line
-from evaluator.profiles import PREFLIGHT_SUFFIX, Profile, UnknownProfileError, get_profile
+from evaluator.profiles import (
+    PREFLIGHT_SUFFIX,
+    Profile,
+    UnknownProfileError,
+    get_profile,
+)
 from evaluator.records import REJECT_TEXT, PreflightRecord
 
 if TYPE_CHECKING:
@@ -273,11 +278,12 @@ def run(args: argparse.Namespace) -> PreflightRecord:
     try:
         import torch  # noqa: F401  (the checks' imports overlap train.py's start-up)
 
-        import evaluator.artifact  # noqa: F401
+        import evaluator.artifact
         import evaluator.score  # noqa: F401
     finally:
         train = finish_train(child, tee, clock + cap_s, t_train)
-    facts: dict[str, Any] = dict(profile=profile.name, train_exit_code=train.exit_code, train_seconds=train.seconds)
+    facts: dict[str, Any] = {"profile": profile.name, "train_exit_code": train.exit_code,
+                             "train_seconds": train.seconds}
     problem = train_problem(train, artifact, cap_s)
     if problem is not None:
         status, code, reason = problem

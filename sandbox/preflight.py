@@ -78,6 +78,7 @@ class SandboxPreflight:
             raise SandboxError(f"the CPU preflight runs on the docker backend only, not {backend.name}: "
                                "run with --preflight false")
         self.backend = backend
+        self.last: PreflightVerdict | None = None  # the latest verdict (for benchmarks and tests)
 
     def __call__(self, spec: ExperimentSpec) -> ExperimentResult | None:
         verdict = self.check(spec)
@@ -121,7 +122,7 @@ class SandboxPreflight:
                 self.backend.cancel(handle)
         finally:
             self.backend.cleanup(spec.run_id)
-        verdict = PreflightVerdict(record, outcome, time.monotonic() - started, note, image)
+        verdict = self.last = PreflightVerdict(record, outcome, time.monotonic() - started, note, image)
         log.info("preflight.end", run_id=spec.run_id, status=record.status if record else None,
                  reason=record.reason if record else note, seconds=round(verdict.seconds, 2))
         return verdict
