@@ -9,6 +9,7 @@ not be rebuilt). Run under `flock /tmp/overnight-docker.lock`."""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 from controller_fakes import HangObserver, ScriptedAgent, make_repo
+from rich.console import Console
 from sandbox_support import rid, script
 
 from evaluator.profiles import PROFILES, get_profile, preflight_profile
@@ -27,7 +29,7 @@ from sandbox.preflight import SandboxPreflight
 from sandbox.result import ExperimentResult, ExperimentSpec
 from sandbox.specs import LABEL_RUN
 
-pytestmark = pytest.mark.docker
+docker_test = pytest.mark.docker
 
 TINY_MODEL = '''
 import torch
@@ -121,6 +123,7 @@ def test_preflight_profiles_keep_the_nights_shapes_and_take_two_steps() -> None:
         assert pre.time_budget_s <= max(20.0, 0.1 * night.time_budget_s)
 
 
+@docker_test
 def test_the_seed_passes_the_preflight(tmp_path: Path, seed_train_py: Path, test_data_dir: Path, image: str,
                                        preflight: SandboxPreflight) -> None:
     verdict = preflight.check(spec(tmp_path, seed_train_py, test_data_dir, image, "pf-seed"))
@@ -131,6 +134,7 @@ def test_the_seed_passes_the_preflight(tmp_path: Path, seed_train_py: Path, test
     assert "profile test-preflight" in log and "preflight: ok" in log
 
 
+@docker_test
 @pytest.mark.parametrize(("name", "source", "status", "code", "words"), [
     ("crash", CRASHES, "crash", "train_exit", "exited with code 1: RuntimeError: CUDA out of memory"),
     ("no-export", NO_EXPORT, "crash", "no_model", "without calling submit(model)"),
@@ -152,6 +156,7 @@ def test_a_broken_proposal_is_stopped_by_the_preflight(tmp_path: Path, test_data
     assert preflight.last.record.reason_code == code
 
 
+@docker_test
 def test_the_preflight_container_sees_the_train_split_but_never_val_or_eval(
         tmp_path: Path, test_data_dir: Path, image: str, preflight: SandboxPreflight) -> None:
     the_spec = spec(tmp_path, script(tmp_path, WAITS), test_data_dir, image, "pf-mounts")
@@ -177,14 +182,35 @@ def test_the_preflight_container_sees_the_train_split_but_never_val_or_eval(
     assert verdict.record is not None and verdict.record.reason_code == "no_model"  # type: ignore[attr-defined]
 
 
-def test_the_kubernetes_backend_is_refused_with_a_clear_line() -> None:
-    class Cluster:
-        name = "kubernetes"
+class Cluster:
+    name = "kubernetes"
 
+
+def test_the_kubernetes_backend_is_refused_with_a_clear_line() -> None:
     with pytest.raises(SandboxError, match="docker backend only.*--preflight false"):
         SandboxPreflight(Cluster())  # type: ignore[arg-type]
 
 
+def test_the_night_gets_a_preflight_when_it_is_on_and_says_why_when_it_cannot(tmp_path: Path) -> None:
+    from controller.cli import UserError, make_preflight
+    from controller.settings import load_settings
+
+    console = Console(file=io.StringIO(), width=200)
+    docker_backend = DockerRunner()
+    assert make_preflight(load_settings(profile="cpu"), docker_backend, console) is None  # off by default on cpu
+    assert isinstance(make_preflight(load_settings(profile="gpu"), docker_backend, console), SandboxPreflight)
+    assert isinstance(make_preflight(load_settings(profile="cpu", preflight=True), docker_backend, console),
+                      SandboxPreflight)
+    assert make_preflight(load_settings(profile="gpu", preflight=False), docker_backend, console) is None
+    assert make_preflight(load_settings(profile="gpu"), Cluster(), console) is None  # on by default: said, off
+    assert "preflight off: the CPU preflight runs on the docker backend only" in console.file.getvalue()
+    with pytest.raises(UserError, match="docker backend only"):
+        make_preflight(load_settings(profile="gpu", preflight=True), Cluster(), console)
+    with pytest.raises(UserError, match="not bare processes"):
+        make_preflight(load_settings(profile="cpu", preflight=True), None, console)
+
+
+@docker_test
 def test_the_loop_records_a_preflight_stop_without_a_slot_run(tmp_path: Path, test_data_dir: Path, image: str,
                                                               preflight: SandboxPreflight) -> None:
     from controller.ledger import Ledger
