@@ -139,7 +139,7 @@ def train_problem(train: TrainOutcome, artifact: Path, cap_s: float) -> tuple[st
         how = (f"was killed by signal {-train.exit_code}" if train.exit_code < 0
                else f"exited with code {train.exit_code}")
         tail = f": {train.last_line}" if train.last_line else ""
-        return "crash", "train_exit", f"train.py {how} in the CPU preflight{tail}"
+        return "crash", "train_exit", f"train.py {how}{tail}"
     if not artifact.is_file():
         return "crash", "no_model", "train.py finished without calling submit(model): no model.pt2"
     return None

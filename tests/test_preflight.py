@@ -51,7 +51,7 @@ class Bigram(nn.Module):
 
 CRASHES = '''
 print("step 0 | loss 6.2", flush=True)
-raise RuntimeError("CUDA out of memory (a made-up crash)")
+raise RuntimeError("a made-up crash in the first step")
 '''
 
 NO_EXPORT = TINY_MODEL + '''
@@ -136,11 +136,11 @@ def test_the_seed_passes_the_preflight(tmp_path: Path, seed_train_py: Path, test
 
 @docker_test
 @pytest.mark.parametrize(("name", "source", "status", "code", "words"), [
-    ("crash", CRASHES, "crash", "train_exit", "exited with code 1: RuntimeError: CUDA out of memory"),
+    ("crash", CRASHES, "crash", "train_exit", "train.py exited with code 1: RuntimeError: a made-up crash"),
     ("no-export", NO_EXPORT, "crash", "no_model", "without calling submit(model)"),
     ("refused-op", REFUSED_OP, "rejected", "graph", "proposal::scale"),
     ("non-causal", NON_CAUSAL, "rejected", "non_causal", "causality probe"),
-])
+], ids=["crash", "no-export", "refused-op", "non-causal"])
 def test_a_broken_proposal_is_stopped_by_the_preflight(tmp_path: Path, test_data_dir: Path, image: str,
                                                        preflight: SandboxPreflight, name: str, source: str,
                                                        status: str, code: str, words: str) -> None:
