@@ -138,7 +138,7 @@ def test_the_seed_passes_the_preflight(tmp_path: Path, seed_train_py: Path, test
 @pytest.mark.parametrize(("name", "source", "status", "code", "words"), [
     ("crash", CRASHES, "crash", "train_exit", "train.py exited with code 1: RuntimeError: a made-up crash"),
     ("no-export", NO_EXPORT, "crash", "no_model", "without calling submit(model)"),
-    ("refused-op", REFUSED_OP, "rejected", "graph", "proposal::scale"),
+    ("refused-op", REFUSED_OP, "rejected", "graph", "torch.ops.proposal.scale"),
     ("non-causal", NON_CAUSAL, "rejected", "non_causal", "causality probe"),
 ], ids=["crash", "no-export", "refused-op", "non-causal"])
 def test_a_broken_proposal_is_stopped_by_the_preflight(tmp_path: Path, test_data_dir: Path, image: str,
