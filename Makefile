@@ -105,6 +105,13 @@ experiment: $(VENV)/.host
 bench-sandbox: $(VENV)/.dev images
 	$(PY) benchmarks/bench_sandbox.py --profile $(PROFILE) --data-dir $(DATA_DIR)
 
+# The CPU preflight of the seed (issue 13), in its container on $(PROFILE): prints preflight_<profile>_s
+# and preflight_share_max (its seconds / the profile's train budget). ARGS: --cases (broken proposals too).
+.PHONY: bench-preflight
+bench-preflight: $(VENV)/.dev images
+	@test -f $(DATA_DIR)/manifest.json || $(MAKE) --no-print-directory prepare
+	$(PY) benchmarks/bench_preflight.py --profile $(PROFILE) --data-dir $(DATA_DIR) $(ARGS)
+
 # Where an experiment's time goes outside training, on this machine's GPU (a tiny CPU version
 # without one): in containers when the engine and images are there, else as plain processes. Needs
 # only PyTorch (the project's venv when there is one, else $(PYTHON)); nothing is downloaded.

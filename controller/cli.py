@@ -159,6 +159,25 @@ def make_runner(settings: Settings, backend: Any = None) -> Callable:
     return functools.partial(run_experiment, runner=backend if backend is not None else make_backend(settings))
 
 
+def make_preflight(settings: Settings, backend: Any, console: Console) -> Callable | None:
+    """The CPU preflight (sandbox.preflight) when it is on; None when off, or (said in one line)
+    where it cannot run: bare processes, or a backend without one unless it was asked for."""
+    if not settings.preflight_on:
+        return None
+    from sandbox.errors import SandboxError
+    from sandbox.preflight import SandboxPreflight
+
+    try:
+        if backend is None:
+            raise SandboxError("the CPU preflight needs a sandbox backend, not bare processes")
+        return SandboxPreflight(backend)
+    except SandboxError as exc:
+        if settings.preflight:  # asked for explicitly
+            raise UserError(str(exc)) from None
+        console.print(Text(f"preflight off: {exc}", style="yellow"))
+        return None
+
+
 def current_image_id(settings: Settings, backend: Any = None) -> str | None:
     """What exactly the image is (a content id; a registry reference on a cluster), None for the
     bare runner; one-line errors."""
@@ -326,7 +345,8 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
     remover = None if backend is None else functools.partial(remove_tag_containers, backend=backend)
     compile_cache = warm_night_cache(settings, backend, console)
     deps = LoopDeps(agent=agent, runner=runner, observer=observer, remove_orphans=remover,
-                    manifest_sha256=manifest, stop=stop, compile_cache=compile_cache)
+                    manifest_sha256=manifest, stop=stop, compile_cache=compile_cache,
+                    preflight=make_preflight(settings, backend, console))
     loop = NightLoop(settings, deps, slots=slots)
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)

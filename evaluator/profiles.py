@@ -8,7 +8,7 @@ nothing train.py does in its own process can change what the evaluator uses.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PROFILE_ENV = "OVERNIGHT_PROFILE"
 
@@ -131,13 +131,48 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# Preflight profiles: a proposal's CPU check before it takes a slot (evaluator.preflight). The
+# exported model must take the night's real eval shape, so seq_len, vocab_size and
+# eval_batch_size are the night's; the rest is small: two steps, a short budget, one probe batch.
+
+PREFLIGHT_SUFFIX = "-preflight"
+PREFLIGHT_STEPS = 2  # optimizer steps the seed takes (the budget below still rules)
+PREFLIGHT_BUDGET_FRACTION = 0.1  # of the night's budget, told to train.py as its budget
+PREFLIGHT_MIN_BUDGET_S = 20.0  # import torch, two CPU steps and export, on a loaded shared CPU host
+PREFLIGHT_PROBE_FORWARDS = 2  # perturbed forwards of the probe (one tested position per row each)
+PREFLIGHT_MIN_CHECK_S = 20.0  # the checks (archive, graph, probe) after train.py: at least this
+
+
+def preflight_profile(profile: Profile) -> Profile:
+    """The preflight's profile for a night profile: the same shapes, two steps, a short budget
+    (10% of the night's, at least 20 s), one probe base batch and a few probe forwards. Its
+    eval_timeout_s caps the checks that follow train.py."""
+    budget = max(PREFLIGHT_MIN_BUDGET_S, PREFLIGHT_BUDGET_FRACTION * profile.time_budget_s)
+    return replace(
+        profile,
+        name=profile.name + PREFLIGHT_SUFFIX,
+        time_budget_s=budget,
+        export_allowance_s=max(MIN_ALLOWANCE_S, 0.1 * budget),
+        max_steps=PREFLIGHT_STEPS,
+        eval_tokens=profile.eval_batch_tokens,  # one probe base batch, drawn from the train split
+        eval_timeout_s=max(PREFLIGHT_MIN_CHECK_S, 0.1 * profile.eval_timeout_s),
+        probe_positions=PREFLIGHT_PROBE_FORWARDS * profile.eval_batch_size,
+    )
+
+
+PREFLIGHT_PROFILES: dict[str, Profile] = {p.name: p for p in map(preflight_profile, PROFILES.values())}
+
+
 class UnknownProfileError(ValueError):
     pass
 
 
 def get_profile(name: str) -> Profile:
+    """A night profile, or a preflight profile ("<night>-preflight", which train.py loads by
+    OVERNIGHT_PROFILE inside the preflight)."""
     try:
-        return PROFILES[name]
+        return PROFILES[name] if name in PROFILES else PREFLIGHT_PROFILES[name]
     except KeyError:
         known = ", ".join(sorted(PROFILES))
         raise UnknownProfileError(f"unknown profile {name!r}; choose one of: {known}") from None

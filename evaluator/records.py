@@ -53,3 +53,27 @@ class ScoreRecord(BaseModel):
     eval_seconds: float = 0.0
     manifest_sha256: str | None = None  # hash of the data manifest the score was computed on
     artifact_sha256: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# preflight.json: the CPU preflight's verdict (evaluator.preflight). Written in a container where
+# agent code ran, so the host reads it as hostile input and only ever uses it to stop an
+# experiment early, never as a score.
+
+PreflightCode = Literal["train_exit", "no_model", "train_timeout", "archive", "graph", "model_error",
+                        "bad_logits", "non_causal"]
+
+
+class PreflightRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok", "crash", "rejected", "timeout"]
+    reason_code: PreflightCode | None = None
+    reason: str | None = Field(default=None, max_length=1000)  # one line for a person
+    profile: str = Field(max_length=64)
+    train_exit_code: int | None = None
+    probe: ProbeResult | None = None
+    train_seconds: float = Field(default=0.0, ge=0)  # train.py in the preflight, its child process
+    check_seconds: float = Field(default=0.0, ge=0)  # the archive and graph checks
+    probe_seconds: float = Field(default=0.0, ge=0)  # the probe's forwards on train rows
+    total_seconds: float = Field(default=0.0, ge=0)  # from the container's start to this record

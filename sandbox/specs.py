@@ -186,6 +186,28 @@ def eval_job(*, run_id: str, image: str, profile: str, gpu: int | None, memory_g
     )
 
 
+def preflight_command(preflight_profile: str) -> tuple[str, ...]:
+    return ("python", "-m", "evaluator.preflight", "--train", TRAIN_PY, "--profile", preflight_profile,
+            "--data-dir", DATA, "--out", OUT)
+
+
+def preflight_job(*, run_id: str, image: str, preflight_profile: str, seed: int, memory_gb: float,
+                  data_dir: Path, train_py: Path, limits: Limits, check_cap_s: float,
+                  labels: Mapping[str, str]) -> JobSpec:
+    """The CPU preflight (evaluator.preflight): agent code, so a train job in all but its command:
+    the same lockdown, the train job's mounts only (train split, tokenizer, manifest; never val/
+    or eval/), no GPU. train.py runs inside it as a child under the preflight profile, then the
+    evaluator's checks; killed at train.py's cap plus `check_cap_s`."""
+    return JobSpec(
+        run_id=run_id, role="train", image=image, command=preflight_command(preflight_profile),
+        environment=train_environment(preflight_profile, seed, None, limits.train_budget_s),
+        data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
+        inputs={TRAIN_PY: train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
+        output_max_files=limits.out_max_files, cap_s=limits.train_cap_s + check_cap_s,
+        memory_gb=memory_gb, gpu=None, cpuset=None, labels=dict(labels),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Docker: containers and volumes for a job
 
