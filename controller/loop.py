@@ -968,8 +968,9 @@ class NightLoop:
                 continue
             slot = st.free.pop(0)
             run_dir = self.ledger.run_dir(task.n, pending.commit, task.k)
-            self.ledger.set_aside(run_dir, _stamp())
-            run_dir.mkdir(parents=True)
+            if not _only_preflight(run_dir):  # a half run of an interrupted controller: kept aside
+                self.ledger.set_aside(run_dir, _stamp())
+            run_dir.mkdir(parents=True, exist_ok=True)
             spec = self._spec(pending, task.k, slot)
             self._show_slot(slot, pending, task.k)
             self._hook(task.n, "training")
@@ -1268,6 +1269,19 @@ class NightLoop:
             eval_exit_code=first.eval_exit_code if first else None, slot=first.slot if first else None,
             replicates=replicates, decision=decision, started=pending.started, finished=utcnow(),
         )
+
+
+PREFLIGHT_FILES = frozenset({"train.py", "preflight.log"})
+
+
+def _only_preflight(run_dir: Path) -> bool:
+    """The run folder holds only what the preflight that let this run through left (its log
+    stays next to the run's own logs)."""
+    try:
+        entries = {p.name for p in run_dir.iterdir()}
+    except OSError:
+        return False
+    return "preflight.log" in entries and entries <= PREFLIGHT_FILES and not (run_dir / "train.py").is_symlink()
 
 
 def _run_label(pending: Pending, k: int) -> str:

@@ -39,7 +39,7 @@ from sandbox.limits import GiB, Limits
 from sandbox.logs import last_line
 from sandbox.nvml import VramWatchdog
 from sandbox.result import ExperimentResult, ExperimentSpec, Status
-from sandbox.rundir import RunPaths, check_data_dir, prepare_run_dir
+from sandbox.rundir import PREFLIGHT_LOG, RunPaths, check_data_dir, prepare_run_dir
 from sandbox.runner import JobHandle, JobOutcome, Runner, Watcher
 
 log = structlog.get_logger("sandbox")
@@ -70,7 +70,7 @@ def run_experiment(spec: ExperimentSpec, *, limits: Limits | None = None, runner
     image = runner.image_id(spec.image)
     data_dir = check_data_dir(spec.data_dir) if runner.data_on_host else Path(spec.data_dir)
     compile_cache = check_cache_file(spec.compile_cache) if spec.compile_cache is not None else None
-    paths = prepare_run_dir(spec.run_dir, spec.train_py, limits.train_py_max_bytes)
+    paths = prepare_run_dir(spec.run_dir, spec.train_py, limits.train_py_max_bytes, keep=(PREFLIGHT_LOG,))
     runner.cleanup(spec.run_id)
     log.info("experiment.start", run_id=spec.run_id, profile=spec.profile, gpu=spec.gpu,
              image=image[:19], run_dir=str(paths.run_dir))

@@ -26,7 +26,7 @@ from sandbox.trainpy import TrainPyRefused, check_train_py
 
 DETAIL_LOG = "eval-detail.log"
 RUN_FILES = ("train.py", "train.log", "eval.log", layout.ARTIFACT_NAME, layout.SCORE_NAME, ROWLOSS_FILE,
-             DETAIL_LOG, "nvml.jsonl", "preflight.log")
+             DETAIL_LOG, "nvml.jsonl", "preflight.log")  # preflight.log: sandbox.preflight
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,14 @@ def check_data_dir(data_dir: Path) -> Path:
     return data_dir
 
 
-def prepare_run_dir(run_dir: Path, train_py: Path, train_py_max_bytes: int) -> RunPaths:
+PREFLIGHT_LOG = "preflight.log"
+
+
+def prepare_run_dir(run_dir: Path, train_py: Path, train_py_max_bytes: int,
+                    keep: tuple[str, ...] = ()) -> RunPaths:
     """Make the run folder with the checked copy of train.py; remove what an earlier attempt of
-    the same run left (known file names only, never recursively)."""
+    the same run left (known file names only, never recursively), except the names in `keep`
+    (the experiment keeps the log of the preflight that let it through)."""
     paths = RunPaths(Path(run_dir).resolve())
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     source = Path(train_py).absolute()  # the last component is not resolved: no symlinks
@@ -94,6 +99,8 @@ def prepare_run_dir(run_dir: Path, train_py: Path, train_py_max_bytes: int) -> R
     except (UnsafeFileError, TrainPyRefused, OSError) as exc:
         raise SandboxError(f"cannot use {train_py} as train.py: {exc}") from None
     for name in RUN_FILES:
+        if name in keep:
+            continue
         stale = paths.run_dir / name
         if stale.is_symlink() or stale.exists():
             if not (stale == paths.train_py and source == paths.train_py):
