@@ -148,7 +148,10 @@ def build_night(spec: NightSpec, *, agent: Any = None, observer: Any = None, run
         tag=spec.tag, profile=PROFILE, agent="search", repo=spec.repo,
         runs_dir=spec.runs_dir or spec.repo / "runs", worktrees_dir=spec.repo / "worktrees",
         data_dir=spec.data_dir, max_experiments=spec.max_experiments, max_fix_attempts=0,
-        memory_limit_gb=MEMORY_LIMIT_GB, **spec.settings)
+        memory_limit_gb=MEMORY_LIMIT_GB,
+        # Each fault is timed to a phase of one experiment: one experiment at a time, no proposal
+        # prepared during a run, one baseline run.
+        **{"overlap": False, "calibration_runs": 1, **spec.settings})
     deps = LoopDeps(
         agent=agent or StepsAgent(spec.steps), runner=runner or functools.partial(run_experiment, limits=LIMITS),
         observer=observer or FaultObserver(), remove_orphans=remove_orphans or remove_tag_containers,
