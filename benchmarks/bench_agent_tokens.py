@@ -52,12 +52,33 @@ MODEL = "claude-sonnet-5-5"
 # pricing): input, output, 5-minute cache write, 1-hour cache write, cache read.
 PRICE = {"input": 2.0, "output": 10.0, "write_5m": 2.50, "write_1h": 4.0, "read": 0.20}
 # The constant each proposal changes, cycled; the new value is the current one times FACTORS[cycle].
-PLAN = ["MATRIX_LR", "WARMDOWN_FRAC", "EMBED_LR", "HEAD_LR", "WEIGHT_DECAY", "WARMUP_FRAC", "SCALAR_LR",
-        "MUON_MOMENTUM", "FINAL_LR_FRAC", "LOGIT_SOFTCAP", "ROPE_BASE"]
+PLAN = [
+    "MATRIX_LR",
+    "WARMDOWN_FRAC",
+    "EMBED_LR",
+    "HEAD_LR",
+    "WEIGHT_DECAY",
+    "WARMUP_FRAC",
+    "SCALAR_LR",
+    "MUON_MOMENTUM",
+    "FINAL_LR_FRAC",
+    "LOGIT_SOFTCAP",
+    "ROPE_BASE",
+]
 FACTORS = [1.5, 0.8, 1.25, 0.6, 1.1, 0.9]
-OPTIMUM = {"MATRIX_LR": 0.03, "WARMDOWN_FRAC": 0.5, "EMBED_LR": 0.3, "HEAD_LR": 0.006, "WEIGHT_DECAY": 0.01,
-           "WARMUP_FRAC": 0.0, "SCALAR_LR": 0.02, "MUON_MOMENTUM": 0.95, "FINAL_LR_FRAC": 0.0,
-           "LOGIT_SOFTCAP": 15.0, "ROPE_BASE": 10000.0}
+OPTIMUM = {
+    "MATRIX_LR": 0.03,
+    "WARMDOWN_FRAC": 0.5,
+    "EMBED_LR": 0.3,
+    "HEAD_LR": 0.006,
+    "WEIGHT_DECAY": 0.01,
+    "WARMUP_FRAC": 0.0,
+    "SCALAR_LR": 0.02,
+    "MUON_MOMENTUM": 0.95,
+    "FINAL_LR_FRAC": 0.0,
+    "LOGIT_SOFTCAP": 15.0,
+    "ROPE_BASE": 10000.0,
+}
 
 
 class Clock:
@@ -97,8 +118,17 @@ class BenchRunner:
         result = ScoreRecord(status="ok", profile=spec.profile, val_bpb=score(source), tokens=100, bytes=400)
         (run_dir / "score.json").write_text(result.model_dump_json())
         self.clock.advance(self.gap_s)
-        return ExperimentResult(run_dir=run_dir, status="ok", score=result, train_seconds=330.0, eval_seconds=30.0,
-                                peak_memory_gb=40.0, train_exit_code=0, eval_exit_code=0, image_id="sha256:bench")
+        return ExperimentResult(
+            run_dir=run_dir,
+            status="ok",
+            score=result,
+            train_seconds=330.0,
+            eval_seconds=30.0,
+            peak_memory_gb=40.0,
+            train_exit_code=0,
+            eval_exit_code=0,
+            image_id="sha256:bench",
+        )
 
 
 def constants_lines(seed: str) -> tuple[int, int]:
@@ -122,23 +152,37 @@ class ScriptedModel:
         k = int(re.search(r"Experiment (\d+)", opening).group(1))  # type: ignore[union-attr]
         name = PLAN[(k - 1) % len(PLAN)]
         if turn == 0:
-            calls = [tool_use("view_train_py", {"start_line": self.view[0], "end_line": self.view[1]}),
-                     tool_use("history_summary", {}),
-                     tool_use("search_history", {"constant": name})]
+            calls = [
+                tool_use("view_train_py", {"start_line": self.view[0], "end_line": self.view[1]}),
+                tool_use("history_summary", {}),
+                tool_use("search_history", {"constant": name}),
+            ]
             if k > 1:
                 calls.append(tool_use("show_experiment", {"run": k - 1}))
             return self._say(f"Experiment {k}: I will look at {name} next.", calls)
         if turn == 1:
-            results = " ".join(str(b.get("content", "")) for b in messages[-1]["content"] if b.get("type") == "tool_result")
+            results = " ".join(
+                str(b.get("content", "")) for b in messages[-1]["content"] if b.get("type") == "tool_result"
+            )
             current = re.search(rf"\| {name} = ([^\s#]+)", results)
             old = current.group(1) if current else "?"
             new = next_value(old, (k - 1) // len(PLAN))
             self.tried[k] = f"{name} {old} -> {new}"
-            calls = [tool_use("edit_train_py", {"old_str": f"{name} = {old}", "new_str": f"{name} = {new}"}),
-                     tool_use("update_notebook", {"section": "Tried", "mode": "append",
-                                                  "text": f"- #{k}: {name} {old} -> {new} (result in the next table)"}),
-                     tool_use("update_notebook", {"section": "Next", "mode": "replace",
-                                                  "text": f"- after {name}: try {PLAN[k % len(PLAN)]}"})]
+            calls = [
+                tool_use("edit_train_py", {"old_str": f"{name} = {old}", "new_str": f"{name} = {new}"}),
+                tool_use(
+                    "update_notebook",
+                    {
+                        "section": "Tried",
+                        "mode": "append",
+                        "text": f"- #{k}: {name} {old} -> {new} (result in the next table)",
+                    },
+                ),
+                tool_use(
+                    "update_notebook",
+                    {"section": "Next", "mode": "replace", "text": f"- after {name}: try {PLAN[k % len(PLAN)]}"},
+                ),
+            ]
             return self._say(f"{name} is {old}; trying {new}.", calls)
         return self._say("Done.", [tool_use("finish", {"description": self.tried.get(k, name)})])
 
@@ -165,6 +209,7 @@ def stuck_guard() -> Any:
         waits.append(seconds)
         if len(waits) > 50:
             raise RuntimeError("the scripted night is stuck: the agent keeps failing")
+
     return sleep
 
 
@@ -192,12 +237,24 @@ def run_night(workdir: Path, experiments: int, gap_s: float) -> dict[str, Any]:
     repo = make_repo(workdir / "repo")
     clock = Clock()
     model = ScriptedModel((repo / "programs" / "default" / "train.py").read_text())
-    settings = load_settings(tag="bench", profile="gpu", agent="anthropic", repo=repo, runs_dir=repo / "runs",
-                             worktrees_dir=repo / "worktrees", data_dir=repo / "data", max_experiments=experiments,
-                             overlap=False)  # one proposal per experiment, in order, on the simulated clock
+    settings = load_settings(
+        tag="bench",
+        profile="gpu",
+        agent="anthropic",
+        repo=repo,
+        runs_dir=repo / "runs",
+        worktrees_dir=repo / "worktrees",
+        data_dir=repo / "data",
+        max_experiments=experiments,
+        overlap=False,
+    )  # one proposal per experiment, in order, on the simulated clock
     with FakeAnthropic(api_key=API_KEY, responder=model, clock=clock) as fake:
-        deps = LoopDeps(agent=make_agent(fake.url, clock), runner=BenchRunner(clock, gap_s), sleep=stuck_guard(),
-                        manifest_sha256=make_data_dir(Path(settings.data_dir)))
+        deps = LoopDeps(
+            agent=make_agent(fake.url, clock),
+            runner=BenchRunner(clock, gap_s),
+            sleep=stuck_guard(),
+            manifest_sha256=make_data_dir(Path(settings.data_dir)),
+        )
         summary = NightLoop(settings, deps).run()
         first = fake.message_requests()[0].body
     prefix = [unit for unit, _ in _walk_blocks(first) if unit.startswith(("tool:", "system:"))]
@@ -208,15 +265,24 @@ def run_night(workdir: Path, experiments: int, gap_s: float) -> dict[str, Any]:
         if record["n"] > 0:
             rows.append({"n": record["n"], "status": record["status"], **record["usage"]})
     notebook = tag_dir / "notebook.md"
-    return {"rows": rows, "tool_calls": model.tool_calls, "kept": sum(r.status == "keep" for r in summary.rows) - 1,
-            "notebook_bytes": notebook.stat().st_size if notebook.exists() else 0, "prefix_tokens": _tokens(prefix)}
+    return {
+        "rows": rows,
+        "tool_calls": model.tool_calls,
+        "kept": sum(r.status == "keep" for r in summary.rows) - 1,
+        "notebook_bytes": notebook.stat().st_size if notebook.exists() else 0,
+        "prefix_tokens": _tokens(prefix),
+    }
 
 
 def cost(u: dict[str, Any]) -> float:
     write_1h = u.get("cache_creation_1h_input_tokens", 0)
-    return (u["input_tokens"] * PRICE["input"] + u["output_tokens"] * PRICE["output"]
-            + (u["cache_creation_input_tokens"] - write_1h) * PRICE["write_5m"] + write_1h * PRICE["write_1h"]
-            + u["cache_read_input_tokens"] * PRICE["read"]) / 1e6
+    return (
+        u["input_tokens"] * PRICE["input"]
+        + u["output_tokens"] * PRICE["output"]
+        + (u["cache_creation_input_tokens"] - write_1h) * PRICE["write_5m"]
+        + write_1h * PRICE["write_1h"]
+        + u["cache_read_input_tokens"] * PRICE["read"]
+    ) / 1e6
 
 
 def hit_fraction(u: dict[str, Any]) -> float:
@@ -227,13 +293,23 @@ def hit_fraction(u: dict[str, Any]) -> float:
 def report(night: dict[str, Any]) -> list[str]:
     out = ["  n status  calls   input  c.read c.write (1h)  output  hit    cost$"]
     for u in night["rows"]:
-        out.append(f"{u['n']:>3} {u['status']:<7} {u['api_calls']:>5} {u['input_tokens']:>7} "
-                   f"{u['cache_read_input_tokens']:>7} {u['cache_creation_input_tokens']:>7} "
-                   f"({u.get('cache_creation_1h_input_tokens', 0):>5}) {u['output_tokens']:>7} "
-                   f"{hit_fraction(u):5.1%} {cost(u):8.4f}")
+        out.append(
+            f"{u['n']:>3} {u['status']:<7} {u['api_calls']:>5} {u['input_tokens']:>7} "
+            f"{u['cache_read_input_tokens']:>7} {u['cache_creation_input_tokens']:>7} "
+            f"({u.get('cache_creation_1h_input_tokens', 0):>5}) {u['output_tokens']:>7} "
+            f"{hit_fraction(u):5.1%} {cost(u):8.4f}"
+        )
     rows = night["rows"]
-    mean = {k: statistics.mean(u.get(k, 0) for u in rows) for k in
-            ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens", "api_calls")}
+    mean = {
+        k: statistics.mean(u.get(k, 0) for u in rows)
+        for k in (
+            "input_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "output_tokens",
+            "api_calls",
+        )
+    }
     total_in = mean["input_tokens"] + mean["cache_read_input_tokens"] + mean["cache_creation_input_tokens"]
     per = statistics.mean(cost(u) for u in rows)
     out += [
@@ -243,13 +319,17 @@ def report(night: dict[str, Any]) -> list[str]:
         f"mean per proposal: api_calls {mean['api_calls']:.1f}, input {mean['input_tokens']:.0f}, "
         f"cache_read {mean['cache_read_input_tokens']:.0f}, cache_write {mean['cache_creation_input_tokens']:.0f}, "
         f"output {mean['output_tokens']:.0f}",
-        f"cache_hit_fraction: {sum(u['cache_read_input_tokens'] for u in rows) / sum(u['input_tokens'] + u['cache_read_input_tokens'] + u['cache_creation_input_tokens'] for u in rows):.3f}",
+        f"cache_hit_fraction: {sum(u['cache_read_input_tokens'] for u in rows) / sum(_all_input(u) for u in rows):.3f}",
         f"cost_per_proposal_usd: {per:.4f} ({MODEL})",
         f"per_100_experiments: input tokens {100 * total_in / 1e6:.2f}M (of which cache reads "
         f"{100 * mean['cache_read_input_tokens'] / 1e6:.2f}M), output tokens {100 * mean['output_tokens'] / 1e6:.3f}M, "
         f"${100 * per:.2f}",
     ]
     return out
+
+
+def _all_input(u: dict) -> int:
+    return u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
 
 
 def main(argv: list[str] | None = None) -> int:

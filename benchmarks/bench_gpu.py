@@ -50,9 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from evaluator import layout  # noqa: E402
+from evaluator.datasets import stdlib_files  # noqa: E402
 from evaluator.profiles import Profile, get_profile  # noqa: E402
 from sandbox import specs  # noqa: E402
-from evaluator.datasets import stdlib_files  # noqa: E402
 from sandbox.errors import SandboxError  # noqa: E402
 
 if TYPE_CHECKING:
@@ -64,8 +64,16 @@ SCORING_SAMPLE = 16  # eval batches timed in-process (then scaled to the profile
 BYTES_PER_TOKEN = 8.0  # stdlib text packs ~5.5 bytes per token at the gpu vocab (measured): a margin
 STEP_MARGIN = 1.5  # the seed stops this many step-times before its deadline (seed's STEP_MARGIN)
 # Dense bf16 peak of the GPUs this is likely to meet, for MFU (name substring -> FLOP/s).
-PEAK_BF16 = {"H200": 989e12, "GH200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
-             "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
+PEAK_BF16 = {
+    "H200": 989e12,
+    "GH200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "4090": 165e12,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,14 +85,28 @@ def instrumented_seed(seed_text: str, force_compile: bool) -> str:
     model is compiled on CPU too. Raises ValueError when the seed no longer has the lines this
     hooks into (so a changed seed breaks the bench loudly, never silently)."""
     edits = [
-        ("t_schedule = time.time()  # the LR schedule runs from here",
-         ("print(f\"bench_startup_s: {time.time() - DEADLINE + float(__import__('os').environ"
-          "['OVERNIGHT_BUDGET_S']):.3f}\", flush=True)\nt_schedule = time.time()  # the LR schedule runs from here")),
-        ("        t_schedule = time.time()  # the first step compiles; the schedule starts after it\n",
-         ("        t_schedule = time.time()  # the first step compiles; the schedule starts after it\n"
-          "        print(f\"bench_first_step_s: {dt:.3f}\", flush=True)\n")),
-        ("\nsubmit(model)", ("\n_t_submit = time.time()\nsubmit(model)\n"
-                            "print(f\"bench_export_s: {time.time() - _t_submit:.3f}\", flush=True)")),
+        (
+            "t_schedule = time.time()  # the LR schedule runs from here",
+            (
+                "print(f\"bench_startup_s: {time.time() - DEADLINE + float(__import__('os').environ"
+                "['OVERNIGHT_BUDGET_S']):.3f}\", flush=True)\n"
+                "t_schedule = time.time()  # the LR schedule runs from here"
+            ),
+        ),
+        (
+            "        t_schedule = time.time()  # the first step compiles; the schedule starts after it\n",
+            (
+                "        t_schedule = time.time()  # the first step compiles; the schedule starts after it\n"
+                '        print(f"bench_first_step_s: {dt:.3f}", flush=True)\n'
+            ),
+        ),
+        (
+            "\nsubmit(model)",
+            (
+                "\n_t_submit = time.time()\nsubmit(model)\n"
+                'print(f"bench_export_s: {time.time() - _t_submit:.3f}", flush=True)'
+            ),
+        ),
     ]
     if force_compile:
         edits.append(("step_model = torch.compile(model) if CUDA else model", "step_model = torch.compile(model)"))
@@ -135,9 +157,15 @@ _HEADER = re.compile(r"\| (\w+) \| [\d.]+M params \| depth (\d+) \| width (\d+) 
 
 def parse_train_log(text: str) -> TrainLog:
     got = TrainLog()
-    floats = {"bench_startup_s": "startup_s", "bench_first_step_s": "first_step_s", "bench_export_s": "export_s",
-              "training_seconds": "training_seconds", "seconds_left": "seconds_left",
-              "num_params_M": "num_params_m", "peak_vram_mb": "peak_vram_mb"}
+    floats = {
+        "bench_startup_s": "startup_s",
+        "bench_first_step_s": "first_step_s",
+        "bench_export_s": "export_s",
+        "training_seconds": "training_seconds",
+        "seconds_left": "seconds_left",
+        "num_params_M": "num_params_m",
+        "peak_vram_mb": "peak_vram_mb",
+    }
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key in floats:
@@ -183,9 +211,12 @@ def stdlib_text() -> TextSource:
     except DatasetError:
         root = Path(sysconfig.get_paths()["stdlib"])
         files, _ = stdlib_files(root)
-        return TextSource(name="stdlib (no test suite: every tenth file is validation)",
-                          read_train=partial(_texts, [f for i, f in enumerate(files) if i % 10]),
-                          read_val=partial(_texts, files[::10]), facts={"root": str(root)})
+        return TextSource(
+            name="stdlib (no test suite: every tenth file is validation)",
+            read_train=partial(_texts, [f for i, f in enumerate(files) if i % 10]),
+            read_val=partial(_texts, files[::10]),
+            facts={"root": str(root)},
+        )
 
 
 def prepare_data(profile: Profile, out: Path) -> Path:
@@ -204,8 +235,12 @@ def prepare_data(profile: Profile, out: Path) -> Path:
     def read_val() -> Iterator[str]:
         return (text for _ in range(repeats) for text in val)
 
-    source = TextSource(name=f"stdlib (validation text x{repeats}, for the bench)", read_train=base.read_train,
-                        read_val=read_val, facts=dict(base.facts, bench_val_repeats=repeats))
+    source = TextSource(
+        name=f"stdlib (validation text x{repeats}, for the bench)",
+        read_train=base.read_train,
+        read_val=read_val,
+        facts=dict(base.facts, bench_val_repeats=repeats),
+    )
     print(f"preparing {out} for profile {profile.name} from the stdlib (validation text x{repeats}) ...", flush=True)
     started = time.monotonic()
     prepare(profile, source, out)
@@ -253,8 +288,9 @@ def docker_ready(image: str, cuda: bool) -> str | None:
     return None
 
 
-def run_in_docker(profile: Profile, budget_s: float, data_dir: Path, harness: Path, work: Path,
-                  image: str, gpu: int | None) -> Phase:
+def run_in_docker(
+    profile: Profile, budget_s: float, data_dir: Path, harness: Path, work: Path, image: str, gpu: int | None
+) -> Phase:
     from sandbox.compile_cache import warm_compile_cache
     from sandbox.docker_runner import DockerRunner
     from sandbox.experiment import run_experiment
@@ -279,14 +315,32 @@ def run_in_docker(profile: Profile, budget_s: float, data_dir: Path, harness: Pa
     tag = f"bench-{secrets.token_hex(3)}"
     labels = {specs.LABEL_TAG: tag}
     memory_gb = profile.memory_gb
-    warm = warm_compile_cache(seed_train_py=harness, tag_dir=night, run_id=f"{tag}-warmup", profile=profile.name,
-                              data_dir=data_dir, image=image, gpu=gpu, memory_gb=memory_gb, labels=labels,
-                              runner=runner)
+    warm = warm_compile_cache(
+        seed_train_py=harness,
+        tag_dir=night,
+        run_id=f"{tag}-warmup",
+        profile=profile.name,
+        data_dir=data_dir,
+        image=image,
+        gpu=gpu,
+        memory_gb=memory_gb,
+        labels=labels,
+        runner=runner,
+    )
     notes = [] if warm.status == "ok" else [f"no warm cache ({warm.status}: {warm.reason})"]
     warm_log = parse_train_log((night / "compile-cache-warmup" / "train.log").read_text(errors="replace"))
-    spec = ExperimentSpec(run_id=f"{tag}-0001", train_py=harness, run_dir=work / "run", profile=profile.name,
-                          data_dir=data_dir, image=image, gpu=gpu, memory_limit_gb=memory_gb, labels=labels,
-                          compile_cache=warm.path)
+    spec = ExperimentSpec(
+        run_id=f"{tag}-0001",
+        train_py=harness,
+        run_dir=work / "run",
+        profile=profile.name,
+        data_dir=data_dir,
+        image=image,
+        gpu=gpu,
+        memory_limit_gb=memory_gb,
+        labels=labels,
+        compile_cache=warm.path,
+    )
     started = time.monotonic()
     result = run_experiment(spec, limits=Limits.for_profile(profile, train_budget_s=budget_s), runner=runner)
     wall = time.monotonic() - started
@@ -294,21 +348,28 @@ def run_in_docker(profile: Profile, budget_s: float, data_dir: Path, harness: Pa
         raise SystemExit(f"error: the experiment ended {result.status}: {result.reason} (logs in {spec.run_dir})")
     outcomes = runner.outcomes
     return Phase(
-        warm=warm_log, train=parse_train_log((spec.run_dir / "train.log").read_text(errors="replace")),
-        warm_job_s=warm.seconds, train_s=result.train_seconds, eval_s=result.eval_seconds,
-        host_s=wall - result.train_seconds - result.eval_seconds, cache_bytes=warm.bytes,
-        score=result.score.model_dump(), artifact=spec.run_dir / layout.ARTIFACT_NAME,
+        warm=warm_log,
+        train=parse_train_log((spec.run_dir / "train.log").read_text(errors="replace")),
+        warm_job_s=warm.seconds,
+        train_s=result.train_seconds,
+        eval_s=result.eval_seconds,
+        host_s=wall - result.train_seconds - result.eval_seconds,
+        cache_bytes=warm.bytes,
+        score=result.score.model_dump(),
+        artifact=spec.run_dir / layout.ARTIFACT_NAME,
         train_peak_ram_gb=outcomes["train"].peak_memory_bytes / GiB if "train" in outcomes else math.nan,
         eval_peak_ram_gb=outcomes["eval"].peak_memory_bytes / GiB if "eval" in outcomes else math.nan,
-        notes=notes)
+        notes=notes,
+    )
 
 
 def _process(cmd: list[str], env: dict[str, str], log: Path, cap_s: float) -> tuple[int | None, float, float]:
     """A process group with its output to `log`, killed at cap_s: (exit code or None, seconds, peak GB)."""
     started = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -351,8 +412,9 @@ def run_bare(profile: Profile, budget_s: float, data_dir: Path, harness: Path, w
         (folder / "out").mkdir()
     warm_dir = jobs["warmup"]
     env = _bare_env(profile, data_dir, warm_dir / "out", warm_dir / "tmp", specs.WARMUP_BUDGET_S)
-    code, warm_s, _ = _process([sys.executable, str(harness)], env, warm_dir / "train.log",
-                              max(profile.train_cap_s, specs.WARMUP_MIN_CAP_S))
+    code, warm_s, _ = _process(
+        [sys.executable, str(harness)], env, warm_dir / "train.log", max(profile.train_cap_s, specs.WARMUP_MIN_CAP_S)
+    )
     if code != 0:
         raise SystemExit(f"error: the warm-up run failed (exit {code}); see {warm_dir / 'train.log'}")
     cache = warm_dir / "tmp" / cache_name
@@ -364,27 +426,50 @@ def run_bare(profile: Profile, budget_s: float, data_dir: Path, harness: Path, w
     run = jobs["run"]
     env = _bare_env(profile, data_dir, run / "out", run / "tmp", budget_s)
     started = time.monotonic()
-    code, train_s, train_gb = _process([sys.executable, str(harness)], env, run / "train.log",
-                                       budget_s + profile.export_allowance_s)
+    code, train_s, train_gb = _process(
+        [sys.executable, str(harness)], env, run / "train.log", budget_s + profile.export_allowance_s
+    )
     artifact = run / "out" / layout.ARTIFACT_NAME
     if code != 0 or not artifact.is_file():
         raise SystemExit(f"error: the timed run failed (exit {code}); see {run / 'train.log'}")
     score_json = run / "score" / layout.SCORE_NAME
     score_json.parent.mkdir()
-    cmd = [sys.executable, "-m", "evaluator.score", "--artifact", str(artifact), "--data-dir", str(data_dir),
-           "--profile", profile.name, "--out", str(score_json), "--device", device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "evaluator.score",
+        "--artifact",
+        str(artifact),
+        "--data-dir",
+        str(data_dir),
+        "--profile",
+        profile.name,
+        "--out",
+        str(score_json),
+        "--device",
+        device,
+    ]
     code, eval_s, eval_gb = _process(cmd, env, run / "eval.log", profile.eval_timeout_s)
     if code != 0:
-        raise SystemExit(f"error: the evaluator ended with exit {code}; see {run / 'eval.log'} and "
-                         f"{score_json.parent / 'detail.log'}")
+        raise SystemExit(
+            f"error: the evaluator ended with exit {code}; see {run / 'eval.log'} and "
+            f"{score_json.parent / 'detail.log'}"
+        )
     wall = time.monotonic() - started
     return Phase(
         warm=parse_train_log((warm_dir / "train.log").read_text(errors="replace")),
         train=parse_train_log((run / "train.log").read_text(errors="replace")),
-        warm_job_s=warm_s, train_s=train_s, eval_s=eval_s, host_s=wall - train_s - eval_s,
+        warm_job_s=warm_s,
+        train_s=train_s,
+        eval_s=eval_s,
+        host_s=wall - train_s - eval_s,
         cache_bytes=sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache.is_dir() else 0,
-        score=json.loads(score_json.read_text()), artifact=artifact, train_peak_ram_gb=train_gb,
-        eval_peak_ram_gb=eval_gb, notes=notes)
+        score=json.loads(score_json.read_text()),
+        artifact=artifact,
+        train_peak_ram_gb=train_gb,
+        eval_peak_ram_gb=eval_gb,
+        notes=notes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,8 +525,9 @@ def time_scoring(artifact: Path, data_dir: Path, profile: Profile, device: str) 
         sync()
         per_batch = (time.perf_counter() - started) / sampled
         base = forward(data.inputs[0])  # the probe's base is a scoring forward: not the probe's cost
-        probe = Probe(forward, data.inputs[:1], data.spare, ProbeConfig(forwards=per_base, batches=1,
-                                                                        tolerance=config.tolerance))
+        probe = Probe(
+            forward, data.inputs[:1], data.spare, ProbeConfig(forwards=per_base, batches=1, tolerance=config.tolerance)
+        )
         sync()
         started = time.perf_counter()
         probe.check(0, base)
@@ -454,8 +540,9 @@ def time_scoring(artifact: Path, data_dir: Path, profile: Profile, device: str) 
 # The report
 
 
-def report(profile: Profile, phase: Phase, scoring: ScoringTimes, mode: str, device_name: str,
-           budget_s: float) -> list[str]:
+def report(
+    profile: Profile, phase: Phase, scoring: ScoringTimes, mode: str, device_name: str, budget_s: float
+) -> list[str]:
     """The table, then the grep-able lines."""
     t, w = phase.train, phase.warm
     probe = phase.score.get("probe") or {}
@@ -480,26 +567,41 @@ def report(profile: Profile, phase: Phase, scoring: ScoringTimes, mode: str, dev
 
     mb = phase.cache_bytes / 1e6
     lines = [
-        (f"bench-gpu: profile {profile.name} on {device_name} ({mode}), timed run of {budget_s:g} s "
-         f"(the profile's budget: {profile.time_budget_s:g} s)"),
+        (
+            f"bench-gpu: profile {profile.name} on {device_name} ({mode}), timed run of {budget_s:g} s "
+            f"(the profile's budget: {profile.time_budget_s:g} s)"
+        ),
         *(f"  note: {note}" for note in phase.notes),
         "  phase                                seconds  note",
         row("train start-up", t.startup_s, "container start -> first step (imports, data, model)"),
-        row("compile, cold", w.compile_s(t.step_s), f"first step {w.first_step_s:.1f} s; the night's warm-up job "
-                                          f"({phase.warm_job_s:.0f} s in all)"),
+        row(
+            "compile, cold",
+            w.compile_s(t.step_s),
+            f"first step {w.first_step_s:.1f} s; the night's warm-up job ({phase.warm_job_s:.0f} s in all)",
+        ),
         row("compile, warm", t.compile_s(t.step_s), f"first step {t.first_step_s:.1f} s, with the cache ({mb:.0f} MB)"),
-        row("training steps", f"{t.num_steps:8d}", f"{t.step_s:.3f} s/step, {tok_s:,.0f} tokens/s, MFU "
-                                                   + (f"{100 * mfu:.1f}%" if math.isfinite(mfu) else "- (no peak known)")),
+        row(
+            "training steps",
+            f"{t.num_steps:8d}",
+            f"{t.step_s:.3f} s/step, {tok_s:,.0f} tokens/s, MFU "
+            + (f"{100 * mfu:.1f}%" if math.isfinite(mfu) else "- (no peak known)"),
+        ),
         row("export (submit)", t.export_s),
         row("eval job", phase.eval_s, "wall clock of the eval container / process"),
         row("  artifact load", scoring.load_s),
-        row(f"  scoring ({scoring_forwards} forwards)", scoring_s,
-            f"{scoring.per_batch_s * 1e3:.1f} ms each (timed on {scoring.sampled})"),
+        row(
+            f"  scoring ({scoring_forwards} forwards)",
+            scoring_s,
+            f"{scoring.per_batch_s * 1e3:.1f} ms each (timed on {scoring.sampled})",
+        ),
         row(f"  probe ({checks} forwards)", probe_s, f"{scoring.per_probe_s * 1e3:.1f} ms each"),
         row("  start-up, eval data, the rest", eval_rest),
         row("host (containers, copies)", phase.host_s, "experiment wall minus both jobs"),
-        row("per experiment at the budget", per_experiment,
-            f"{profile.time_budget_s:g} + export + eval + host -> {per_hour:.1f} experiments/hour"),
+        row(
+            "per experiment at the budget",
+            per_experiment,
+            f"{profile.time_budget_s:g} + export + eval + host -> {per_hour:.1f} experiments/hour",
+        ),
         "---",
         f"profile: {profile.name}",
         f"mode: {mode}",
@@ -538,12 +640,24 @@ def report(profile: Profile, phase: Phase, scoring: ScoringTimes, mode: str, dev
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--profile", default=None, help="default: gpu with CUDA, else test")
-    parser.add_argument("--mode", choices=["auto", "docker", "bare"], default="auto",
-                        help="auto: containers when an engine and the image are there, else processes")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help=f"the timed run's budget (default: {GPU_BUDGET_S:g} s on gpu, else the profile's)")
-    parser.add_argument("--compile", choices=["auto", "on"], default="auto",
-                        help="on: torch.compile on CPU too (the seed compiles on CUDA only)")
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "docker", "bare"],
+        default="auto",
+        help="auto: containers when an engine and the image are there, else processes",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"the timed run's budget (default: {GPU_BUDGET_S:g} s on gpu, else the profile's)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on"],
+        default="auto",
+        help="on: torch.compile on CPU too (the seed compiles on CUDA only)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="a prepared data dir (default: made here)")
     parser.add_argument("--image", default=specs.DEFAULT_IMAGE)
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folder here (default: removed)")
@@ -556,8 +670,10 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     profile = get_profile(args.profile or ("gpu" if cuda else "test"))
     if profile.name == "gpu" and not cuda:
-        print("error: profile gpu needs CUDA, and torch sees none here: run without --profile for the "
-              "tiny CPU version", file=sys.stderr)
+        print(
+            "error: profile gpu needs CUDA, and torch sees none here: run without --profile for the tiny CPU version",
+            file=sys.stderr,
+        )
         return 2
     device, device_name = ("cuda", torch.cuda.get_device_name(0)) if cuda else ("cpu", f"CPU ({os.cpu_count()} cores)")
     budget_s = args.budget_s or (min(GPU_BUDGET_S, profile.time_budget_s) if cuda else profile.time_budget_s)
@@ -575,8 +691,12 @@ def main(argv: list[str] | None = None) -> int:
         harness = work / "train.py"
         harness.write_text(instrumented_seed(SEED.read_text(), force_compile=args.compile == "on"))
         harness.chmod(0o644)
-        print(f"running in {mode}" + (f" ({why_not_docker})" if why_not_docker and args.mode == "auto" else "")
-              + f": the warm-up job, then one experiment of {budget_s:g} s ...", flush=True)
+        print(
+            f"running in {mode}"
+            + (f" ({why_not_docker})" if why_not_docker and args.mode == "auto" else "")
+            + f": the warm-up job, then one experiment of {budget_s:g} s ...",
+            flush=True,
+        )
         try:
             if mode == "docker":
                 phase = run_in_docker(profile, budget_s, data_dir, harness, work, args.image, 0 if cuda else None)

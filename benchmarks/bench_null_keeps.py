@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from night_kit import ThinkingAgent, all_records, comment_only, run_night, seed_only  # noqa: E402
+
 from controller.logs import configure_quiet  # noqa: E402
 from controller.noise import replay_night  # noqa: E402
 from evaluator.profiles import get_profile  # noqa: E402
-from night_kit import ThinkingAgent, all_records, comment_only, run_night, seed_only  # noqa: E402
 
 # The real change of --improvement: the Muon learning rate doubled (the README has what it measured).
 IMPROVEMENT = ("MATRIX_LR = 0.02", "MATRIX_LR = 0.04")
@@ -79,9 +80,17 @@ def main() -> int:
     cores = [str(c) for c in sorted(os.sched_getaffinity(0))]
     cpusets = cores[: args.slots] if args.slots > 1 else [",".join(cores)]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-null-keeps-"))
-    night = run_night(work, label="null", profile=args.profile, data_dir=data_dir,
-                      agent=ThinkingAgent(0.0, edit, describe), cpusets=cpusets, overlap=True,
-                      max_experiments=total, calibration_runs=args.calibration_runs)
+    night = run_night(
+        work,
+        label="null",
+        profile=args.profile,
+        data_dir=data_dir,
+        agent=ThinkingAgent(0.0, edit, describe),
+        cpusets=cpusets,
+        overlap=True,
+        max_experiments=total,
+        calibration_runs=args.calibration_runs,
+    )
     records = {r.n: r for r in all_records(night.tag_dir)}
 
     def scores(n: int) -> list[float]:
@@ -91,8 +100,10 @@ def main() -> int:
     nulls = [n for n in sorted(records) if n > 0 and records[n].kind == "proposal" and n not in improvements]
     baseline = scores(0)
     if not baseline:
-        sys.exit(f"the baseline did not score ({records[0].status}: {records[0].reason}): nothing to compare "
-                 "against; is the machine busy? (`make logs RUN=0` in the bench's checkout)")
+        sys.exit(
+            f"the baseline did not score ({records[0].status}: {records[0].reason}): nothing to compare "
+            "against; is the machine busy? (`make logs RUN=0` in the bench's checkout)"
+        )
     firsts = [scores(n) for n in nulls if scores(n)]
     replay = replay_night(baseline, firsts, deterministic=get_profile(args.profile).max_steps is not None)
     kept_loop = [records[n].status == "keep" for n in nulls if scores(n)]
@@ -102,8 +113,10 @@ def main() -> int:
         args.json.write_text(json.dumps({"baseline": baseline, "proposals": firsts}) + "\n")
     print(f"noise: baseline runs {', '.join(f'{s:.4f}' for s in baseline)}")
     if kept_loop != replay.kept_new:
-        print(f"note: the loop kept {sum(kept_loop)}, the replay of the new rule {sum(replay.kept_new)} "
-              "(with several slots the loop decides in completion order, against the best at that time)")
+        print(
+            f"note: the loop kept {sum(kept_loop)}, the replay of the new rule {sum(replay.kept_new)} "
+            "(with several slots the loop decides in completion order, against the best at that time)"
+        )
     print(f"agree_with_replay: {'yes' if kept_loop == replay.kept_new else 'no'}")
     print(f"wall_s: {night.wall_s:.0f}")
     print(f"proposals: {len(firsts)}")
@@ -114,8 +127,10 @@ def main() -> int:
     if args.improvement:
         rec = records[improvements[0]] if improvements else None
         kept = rec is not None and rec.status == "keep"
-        print(f"improvement: {', '.join(f'{s:.4f}' for s in scores(rec.n)) if rec else 'not run'} "
-              f"({rec.decision.text if rec and rec.decision else '-'})")
+        print(
+            f"improvement: {', '.join(f'{s:.4f}' for s in scores(rec.n)) if rec else 'not run'} "
+            f"({rec.decision.text if rec and rec.decision else '-'})"
+        )
         print(f"improvement_kept: {'yes' if kept else 'no'}")
     return 0
 

@@ -35,13 +35,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from evaluator.preflight import RECORD_NAME
-from evaluator.profiles import PREFLIGHT_SUFFIX, get_profile
-from evaluator.records import PreflightRecord
-from sandbox.docker_runner import DockerRunner
-from sandbox.errors import SandboxError
-from sandbox.preflight import SandboxPreflight
-from sandbox.result import ExperimentSpec
+from evaluator.preflight import RECORD_NAME  # noqa: E402 (after the sys.path set-up above)
+from evaluator.profiles import PREFLIGHT_SUFFIX, get_profile  # noqa: E402 (after the sys.path set-up above)
+from evaluator.records import PreflightRecord  # noqa: E402 (after the sys.path set-up above)
+from sandbox.docker_runner import DockerRunner  # noqa: E402 (after the sys.path set-up above)
+from sandbox.errors import SandboxError  # noqa: E402 (after the sys.path set-up above)
+from sandbox.preflight import SandboxPreflight  # noqa: E402 (after the sys.path set-up above)
+from sandbox.result import ExperimentSpec  # noqa: E402 (after the sys.path set-up above)
 
 _MODEL = """
 import torch
@@ -62,7 +62,8 @@ class Bigram(torch.nn.Module):
 CASES: dict[str, str] = {
     "crash": 'import torch\nraise RuntimeError("a crash in the first step")\n',
     "no_export": _MODEL + "model = Bigram()\n",
-    "refused_op": _MODEL + textwrap.dedent("""
+    "refused_op": _MODEL
+    + textwrap.dedent("""
         @torch.library.custom_op("bench::scale", mutates_args=())
         def scale(x: torch.Tensor) -> torch.Tensor:
             return x * 2
@@ -80,7 +81,8 @@ CASES: dict[str, str] = {
 
         submit(Scaled())
         """),
-    "non_causal": _MODEL + textwrap.dedent("""
+    "non_causal": _MODEL
+    + textwrap.dedent("""
         class PeeksAhead(Bigram):
             def forward(self, idx):
                 return self.emb(torch.roll(idx, shifts=-1, dims=1))
@@ -91,15 +93,27 @@ CASES: dict[str, str] = {
 }
 
 
-def measure(preflight: SandboxPreflight, train_py: Path, profile: str, data_dir: Path, image: str,
-            work: Path, name: str) -> float:
+def measure(
+    preflight: SandboxPreflight, train_py: Path, profile: str, data_dir: Path, image: str, work: Path, name: str
+) -> float:
     run_id = f"bench-preflight-{name.replace('_', '-')}-{secrets.token_hex(3)}"
-    spec = ExperimentSpec(run_id=run_id, train_py=train_py, run_dir=work / name, profile=profile,
-                          data_dir=data_dir, image=image, memory_limit_gb=get_profile(profile).memory_gb)
+    spec = ExperimentSpec(
+        run_id=run_id,
+        train_py=train_py,
+        run_dir=work / name,
+        profile=profile,
+        data_dir=data_dir,
+        image=image,
+        memory_limit_gb=get_profile(profile).memory_gb,
+    )
     verdict = preflight.check(spec)
     record = verdict.record
-    said = (f"{record.status} {record.reason_code or ''} train {record.train_seconds:.1f} s, "
-            f"checks {record.check_seconds:.1f} s, probe {record.probe_seconds:.1f} s" if record else verdict.note)
+    said = (
+        f"{record.status} {record.reason_code or ''} train {record.train_seconds:.1f} s, "
+        f"checks {record.check_seconds:.1f} s, probe {record.probe_seconds:.1f} s"
+        if record
+        else verdict.note
+    )
     print(f"# {profile} {name}: {said}", flush=True)
     return verdict.seconds
 
@@ -110,30 +124,59 @@ def measure_process(train_py: Path, profile: str, data_dir: Path, work: Path, na
     out.mkdir(parents=True, exist_ok=True)
     pre = get_profile(profile + PREFLIGHT_SUFFIX)
     started = time.time()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OVERNIGHT_PROFILE": pre.name,
-           "OVERNIGHT_DATA_DIR": str(data_dir), "OVERNIGHT_OUT_DIR": str(out),
-           "OVERNIGHT_BUDGET_S": f"{pre.time_budget_s:g}", "OVERNIGHT_STARTED": f"{started:.6f}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "OVERNIGHT_PROFILE": pre.name,
+        "OVERNIGHT_DATA_DIR": str(data_dir),
+        "OVERNIGHT_OUT_DIR": str(out),
+        "OVERNIGHT_BUDGET_S": f"{pre.time_budget_s:g}",
+        "OVERNIGHT_STARTED": f"{started:.6f}",
+    }
     env.pop("OVERNIGHT_CLOCK", None)
-    subprocess.run([sys.executable, "-m", "evaluator.preflight", "--train", str(train_py), "--profile", pre.name,
-                    "--data-dir", str(data_dir), "--out", str(out)], env=env, capture_output=True, check=False)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evaluator.preflight",
+            "--train",
+            str(train_py),
+            "--profile",
+            pre.name,
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
     seconds = time.time() - started
     record = PreflightRecord.model_validate_json((out / RECORD_NAME).read_text())
-    print(f"# {profile} {name} (process): {record.status} {record.reason_code or ''} train "
-          f"{record.train_seconds:.1f} s, checks {record.check_seconds:.1f} s, probe {record.probe_seconds:.1f} s",
-          flush=True)
+    print(
+        f"# {profile} {name} (process): {record.status} {record.reason_code or ''} train "
+        f"{record.train_seconds:.1f} s, checks {record.check_seconds:.1f} s, probe {record.probe_seconds:.1f} s",
+        flush=True,
+    )
     return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Time the CPU preflight of the seed (and broken proposals).")
     parser.add_argument("--profile", action="append", help="a night profile (repeat for several; default cpu)")
-    parser.add_argument("--data-dir", type=Path, action="append",
-                        help="prepared data per --profile, in the same order (default data/<profile>)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        action="append",
+        help="prepared data per --profile, in the same order (default data/<profile>)",
+    )
     parser.add_argument("--image", default="overnight-evaluator:latest")
     parser.add_argument("--train", type=Path, default=REPO_ROOT / "programs" / "default" / "train.py")
     parser.add_argument("--cases", action="store_true", help="also time the broken proposals it stops")
-    parser.add_argument("--processes", action="store_true",
-                        help="plain processes, no container (timing only: no lockdown)")
+    parser.add_argument(
+        "--processes", action="store_true", help="plain processes, no container (timing only: no lockdown)"
+    )
     args = parser.parse_args(argv)
     profiles = args.profile or ["cpu"]
     data_dirs = args.data_dir or [REPO_ROOT / "data" / p for p in profiles]
@@ -156,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = timed(args.train, profile, data_dir, work / profile, "seed")
                 print(f"preflight_{profile}_s: {seconds:.2f}", flush=True)
                 shares.append(seconds / budget)
-                for case, source in (CASES.items() if args.cases else ()):
+                for case, source in CASES.items() if args.cases else ():
                     train_py = work / f"{profile}-{case}.py"
                     train_py.write_text(source)
                     seconds = timed(train_py, profile, data_dir, work / profile, case)

@@ -41,21 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data_dir = args.data_dir or REPO / "data" / args.profile
     if not (data_dir / "manifest.json").is_file():
-        print(f"error: no prepared data in {data_dir}: run `make prepare PROFILE={args.profile}`",
-              file=sys.stderr)
+        print(f"error: no prepared data in {data_dir}: run `make prepare PROFILE={args.profile}`", file=sys.stderr)
         return 2
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
     rows: dict[str, list[tuple[float, ExperimentResult]]] = {"bare": [], "sandbox": []}
     for i in range(args.repeats):
         for kind in ("bare", "sandbox"):
-            spec = ExperimentSpec(run_id=f"bench-{kind}-{i}", train_py=args.train,
-                                  run_dir=runs_dir / f"{kind}-{i}", profile=args.profile,
-                                  data_dir=data_dir, seed=0)
+            spec = ExperimentSpec(
+                run_id=f"bench-{kind}-{i}",
+                train_py=args.train,
+                run_dir=runs_dir / f"{kind}-{i}",
+                profile=args.profile,
+                data_dir=data_dir,
+                seed=0,
+            )
             wall, result = one(kind, spec)
             rows[kind].append((wall, result))
             bpb = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
-            print(f"{kind:8s} #{i}: status {result.status:8s} train {result.train_seconds:6.1f} s  "
-                  f"eval {result.eval_seconds:5.1f} s  wall {wall:6.1f} s  val_bpb {bpb}", flush=True)
+            print(
+                f"{kind:8s} #{i}: status {result.status:8s} train {result.train_seconds:6.1f} s  "
+                f"eval {result.eval_seconds:5.1f} s  wall {wall:6.1f} s  val_bpb {bpb}",
+                flush=True,
+            )
     medians = {kind: statistics.median(w for w, _ in runs) for kind, runs in rows.items()}
     train = {kind: statistics.median(r.train_seconds for _, r in runs) for kind, runs in rows.items()}
     print(f"profile {args.profile}, {args.repeats} run(s) each, medians:")

@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from controller.logs import configure_quiet  # noqa: E402
 from night_kit import NightRun, ThinkingAgent, all_records, comment_only, run_night  # noqa: E402
+
+from controller.logs import configure_quiet  # noqa: E402
 
 
 def busy_fractions(night: NightRun, slots: int) -> list[float]:
@@ -54,7 +55,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="length of each arm's night")
     p.add_argument("--experiments", type=int, default=None, help="end each arm after this many (instead of minutes)")
     p.add_argument("--think-s", type=float, default=20.0)
-    p.add_argument("--cores", default=None, help="the two cores, e.g. 0,1 (default: the first two this process may use)")
+    p.add_argument(
+        "--cores", default=None, help="the two cores, e.g. 0,1 (default: the first two this process may use)"
+    )
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args()
     configure_quiet()
@@ -66,8 +69,9 @@ def main() -> int:
         sys.exit("the 2-slot arm needs two cores")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     length = {"max_experiments": args.experiments} if args.experiments else {"hours": args.minutes / 60}
-    common = dict(profile=args.profile, data_dir=data_dir, calibration_runs=1, max_confirmations=0, min_delta=1.0,
-                  **length)
+    common = dict(
+        profile=args.profile, data_dir=data_dir, calibration_runs=1, max_confirmations=0, min_delta=1.0, **length
+    )
 
     def agent() -> ThinkingAgent:
         return ThinkingAgent(args.think_s, comment_only, lambda n: f"reword a comment (pass {n})")
@@ -80,8 +84,10 @@ def main() -> int:
     busy = {name: busy_fractions(night, 2 if name == "two" else 1) for name, night in arms.items()}
     rate = {name: runs_per_hour(night) for name, night in arms.items()}
     for name, night in arms.items():
-        print(f"{name}: {night.wall_s:.0f} s wall, {rate[name]:.1f} runs/hour, busy "
-              + ", ".join(f"{b:.2f}" for b in busy[name]))
+        print(
+            f"{name}: {night.wall_s:.0f} s wall, {rate[name]:.1f} runs/hour, busy "
+            + ", ".join(f"{b:.2f}" for b in busy[name])
+        )
     print(f"think_s: {args.think_s:g}")
     print(f"runs_per_hour_sequential: {rate['sequential']:.1f}")
     print(f"runs_per_hour_overlap: {rate['overlap']:.1f}")

@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[RowLosses] = []
     for seed in seeds:
         run_dir = runs_dir / f"seed-{seed}"
-        spec = ExperimentSpec(run_id=f"noise-{seed}", train_py=args.train, run_dir=run_dir, profile=args.profile,
-                              data_dir=data_dir, seed=seed)
+        spec = ExperimentSpec(
+            run_id=f"noise-{seed}",
+            train_py=args.train,
+            run_dir=run_dir,
+            profile=args.profile,
+            data_dir=data_dir,
+            seed=seed,
+        )
         result = run_bare(spec)
         if result.status != "ok" or result.val_bpb is None:
             print(f"seed {seed}: {result.status} ({result.reason}); logs in {run_dir}", file=sys.stderr)
@@ -80,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         back = read_rowloss(run_dir / ROWLOSS_FILE, profile_rows(profile), score)
         scores.append(result.val_bpb)
         rows.append(back)
-        print(f"seed {seed}: val_bpb {result.val_bpb:.6f}  rows {back.rows}  row-sum bpb {back.bpb:.6f}  "
-              f"train {result.train_seconds:.1f}s", flush=True)
+        print(
+            f"seed {seed}: val_bpb {result.val_bpb:.6f}  rows {back.rows}  row-sum bpb {back.bpb:.6f}  "
+            f"train {result.train_seconds:.1f}s",
+            flush=True,
+        )
 
     noise = pooled_noise({"train.py": scores})
     print(f"runs: {len(scores)}")
@@ -96,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"se_eval_median: {statistics.median(pair_se):.6f}")
     for i in range(len(scores)):
         rest = [scores[k] for k in range(len(scores)) if k != i]
-        d = decide([scores[i]], rest, pooled_noise({"rest": rest}),
-                   se_eval=paired_eval_se([rows[i]], [rows[k] for k in range(len(rows)) if k != i]).se)
+        d = decide(
+            [scores[i]],
+            rest,
+            pooled_noise({"rest": rest}),
+            se_eval=paired_eval_se([rows[i]], [rows[k] for k in range(len(rows)) if k != i]).se,
+        )
         print(f"as a no-op proposal, seed {seeds[i]}: {d.verdict}: {d.text}")
     return 0
 

@@ -33,8 +33,13 @@ SEED_LINE = "torch.manual_seed(context.seed)"
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.org",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.org"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.org",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.org",
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
@@ -114,20 +119,46 @@ class NightRun:
     tag_dir: Path
 
 
-def run_night(root: Path, *, label: str, profile: str, data_dir: Path, agent: ThinkingAgent, cpusets: list[str],
-              overlap: bool, hours: float | None = None, max_experiments: int | None = None,
-              **settings: Any) -> NightRun:
+def run_night(
+    root: Path,
+    *,
+    label: str,
+    profile: str,
+    data_dir: Path,
+    agent: ThinkingAgent,
+    cpusets: list[str],
+    overlap: bool,
+    hours: float | None = None,
+    max_experiments: int | None = None,
+    **settings: Any,
+) -> NightRun:
     """One night in containers: `cpusets` gives the slots (one pinned set of cores each)."""
     from controller.cli import remove_tag_containers
     from sandbox.experiment import run_experiment
 
     repo = make_checkout(root / label)
-    s = load_settings(tag=label, profile=profile, agent="search", repo=repo, runs_dir=repo / "runs",
-                      worktrees_dir=repo / "worktrees", data_dir=data_dir, hours=hours,
-                      max_experiments=max_experiments, overlap=overlap, slots=len(cpusets), **settings)
+    s = load_settings(
+        tag=label,
+        profile=profile,
+        agent="search",
+        repo=repo,
+        runs_dir=repo / "runs",
+        worktrees_dir=repo / "worktrees",
+        data_dir=data_dir,
+        hours=hours,
+        max_experiments=max_experiments,
+        overlap=overlap,
+        slots=len(cpusets),
+        **settings,
+    )
     observer = Quiet(label)
-    deps = LoopDeps(agent=agent, runner=functools.partial(run_experiment), observer=observer,
-                    remove_orphans=remove_tag_containers, manifest_sha256=manifest_sha256(data_dir))
+    deps = LoopDeps(
+        agent=agent,
+        runner=functools.partial(run_experiment),
+        observer=observer,
+        remove_orphans=remove_tag_containers,
+        manifest_sha256=manifest_sha256(data_dir),
+    )
     slots = [Slot(i, cpuset=cpuset) for i, cpuset in enumerate(cpusets)]
     started = time.monotonic()
     summary = NightLoop(s, deps, slots=slots).run()

@@ -29,8 +29,9 @@ from controller.noise import NightReplay, NoiseError, RuleSettings, replay_night
 SIGMA = 1.0  # the rule is scale-free: scores in units of the run-to-run sigma
 
 
-def simulate(nights: int, proposals: int, calibration: int, effect: float, settings: RuleSettings,
-             seed: int) -> NightReplay:
+def simulate(
+    nights: int, proposals: int, calibration: int, effect: float, settings: RuleSettings, seed: int
+) -> NightReplay:
     """All nights' proposals pooled into one NightReplay (rates over every proposal)."""
     rng = np.random.default_rng(seed)
     total = NightReplay(proposals=0, kept_old=[], kept_new=[], runs_old=0, runs_new=0)
@@ -49,9 +50,12 @@ def simulate(nights: int, proposals: int, calibration: int, effect: float, setti
 
 def from_file(path: Path, settings: RuleSettings) -> NightReplay:
     data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("baseline"), list) \
-            or not isinstance(data.get("proposals"), list):
-        raise NoiseError(f"{path}: expected {{\"baseline\": [...], \"proposals\": [[...], ...]}}")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("baseline"), list)
+        or not isinstance(data.get("proposals"), list)
+    ):
+        raise NoiseError(f'{path}: expected {{"baseline": [...], "proposals": [[...], ...]}}')
     return replay_night(data["baseline"], data["proposals"], settings)
 
 
@@ -73,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             r = from_file(args.scores, settings)
         else:
             r = simulate(args.nights, args.proposals, args.calibration, args.effect, settings, args.seed)
-            print(f"simulated: {args.nights} nights x {args.proposals} proposals, {args.calibration} calibration "
-                  f"runs, effect {args.effect:g} sigma, keep_z {settings.keep_z:g}, confirm_z {settings.confirm_z:g}, "
-                  f"max_confirm {settings.max_confirm}")
+            print(
+                f"simulated: {args.nights} nights x {args.proposals} proposals, {args.calibration} calibration "
+                f"runs, effect {args.effect:g} sigma, keep_z {settings.keep_z:g}, confirm_z {settings.confirm_z:g}, "
+                f"max_confirm {settings.max_confirm}"
+            )
     except (NoiseError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -84,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"runs_old: {r.runs_old}")
     print(f"runs_new: {r.runs_new}")
     print(f"confirmed_share: {confirmed / r.proposals if r.proposals else 0.0:.3f}")
-    print(f"precise: false_keep_old={r.false_keep_old:.4f} false_keep_new={r.false_keep_new:.4f} "
-          f"extra_runs={r.extra_runs:.4f}")
+    print(
+        f"precise: false_keep_old={r.false_keep_old:.4f} false_keep_new={r.false_keep_new:.4f} "
+        f"extra_runs={r.extra_runs:.4f}"
+    )
     print("\n".join(r.summary_lines()))
     return 0
 

@@ -38,7 +38,7 @@ OVERNIGHT_FLAGS: dict[str, str] = {
     "preflight": "true | false: a short CPU check before a proposal takes a slot (default: on for gpu)",
     "calibration_runs": "runs of the baseline that measure the noise at the start (default: 3)",
     "verify_runs": "at the night's end, re-run the baseline and the best this many times each: the "
-                   "improvement with error bars (default: 0, off; `make verify TAG=..` does it later)",
+    "improvement with error bars (default: 0, off; `make verify TAG=..` does it later)",
     "hours": "end the night after this many hours",
     "until": "end the night at this local time, HH:MM",
     "max_experiments": "end when the tag has this many experiments after the baseline",
@@ -46,7 +46,7 @@ OVERNIGHT_FLAGS: dict[str, str] = {
     "vram_cap_gb": "kill a run whose GPU memory passes this",
     "memory_limit_gb": "RAM limit of each container (default: the profile's, sized from measured peaks)",
     "compile_cache": "true | false: compile the seed once at night start and give every run that cache "
-                     "(default: on for gpu with Docker)",
+    "(default: on for gpu with Docker)",
     "data_dir": "prepared data (default: data/<profile>)",
     "runs_dir": "where results go (default: runs)",
     "worktrees_dir": "where the experiment worktree goes (default: worktrees)",
@@ -77,8 +77,13 @@ class UserError(RuntimeError):
 
 def _add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | list[str]) -> None:
     for name in names:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X",
-                            help={**OVERNIGHT_FLAGS, **K8S_FLAGS}[name])
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            metavar="X",
+            help={**OVERNIGHT_FLAGS, **K8S_FLAGS}[name],
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,8 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="run a recorded commit again and compare val_bpb")
     rp.add_argument("sha", help="commit (prefix) of the run to replay")
     _add_flags(rp, [*COMMON_FLAGS, *K8S_FLAGS])
-    vf = sub.add_parser("verify", help="re-run a tag's baseline and best k times each: the improvement with "
-                        "error bars")
+    vf = sub.add_parser("verify", help="re-run a tag's baseline and best k times each: the improvement with error bars")
     vf.add_argument("--tag", required=True, help="the night to verify (it must have ended)")
     vf.add_argument("--runs", type=int, default=3, metavar="K", help="runs of each commit, fresh seeds (default: 3)")
     _add_flags(vf, [*COMMON_FLAGS, *K8S_FLAGS])
@@ -117,8 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     km = sub.add_parser("k8s-manifests", help="print the Kubernetes objects of one experiment, to review")
     km.add_argument("--profile", default=None, help=OVERNIGHT_FLAGS["profile"])
     for name in ("image", "memory_limit_gb", "data_dir"):
-        km.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X",
-                        help=OVERNIGHT_FLAGS[name])
+        km.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X", help=OVERNIGHT_FLAGS[name])
     for name, text in K8S_FLAGS.items():
         km.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="X", help=text)
     return p
@@ -230,8 +233,13 @@ def make_agent_for(settings: Settings) -> Any:
         if settings.agent == "anthropic":
             key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
             return make_agent("anthropic", api_key=key, model=settings.model)
-        return make_agent("search", runs_dir=settings.tag_dir, seed_train_py=repo / "programs" / settings.program /
-                          "train.py", profile=settings.profile, seed=settings.seed)
+        return make_agent(
+            "search",
+            runs_dir=settings.tag_dir,
+            seed_train_py=repo / "programs" / settings.program / "train.py",
+            profile=settings.profile,
+            seed=settings.seed,
+        )
     except AgentConfigError as exc:
         raise UserError(str(exc)) from None
 
@@ -292,6 +300,7 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         agent_model,
         resume_settings,
     )
+
     settings = load_settings(**_overrides(args, [*OVERNIGHT_FLAGS, *K8S_FLAGS]))
     try:
         settings = resume_settings(settings)
@@ -313,8 +322,13 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
         why_profile = "GPU and NVIDIA container runtime found"
     else:
         why_profile = "no GPU with the NVIDIA container runtime found"
-    console.print(Text(f"overnight {settings.tag}: program {settings.program}, profile {settings.profile} "
-                       f"({why_profile}), data {settings.data_dir}", style="bold"))
+    console.print(
+        Text(
+            f"overnight {settings.tag}: program {settings.program}, profile {settings.profile} "
+            f"({why_profile}), data {settings.data_dir}",
+            style="bold",
+        )
+    )
     model = agent_model(agent)
     console.print(Text(settings.agent_reason() + (f", model {model}" if model else "")))
     if settings.sandbox == "bare":
@@ -328,8 +342,9 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
     rows = Ledger(settings.tag_dir).rows() if Ledger(settings.tag_dir).exists() else []
     deadline = settings.deadline(dt.datetime.now().astimezone())
     stop = StopFlag()
-    observer = ReportingObserver(console, settings.tag, rows, deadline, settings.max_experiments,
-                                 tag_dir=settings.tag_dir)
+    observer = ReportingObserver(
+        console, settings.tag, rows, deadline, settings.max_experiments, tag_dir=settings.tag_dir
+    )
 
     def on_sigint(signum: int, frame: Any) -> None:
         if stop.requested:
@@ -344,9 +359,16 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
 
     remover = None if backend is None else functools.partial(remove_tag_containers, backend=backend)
     compile_cache = warm_night_cache(settings, backend, console)
-    deps = LoopDeps(agent=agent, runner=runner, observer=observer, remove_orphans=remover,
-                    manifest_sha256=manifest, stop=stop, compile_cache=compile_cache,
-                    preflight=make_preflight(settings, backend, console))
+    deps = LoopDeps(
+        agent=agent,
+        runner=runner,
+        observer=observer,
+        remove_orphans=remover,
+        manifest_sha256=manifest,
+        stop=stop,
+        compile_cache=compile_cache,
+        preflight=make_preflight(settings, backend, console),
+    )
     loop = NightLoop(settings, deps, slots=slots)
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -384,14 +406,25 @@ def cmd_overnight(args: argparse.Namespace, argv: list[str], console: Console) -
 
             remove_compile_cache(settings.tag_dir)
     observer.write_report()
-    ends = {"max-experiments": "reached --max-experiments", "deadline": "reached its end time",
-            "stopped": "stopped by Ctrl-C"}
+    ends = {
+        "max-experiments": "reached --max-experiments",
+        "deadline": "reached its end time",
+        "stopped": "stopped by Ctrl-C",
+    }
     best = summary.best
-    console.print(Text(f"night {settings.tag} {ends.get(summary.reason, summary.reason)}: "
-                       f"{len(summary.rows)} experiments" +
-                       (f", best val_bpb {best.val_bpb:.6f} ({best.commit})" if best else ""), style="bold"))
-    console.print(Text(f"results: {settings.tag_dir}/results.tsv, plot: {settings.tag_dir}/progress.png, "
-                       f"branch: autoresearch/{settings.tag}"))
+    console.print(
+        Text(
+            f"night {settings.tag} {ends.get(summary.reason, summary.reason)}: "
+            f"{len(summary.rows)} experiments" + (f", best val_bpb {best.val_bpb:.6f} ({best.commit})" if best else ""),
+            style="bold",
+        )
+    )
+    console.print(
+        Text(
+            f"results: {settings.tag_dir}/results.tsv, plot: {settings.tag_dir}/progress.png, "
+            f"branch: autoresearch/{settings.tag}"
+        )
+    )
     if summary.reason == "stopped":
         console.print(Text("resume with:"))
         for line in resume:
@@ -413,9 +446,16 @@ def warm_night_cache(settings: Settings, backend: Any, console: Console) -> Path
     try:
         warm = warm_compile_cache(
             seed_train_py=Path(settings.repo) / "programs" / settings.program / "train.py",
-            tag_dir=settings.tag_dir, run_id=f"{settings.tag}-warmup", profile=settings.profile,
-            data_dir=Path(settings.data_dir), image=settings.image, gpu=settings.gpu,
-            memory_gb=settings.container_memory_gb, labels={LABEL_TAG: settings.tag}, runner=backend)
+            tag_dir=settings.tag_dir,
+            run_id=f"{settings.tag}-warmup",
+            profile=settings.profile,
+            data_dir=Path(settings.data_dir),
+            image=settings.image,
+            gpu=settings.gpu,
+            memory_gb=settings.container_memory_gb,
+            labels={LABEL_TAG: settings.tag},
+            runner=backend,
+        )
     except SandboxError as exc:
         raise UserError(f"warming the compile cache failed: {exc} (or run with --compile-cache false)") from None
     if warm.path is None:
@@ -453,9 +493,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 def morning_notes(tag_dir: Path, rows: list) -> list[str]:
     """Fixes the agent gave up on, and where its notebook is."""
     from controller.agents.notebook import NotebookError, notebook_path, parse, read_notebook
-    from evaluator.hostile import clean_line
     from controller.records import FIX_DECLINED_JSON, FixDeclinedRecord
     from controller.safefiles import read_regular
+    from evaluator.hostile import clean_line
 
     ledger, lines = Ledger(tag_dir), []
     for row in rows:
@@ -472,8 +512,10 @@ def morning_notes(tag_dir: Path, rows: list) -> list[str]:
     except NotebookError as exc:
         return [*lines, f"notebook: {exc}"]
     if sections:
-        lines.append(f"notebook: {notebook_path(tag_dir)} ({len(sections)} sections; "
-                     f"`python -m controller notebook --tag {tag_dir.name}` prints it)")
+        lines.append(
+            f"notebook: {notebook_path(tag_dir)} ({len(sections)} sections; "
+            f"`python -m controller notebook --tag {tag_dir.name}` prints it)"
+        )
     return lines
 
 
@@ -502,8 +544,12 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         plot = write_report(runs_dir / tag)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    console.print(Text(f"wrote {plot.path}: {plot.points} experiments ({plot.kept} kept, "
-                       f"{plot.discarded} discarded, {plot.failed} failed)"))
+    console.print(
+        Text(
+            f"wrote {plot.path}: {plot.points} experiments ({plot.kept} kept, "
+            f"{plot.discarded} discarded, {plot.failed} failed)"
+        )
+    )
     return 0
 
 
@@ -555,8 +601,13 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
             configure_logging(settings.tag_dir)
             backend = None if settings.sandbox == "bare" else make_backend(settings)
             image = current_image_id(settings, backend)
-            result = verify_tag(settings, make_runner(settings, backend), image, runs=args.runs,
-                                say=lambda line: console.print(Text(line)))
+            result = verify_tag(
+                settings,
+                make_runner(settings, backend),
+                image,
+                runs=args.runs,
+                say=lambda line: console.print(Text(line)),
+            )
     except VerifyError as exc:
         raise UserError(str(exc)) from None
     for line in describe(result):
@@ -584,13 +635,19 @@ def cmd_k8s_manifests(args: argparse.Namespace) -> int:
     from sandbox.kubernetes.cluster import Cluster
     from sandbox.kubernetes.sample import sample_manifests, to_yaml
 
-    settings = load_settings(**_overrides(args, ["profile", "image", "memory_limit_gb", "data_dir",
-                                                 *K8S_FLAGS]))
-    objects = sample_manifests(settings.profile, Cluster.from_settings(settings), image=settings.image,
-                               data_dir=Path(settings.data_dir), memory_gb=settings.container_memory_gb)
-    print(f"# The Kubernetes objects of one {settings.profile} experiment, as the kubernetes backend\n"
-          f"# creates them in namespace {settings.kube_namespace} (train.py shortened). Review, or\n"
-          "# check with: kubectl apply --dry-run=server -f <this file>")
+    settings = load_settings(**_overrides(args, ["profile", "image", "memory_limit_gb", "data_dir", *K8S_FLAGS]))
+    objects = sample_manifests(
+        settings.profile,
+        Cluster.from_settings(settings),
+        image=settings.image,
+        data_dir=Path(settings.data_dir),
+        memory_gb=settings.container_memory_gb,
+    )
+    print(
+        f"# The Kubernetes objects of one {settings.profile} experiment, as the kubernetes backend\n"
+        f"# creates them in namespace {settings.kube_namespace} (train.py shortened). Review, or\n"
+        "# check with: kubectl apply --dry-run=server -f <this file>"
+    )
     print(to_yaml(objects), end="")
     return 0
 

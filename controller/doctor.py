@@ -38,8 +38,10 @@ LOCAL_BASE_IMAGE = "overnight-base:bookworm"
 GIB = 1 << 30
 DISK_WARN_GIB = 10.0  # below this free under runs/ or data/: a warning
 DISK_MIN_GIB = 1.0  # below this: missing (the night pauses on a full runs disk)
-TOOLKIT_FIX = ("install the NVIDIA container toolkit, then `sudo nvidia-ctk runtime configure --runtime=docker` "
-               "and restart the engine")
+TOOLKIT_FIX = (
+    "install the NVIDIA container toolkit, then `sudo nvidia-ctk runtime configure --runtime=docker` "
+    "and restart the engine"
+)
 START_FIX = "`make overnight` starts it (scripts/setup-host, as root or with sudo), or `sudo systemctl start docker`"
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 TORCH_VERSION = "import importlib.metadata as m; print(m.version('torch'))"  # reads metadata, imports nothing
@@ -88,9 +90,13 @@ def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
 
 def _short_error(exc: BaseException) -> str:
     text = str(exc)
-    for needle, short in (("FileNotFoundError", "no socket"), ("ConnectionRefused", "connection refused"),
-                          ("PermissionError", "permission denied"), ("Permission denied", "permission denied"),
-                          ("timed out", "timed out")):
+    for needle, short in (
+        ("FileNotFoundError", "no socket"),
+        ("ConnectionRefused", "connection refused"),
+        ("PermissionError", "permission denied"),
+        ("Permission denied", "permission denied"),
+        ("timed out", "timed out"),
+    ):
         if needle in text:
             return short
     return text.splitlines()[0][:120] if text else type(exc).__name__
@@ -146,9 +152,20 @@ def image_torch_version(client: Any, image: str) -> str:
     from sandbox.specs import LABEL_RUN
 
     out = client.containers.run(
-        image, ["python3", "-c", TORCH_VERSION], entrypoint=[], user="65534:65534", network_mode="none",
-        read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64, mem_limit="512m",
-        labels={LABEL_RUN: "doctor"}, remove=True, stdout=True, stderr=False,
+        image,
+        ["python3", "-c", TORCH_VERSION],
+        entrypoint=[],
+        user="65534:65534",
+        network_mode="none",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        pids_limit=64,
+        mem_limit="512m",
+        labels={LABEL_RUN: "doctor"},
+        remove=True,
+        stdout=True,
+        stderr=False,
     )
     text = out.decode() if isinstance(out, bytes) else str(out)
     return text.strip().splitlines()[-1] if text.strip() else "?"
@@ -173,8 +190,7 @@ def check_engine(engine: Engine) -> Check:
     return Check("engine", "missing", f"nothing answers at {engine.host} ({engine.error})", START_FIX)
 
 
-def check_permission(engine: Engine, user: str | None = None,
-                     access: Callable[[str, int], bool] = os.access) -> Check:
+def check_permission(engine: Engine, user: str | None = None, access: Callable[[str, int], bool] = os.access) -> Check:
     user = user or getpass.getuser()
     fix = f"`sudo usermod -aG docker {user}`, then log out and in again"
     if engine.client is not None:
@@ -195,8 +211,12 @@ def check_compose(run: Runner = _run, which: Callable[[str], str | None] = shuti
             continue
         if done.returncode == 0 and done.stdout.strip():
             return Check("compose", "ok", f"{' '.join(cmd[:-2])} {done.stdout.strip().splitlines()[0]}")
-    return Check("compose", "missing", "neither `docker compose` nor docker-compose (make prepare needs one)",
-                 "`make overnight` installs it (scripts/setup-host), or `sudo apt-get install docker-compose`")
+    return Check(
+        "compose",
+        "missing",
+        "neither `docker compose` nor docker-compose (make prepare needs one)",
+        "`make overnight` installs it (scripts/setup-host), or `sudo apt-get install docker-compose`",
+    )
 
 
 def _has_image(engine: Engine, ref: str) -> bool:
@@ -209,8 +229,9 @@ def _has_image(engine: Engine, ref: str) -> bool:
         return False
 
 
-def check_base(engine: Engine, base_image: str | None, image: str,
-               which: Callable[[str], str | None] = shutil.which) -> Check:
+def check_base(
+    engine: Engine, base_image: str | None, image: str, which: Callable[[str], str | None] = shutil.which
+) -> Check:
     """What `make images` builds on: BASE_IMAGE from a registry, or a local debootstrap base."""
     if base_image:
         return Check("base", "ok", f"BASE_IMAGE={base_image}")
@@ -238,13 +259,15 @@ def check_images(engine: Engine, image: str, torch_version: Callable[[Any, str],
         created = str((getattr(got, "attrs", None) or {}).get("Created", ""))[:16].replace("T", " ")
         found.append(f"{ref} {str(got.id).removeprefix('sha256:')[:12]}" + (f" ({created})" if created else ""))
     if absent:
-        return Check("images", "warning", f"not built: {', '.join(absent)}",
-                     "`make overnight` builds them (`make images`)")
+        return Check(
+            "images", "warning", f"not built: {', '.join(absent)}", "`make overnight` builds them (`make images`)"
+        )
     try:
         torch = f"torch {torch_version(engine.client, image)}"
     except Exception as exc:
-        return Check("images", "warning", "; ".join(found) + f"; torch version unreadable ({_short_error(exc)})",
-                     "`make images`")
+        return Check(
+            "images", "warning", "; ".join(found) + f"; torch version unreadable ({_short_error(exc)})", "`make images`"
+        )
     return Check("images", "ok", "; ".join(found) + f"; {torch}")
 
 
@@ -316,8 +339,10 @@ def profile_reason(settings: Settings) -> str:
 def check_choice(settings: Settings | SettingsError) -> list[Check]:
     if isinstance(settings, SettingsError):
         return [Check("settings", "missing", str(settings), "fix that setting (flag, OVERNIGHT_* or .env)")]
-    return [Check("profile", "ok", f"{settings.profile} ({profile_reason(settings)})"),
-            Check("agent", "ok", settings.agent_reason().removeprefix("agent: "))]
+    return [
+        Check("profile", "ok", f"{settings.profile} ({profile_reason(settings)})"),
+        Check("agent", "ok", settings.agent_reason().removeprefix("agent: ")),
+    ]
 
 
 # -- all of it ------------------------------------------------------------------------------------
@@ -358,8 +383,10 @@ def run_checks(overrides: dict[str, Any], seams: Seams | None = None) -> list[Ch
     ]
     if isinstance(settings, Settings):
         checks.append(check_data(settings))
-    checks += [check_disk("disk runs/", runs_dir, seams.disk_usage),
-               check_disk("disk data/", data_dir, seams.disk_usage)]
+    checks += [
+        check_disk("disk runs/", runs_dir, seams.disk_usage),
+        check_disk("disk data/", data_dir, seams.disk_usage),
+    ]
     if isinstance(settings, Settings):
         checks.append(check_api_key(settings))
     checks += check_choice(settings)

@@ -22,10 +22,14 @@ from sandbox.trainpy import MAX_BYTES, TrainPyRefused, check_train_py
 IDENTITY = ("overnight", "overnight@localhost")
 MAX_TRAIN_PY_BYTES = MAX_BYTES
 _SAFE_CONFIG = [
-    "-c", "core.hooksPath=/dev/null",  # no hook of the user's runs on the controller's commits
-    "-c", "commit.gpgsign=false",
-    "-c", "core.autocrlf=false",
-    "-c", "advice.detachedHead=false",
+    "-c",
+    "core.hooksPath=/dev/null",  # no hook of the user's runs on the controller's commits
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "core.autocrlf=false",
+    "-c",
+    "advice.detachedHead=false",
 ]
 
 
@@ -46,15 +50,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def git(cwd: Path, *args: str, check: bool = True, input: bytes | None = None,
-        env: dict[str, str] | None = None) -> str:
+def git(
+    cwd: Path, *args: str, check: bool = True, input: bytes | None = None, env: dict[str, str] | None = None
+) -> str:
     return git_bytes(cwd, *args, check=check, input=input, env=env).decode("utf-8", errors="replace").strip()
 
 
-def git_bytes(cwd: Path, *args: str, check: bool = True, input: bytes | None = None,
-              env: dict[str, str] | None = None) -> bytes:
+def git_bytes(
+    cwd: Path, *args: str, check: bool = True, input: bytes | None = None, env: dict[str, str] | None = None
+) -> bytes:
     proc = subprocess.run(
-        ["git", *_SAFE_CONFIG, *args], cwd=cwd, env={**_env(), **(env or {})}, input=input, capture_output=True,
+        ["git", *_SAFE_CONFIG, *args],
+        cwd=cwd,
+        env={**_env(), **(env or {})},
+        input=input,
+        capture_output=True,
     )
     if check and proc.returncode != 0:
         lines = proc.stderr.decode("utf-8", errors="replace").strip().splitlines() or ["(no output)"]
@@ -90,9 +100,12 @@ def file_at(repo: Path, commit: str, path: str) -> bytes:
 
 
 def has_file(repo: Path, commit: str, path: str) -> bool:
-    return subprocess.run(
-        ["git", "cat-file", "-e", f"{commit}:{path}"], cwd=repo, env=_env(), capture_output=True
-    ).returncode == 0
+    return (
+        subprocess.run(
+            ["git", "cat-file", "-e", f"{commit}:{path}"], cwd=repo, env=_env(), capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def short(repo: Path, commit: str) -> str:
@@ -261,8 +274,12 @@ def merge_text(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
 
 def move_branch(repo: Path, branch: str, new: str, old: str) -> bool:
     """Move refs/heads/<branch> from `old` to `new` atomically; False when it is no longer at `old`."""
-    done = subprocess.run(["git", *_SAFE_CONFIG, "update-ref", f"refs/heads/{branch}", new, old], cwd=repo,
-                          env=_env(), capture_output=True)
+    done = subprocess.run(
+        ["git", *_SAFE_CONFIG, "update-ref", f"refs/heads/{branch}", new, old],
+        cwd=repo,
+        env=_env(),
+        capture_output=True,
+    )
     return done.returncode == 0
 
 
@@ -274,6 +291,8 @@ def compile_error(source: bytes) -> str | None:
     except TrainPyRefused as exc:
         return str(exc)
     return None
+
+
 def open_worktree(repo: Path, worktrees_dir: Path, tag: str, train_rel: str, base: str | None) -> Worktree:
     """The worktree of `tag`, created from `base` (the user's HEAD) on a new branch when there is
     none yet, or re-attached when the folder was removed. The user's checkout is not touched."""

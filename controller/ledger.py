@@ -83,8 +83,18 @@ class LedgerRow:
         if len(parts) != len(AUTORESEARCH_COLUMNS) + len(EXTRA_COLUMNS) or parts[3] not in STATUSES:
             raise LedgerError(f"malformed results.tsv row: {clean_line(line, 120)!r}")
         try:
-            return cls(parts[0], float(parts[1]), float(parts[2]), parts[3], parts[4], int(parts[5]), int(parts[6]),
-                       parts[7], float(parts[8]), None if parts[9] == "-" else int(parts[9]))
+            return cls(
+                parts[0],
+                float(parts[1]),
+                float(parts[2]),
+                parts[3],
+                parts[4],
+                int(parts[5]),
+                int(parts[6]),
+                parts[7],
+                float(parts[8]),
+                None if parts[9] == "-" else int(parts[9]),
+            )
         except ValueError:
             raise LedgerError(f"malformed results.tsv row: {clean_line(line, 120)!r}") from None
 
@@ -126,16 +136,20 @@ class Ledger:
                 f.flush()
                 os.fsync(f.fileno())
         if not data.startswith(HEADER.encode()):
-            raise LedgerError(f"{self.path} does not start with the ledger's header line ({HEADER!r}): "
-                              "it was written by another version; start a new --tag")
+            raise LedgerError(
+                f"{self.path} does not start with the ledger's header line ({HEADER!r}): "
+                "it was written by another version; start a new --tag"
+            )
 
     def rows(self) -> list[LedgerRow]:
         if not self.path.exists():
             return []
         lines = self.path.read_text(encoding="utf-8").split("\n")
         if lines[0] != HEADER:
-            raise LedgerError(f"{self.path} does not start with the ledger's header line ({HEADER!r}): "
-                              "it was written by another version; start a new --tag")
+            raise LedgerError(
+                f"{self.path} does not start with the ledger's header line ({HEADER!r}): "
+                "it was written by another version; start a new --tag"
+            )
         body = lines[1:-1]  # the text after the last newline is empty, or a torn line
         return [LedgerRow.parse(line) for line in body if line]
 
@@ -267,7 +281,7 @@ def _numbers(ns: list[int]) -> str:
     if not ns:
         return "none yet"
     parts, start = [], ns[0]
-    for prev, cur in zip(ns, [*ns[1:], None]):
+    for prev, cur in zip(ns, [*ns[1:], None], strict=True):
         if cur != prev + 1 if cur is not None else True:
             parts.append(f"{start}" if start == prev else f"{start}..{prev}")
             start = cur if cur is not None else start
@@ -287,8 +301,10 @@ def find_run(runs_dir: Path, ref: str, tag: str | None = None) -> RunLocation:
         numbered = ledger.by_number()
         n = int(ref)
         if n not in numbered:
-            raise LedgerError(f"tag {the_tag} has experiments {_numbers(sorted(numbered))}; there is no {n}"
-                              + ("; it is still running" if ledger.in_flight(n) else ""))
+            raise LedgerError(
+                f"tag {the_tag} has experiments {_numbers(sorted(numbered))}; there is no {n}"
+                + ("; it is still running" if ledger.in_flight(n) else "")
+            )
         return RunLocation(the_tag, n, numbered[n], ledger.row_run_dir(n, numbered[n]))
     prefix = ref.lower()
     if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):

@@ -38,8 +38,11 @@ class LineFile:
                 os.ftruncate(self.fd, size)  # no torn line
             if not self.failing:
                 self.failing = True
-                print(f"warning: cannot write {self.name} ({exc.strerror}); log lines are dropped until it can",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"warning: cannot write {self.name} ({exc.strerror}); log lines are dropped until it can",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def flush(self) -> None:
         pass
@@ -53,9 +56,7 @@ _open_files: list[LineFile] = []
 
 # Tracebacks as JSON, WITHOUT the frames' local variables: structlog's default dict_tracebacks
 # shows them, and a frame of an HTTP client holds the request, headers (an API key) included.
-TRACEBACKS = structlog.processors.ExceptionRenderer(
-    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-)
+TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 
 
 def _processors() -> list:

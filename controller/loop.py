@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import re
@@ -174,7 +175,9 @@ class LoopDeps:
     remove_orphans: Callable[[str], object] | None = None  # tag -> (removes that tag's containers)
     manifest_sha256: str | None = None
     preflight: Runner | None = None  # a CPU check of a proposal before it takes a slot (sandbox.preflight)
-    compile_cache: Path | None = None  # the night's warm compile cache, given to every train job (sandbox.compile_cache)
+    compile_cache: Path | None = (
+        None  # the night's warm compile cache, given to every train job (sandbox.compile_cache)
+    )
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], dt.datetime] = _local_now
     stop: StopFlag = field(default_factory=StopFlag)
@@ -206,8 +209,12 @@ def resume_settings(settings: Settings) -> Settings:
     record = Ledger(settings.tag_dir).read_tag()
     if record is None:
         return settings
-    recorded = {"program": record.program, "profile": record.profile, "seed": record.seed,
-                "data_dir": Path(record.data_dir)}
+    recorded = {
+        "program": record.program,
+        "profile": record.profile,
+        "seed": record.seed,
+        "data_dir": Path(record.data_dir),
+    }
     update = {}
     for name in RESUMED_FIELDS:
         if name not in settings.model_fields_set:
@@ -331,8 +338,9 @@ class NightLoop:
         self.state = _State()
         self.reproposals: list[FixTask] = []  # merge conflicts: the agent proposes the idea again
         self.fix_keys: set[tuple[int, int]] = set()  # (first failed experiment, attempt) of fixes started
-        self.slot_states: dict[int, SlotState] = {s.index: SlotState(index=s.index, label=s.label())
-                                                  for s in self.slots}
+        self.slot_states: dict[int, SlotState] = {
+            s.index: SlotState(index=s.index, label=s.label()) for s in self.slots
+        }
 
     # -- the night ---------------------------------------------------------------------------
 
@@ -341,8 +349,14 @@ class NightLoop:
             self._setup()
             self._reconcile()
             self.deadline = self.s.deadline(self.d.now())
-            self.log.info("night_start", n=len(self.rows), deadline=str(self.deadline), slots=len(self.slots),
-                          max_experiments=self.s.max_experiments, agent=self.d.agent.name)
+            self.log.info(
+                "night_start",
+                n=len(self.rows),
+                deadline=str(self.deadline),
+                slots=len(self.slots),
+                max_experiments=self.s.max_experiments,
+                agent=self.d.agent.name,
+            )
             reason = self._schedule()
             if reason != "stopped" and self.s.verify_runs > 0:  # the morning's error bars (make verify)
                 from controller.verify import verify_night
@@ -369,7 +383,8 @@ class NightLoop:
                 if storage_failures >= STORAGE_ATTEMPTS:
                     raise InfrastructureError(
                         f"cannot write under {self.s.tag_dir} ({exc.strerror or exc}) after "
-                        f"{storage_failures} tries: free some disk, then resume") from None
+                        f"{storage_failures} tries: free some disk, then resume"
+                    ) from None
                 self._storage_error(exc, next(waits))
                 continue
             except Exception as exc:
@@ -377,7 +392,8 @@ class NightLoop:
                 if unexpected >= UNEXPECTED_LIMIT:
                     raise InfrastructureError(
                         f"{unexpected} unexpected errors in a row ({type(exc).__name__}); "
-                        f"see {self.s.tag_dir}/controller.log.jsonl") from exc
+                        f"see {self.s.tag_dir}/controller.log.jsonl"
+                    ) from exc
                 self._unexpected(exc)
                 continue
             if len(self.rows) != rows_before:
@@ -429,8 +445,9 @@ class NightLoop:
         record is written atomically, so nothing is half-done: say so, wait, and take the night up
         again as a resume after kill -9 would."""
         self.log.error("storage_error", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
-        self.d.observer.say(f"cannot write under {self.s.tag_dir}: {exc.strerror or exc}; "
-                            f"retrying in {delay:.0f}s", "error")
+        self.d.observer.say(
+            f"cannot write under {self.s.tag_dir}: {exc.strerror or exc}; retrying in {delay:.0f}s", "error"
+        )
         self._wait(delay)
         try:
             self.ledger.repair()
@@ -449,13 +466,18 @@ class NightLoop:
         if pending is None and len(self.pending) == 1 and not self.state.running:
             pending = next(iter(self.pending.values()))
         if pending is not None:
-            reason = (f"internal error ({type(exc).__name__}) while handling this experiment; "
-                      f"see {self.s.tag_dir.name}/controller.log.jsonl")
+            reason = (
+                f"internal error ({type(exc).__name__}) while handling this experiment; "
+                f"see {self.s.tag_dir.name}/controller.log.jsonl"
+            )
             self.d.observer.say(f"#{pending.n}: {reason}; recorded as a crash", "error")
             self.state.queue = [t for t in self.state.queue if t.n != pending.n]
-            result = ExperimentResult(status="crash", reason=reason, run_dir=self.ledger.run_dir(pending.n, pending.commit))
-            self._record_run(pending, RunTask(pending.n, len(pending.replicates), 0), None, result,
-                             utcnow(), time.monotonic())
+            result = ExperimentResult(
+                status="crash", reason=reason, run_dir=self.ledger.run_dir(pending.n, pending.commit)
+            )
+            self._record_run(
+                pending, RunTask(pending.n, len(pending.replicates), 0), None, result, utcnow(), time.monotonic()
+            )
             self._finalize(pending, crashed=True)
             return
         self.d.observer.say(f"proposal dropped after an internal error ({type(exc).__name__})", "error")
@@ -525,20 +547,32 @@ class NightLoop:
                     "warning",
                 )
             record = TagRecord(
-                tag=self.s.tag, program=self.s.program, profile=self.s.profile, seed=self.s.seed,
-                base_commit=base, data_dir=str(self.s.data_dir),
-                data_manifest_sha256=self.d.manifest_sha256, created=utcnow(),
+                tag=self.s.tag,
+                program=self.s.program,
+                profile=self.s.profile,
+                seed=self.s.seed,
+                base_commit=base,
+                data_dir=str(self.s.data_dir),
+                data_manifest_sha256=self.d.manifest_sha256,
+                created=utcnow(),
             )
             self.ledger.write_tag(record)
         else:
             for name in ("program", "profile", "seed"):
                 if getattr(self.s, name) != getattr(record, name):
-                    raise SetupError(f"tag {self.s.tag} was started with {name} {getattr(record, name)}; "
-                                     f"resume it with the same {name} or choose a new --tag")
-            if (record.data_manifest_sha256 and self.d.manifest_sha256
-                    and record.data_manifest_sha256 != self.d.manifest_sha256):
-                raise SetupError(f"the data in {self.s.data_dir} differs from the data tag {self.s.tag} started "
-                                 "with (manifest hash): use that data or choose a new --tag")
+                    raise SetupError(
+                        f"tag {self.s.tag} was started with {name} {getattr(record, name)}; "
+                        f"resume it with the same {name} or choose a new --tag"
+                    )
+            if (
+                record.data_manifest_sha256
+                and self.d.manifest_sha256
+                and record.data_manifest_sha256 != self.d.manifest_sha256
+            ):
+                raise SetupError(
+                    f"the data in {self.s.data_dir} differs from the data tag {self.s.tag} started "
+                    "with (manifest hash): use that data or choose a new --tag"
+                )
         self.tag_record = record
         self.ledger.create()
         self.ledger.repair()
@@ -561,8 +595,10 @@ class NightLoop:
         for row in rows:
             sha = refs.get(row.n)
             if sha is None or not sha.startswith(row.commit):
-                raise SetupError(f"results.tsv row {row.n} ({row.commit}) has no matching ref "
-                                 f"{git.experiment_ref(self.s.tag, row.n)}: the ledger and the repository disagree")
+                raise SetupError(
+                    f"results.tsv row {row.n} ({row.commit}) has no matching ref "
+                    f"{git.experiment_ref(self.s.tag, row.n)}: the ledger and the repository disagree"
+                )
             commits[row.n] = sha
         self.rows, self.commits = rows, commits
         self.runs_of, self.evidence = {}, {}
@@ -692,7 +728,7 @@ class NightLoop:
         if self.s.max_fix_attempts == 0 or not self.d.agent.can_fix_crashes:
             return None
         with self.lock:
-            recent = list(self.rows[-(len(self.slots) + 1):])
+            recent = list(self.rows[-(len(self.slots) + 1) :])
         for row in reversed(recent):
             n = row.n
             if n < 1 or row.status not in FIXABLE:
@@ -705,10 +741,15 @@ class NightLoop:
             if attempt > self.s.max_fix_attempts or (origin, attempt) in self.fix_keys:
                 continue
             self.fix_keys.add((origin, attempt))
-            failure = Failure(n=n, description=row.description, status=row.status,
-                              log_tail=self._log_tail(n, row, record))
-            return FixTask(of=origin, attempt=attempt, failure=failure,
-                           source=git.file_at(self.repo, self.commits[n], self.train_rel))
+            failure = Failure(
+                n=n, description=row.description, status=row.status, log_tail=self._log_tail(n, row, record)
+            )
+            return FixTask(
+                of=origin,
+                attempt=attempt,
+                failure=failure,
+                source=git.file_at(self.repo, self.commits[n], self.train_rel),
+            )
         return None
 
     def _log_tail(self, n: int, row: LedgerRow, record: RunRecord | None, cap: int = LOG_TAIL_BYTES) -> str:
@@ -727,31 +768,55 @@ class NightLoop:
             rows = list(self.rows)
             pending = sorted(self.pending.values(), key=lambda p: p.n)
         history = [
-            HistoryRow(n=row.n, commit=row.commit, val_bpb=row.val_bpb if row.scored else None,
-                       memory_gb=row.memory_gb, status=row.status, description=row.description,
-                       run_dir=self.ledger.row_run_dir(row.n, row).resolve(), runs=row.runs,
-                       evidence=self.evidence.get(row.n), full_commit=self.commits.get(row.n))
+            HistoryRow(
+                n=row.n,
+                commit=row.commit,
+                val_bpb=row.val_bpb if row.scored else None,
+                memory_gb=row.memory_gb,
+                status=row.status,
+                description=row.description,
+                run_dir=self.ledger.row_run_dir(row.n, row).resolve(),
+                runs=row.runs,
+                evidence=self.evidence.get(row.n),
+                full_commit=self.commits.get(row.n),
+            )
             for row in rows
         ]
         failures = [
-            Failure(n=row.n, description=row.description, status=row.status,
-                    log_tail=self._log_tail(row.n, row, self.ledger.read_record(row.n, row.commit), cap=2000))
-            for row in rows if not row.scored
+            Failure(
+                n=row.n,
+                description=row.description,
+                status=row.status,
+                log_tail=self._log_tail(row.n, row, self.ledger.read_record(row.n, row.commit), cap=2000),
+            )
+            for row in rows
+            if not row.scored
         ][-FAILURES_SHOWN:]
         in_flight = [
-            InFlight(n=p.n, description=p.proposal.description if p.proposal else p.kind,
-                     diff=git.diff(self.repo, p.parent, p.commit, self.train_rel)[:IN_FLIGHT_DIFF_CAP])
-            for p in pending if p.n != 0
+            InFlight(
+                n=p.n,
+                description=p.proposal.description if p.proposal else p.kind,
+                diff=git.diff(self.repo, p.parent, p.commit, self.train_rel)[:IN_FLIGHT_DIFF_CAP],
+            )
+            for p in pending
+            if p.n != 0
         ]
         base = self.tag_record.base_commit
         program_md = self.wt.path / "programs" / self.s.program / "program.md"
         return ProposalContext(
-            tag=self.s.tag, experiment=n, train_py=self.wt.train_py.resolve(),
+            tag=self.s.tag,
+            experiment=n,
+            train_py=self.wt.train_py.resolve(),
             program_md=program_md.read_text(encoding="utf-8") if program_md.is_file() else "",
-            profile=self.s.profile, history=history,
+            profile=self.s.profile,
+            history=history,
             best_diff=git.diff(self.repo, base, best, self.train_rel) if best != base else "",
-            failures=failures, fix_attempt=fix, runs_dir=self.s.tag_dir.resolve(), in_flight=in_flight,
-            repo=self.repo, train_rel=self.train_rel,
+            failures=failures,
+            fix_attempt=fix,
+            runs_dir=self.s.tag_dir.resolve(),
+            in_flight=in_flight,
+            repo=self.repo,
+            train_rel=self.train_rel,
             seed_train_py=git.file_at(self.repo, base, self.train_rel).decode("utf-8", errors="replace"),
             noise_bpb=self._noise_sigma(),
         )
@@ -779,19 +844,26 @@ class NightLoop:
                 break
             self.log.warning("proposal_refused", n=n, reason=refusal.reason, description=proposal.description)
             self.d.observer.say(f"#{n} refused: {refusal.reason}", "warning")
-            attempts.append({"refused": refusal.reason, "description": proposal.description,
-                             "transcript": proposal.transcript})
-            failure = Failure(n=n, description=clean_description(proposal.description), status="refused",
-                              log_tail=refusal.reason)
+            attempts.append(
+                {"refused": refusal.reason, "description": proposal.description, "transcript": proposal.transcript}
+            )
+            failure = Failure(
+                n=n, description=clean_description(proposal.description), status="refused", log_tail=refusal.reason
+            )
         else:
             self.wt.reset_to(best)
             self.d.observer.say(f"#{n}: no valid edit after {len(attempts)} tries; starting a new proposal", "warning")
             return None
         content = self.wt.train_py.read_bytes()
         self.wt.reset_to(best)
-        return Prepared(content=content, parent=best,
-                        proposal=proposal.model_copy(update={"usage": usage}), attempts=attempts,
-                        propose_seconds=time.monotonic() - started, fix=fix)
+        return Prepared(
+            content=content,
+            parent=best,
+            proposal=proposal.model_copy(update={"usage": usage}),
+            attempts=attempts,
+            propose_seconds=time.monotonic() - started,
+            fix=fix,
+        )
 
     def _fix_declined(self, n: int, fix: FixTask | None, declined: FixDeclined, best: str, spent: Usage) -> None:
         """The agent gave up on a fix: record why next to the failed run (so no restart asks again)
@@ -811,15 +883,21 @@ class NightLoop:
             self.log.warning("proposal_abandoned", n=n, reason=reason)
             self.d.observer.say(f"#{n}: the agent gave up on the idea: {reason}", "warning")
             return
-        record = FixDeclinedRecord(n=failed, commit=self.commits[failed], fix_attempt=fix.attempt, reason=reason,
-                                   usage=usage, transcript=getattr(declined, "transcript", None) or [])
+        record = FixDeclinedRecord(
+            n=failed,
+            commit=self.commits[failed],
+            fix_attempt=fix.attempt,
+            reason=reason,
+            usage=usage,
+            transcript=getattr(declined, "transcript", None) or [],
+        )
         atomic_write_model(self.ledger.row_run_dir(failed, row) / FIX_DECLINED_JSON, record)
-        self.log.warning("fix_declined", n=failed, fix_attempt=fix.attempt, reason=reason,
-                         cost_usd=record.usage.cost_usd)
+        self.log.warning(
+            "fix_declined", n=failed, fix_attempt=fix.attempt, reason=reason, cost_usd=record.usage.cost_usd
+        )
         self.d.observer.say(f"#{failed}: the agent gave up fixing it: {reason}; a fresh proposal follows", "warning")
 
-    def _ask_agent(self, context: ProposalContext, best: str,
-                   previous: bytes | None) -> Proposal | FixDeclined | None:
+    def _ask_agent(self, context: ProposalContext, best: str, previous: bytes | None) -> Proposal | FixDeclined | None:
         waits = _backoff()
         while not self._stop_now():
             self.wt.reset_to(best)
@@ -838,9 +916,14 @@ class NightLoop:
                     self.log.error("agent_fatal", n=context.experiment, error=str(exc))
                     raise AgentFatalError(f"the agent cannot go on: {exc}") from None
                 delay = next(waits)
-                self.log.error(kind, n=context.experiment, error=f"{type(exc).__name__}: {exc}",
-                               retry_in_s=delay, exc_info=not isinstance(exc, AgentError),
-                               cost_usd=usage.cost_usd if isinstance(usage, Usage) else None)
+                self.log.error(
+                    kind,
+                    n=context.experiment,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=delay,
+                    exc_info=not isinstance(exc, AgentError),
+                    cost_usd=usage.cost_usd if isinstance(usage, Usage) else None,
+                )
                 self.d.observer.say(f"agent error: {exc}; trying again in {delay:.0f}s", "error")
                 self._wait(delay)
         return None
@@ -867,11 +950,14 @@ class NightLoop:
         best = self._best_commit()
         content = prepared.content
         if prepared.parent != best:
-            merged = git.merge_text(git.file_at(self.repo, prepared.parent, self.train_rel),
-                                    git.file_at(self.repo, best, self.train_rel), content)
+            merged = git.merge_text(
+                git.file_at(self.repo, prepared.parent, self.train_rel),
+                git.file_at(self.repo, best, self.train_rel),
+                content,
+            )
             problem = compile_error(merged) if merged is not None else "its change conflicts with the new best"
-            if problem is not None:
-                self._repropose(prepared, problem)
+            if problem is not None or merged is None:
+                self._repropose(prepared, problem or "its change conflicts with the new best")
                 return True
             content = merged
         fix = prepared.fix
@@ -886,10 +972,16 @@ class NightLoop:
         git.update_ref(self.repo, git.experiment_ref(self.s.tag, n), commit)
         self._hook(n, "ref")
         pending = Pending(
-            n=n, kind="fix" if is_fix else "proposal", commit=commit, parent=best,
+            n=n,
+            kind="fix" if is_fix else "proposal",
+            commit=commit,
+            parent=best,
             proposal=prepared.proposal.model_copy(update={"description": description}),
-            attempts=prepared.attempts, propose_seconds=prepared.propose_seconds,
-            fix_of=fix.of if is_fix else None, fix_attempt=fix.attempt if is_fix else 0, wanted=1,
+            attempts=prepared.attempts,
+            propose_seconds=prepared.propose_seconds,
+            fix_of=fix.of if fix is not None and is_fix else None,
+            fix_attempt=fix.attempt if fix is not None and is_fix else 0,
+            wanted=1,
         )
         self._add_pending(pending)
         self.log.info("proposed", n=n, commit=commit, description=description, fix_of=pending.fix_of)
@@ -900,8 +992,12 @@ class NightLoop:
         """The best moved under a prepared proposal and its change does not apply: the agent
         proposes the idea again on the new best (no commit, no row)."""
         self.d.observer.say(f"a prepared proposal no longer applies ({problem}); asking again", "warning")
-        failure = Failure(n=self._next_number(), description=clean_description(prepared.proposal.description),
-                          status="conflict", log_tail=f"not run: {problem}; propose this idea again on the current best")
+        failure = Failure(
+            n=self._next_number(),
+            description=clean_description(prepared.proposal.description),
+            status="conflict",
+            log_tail=f"not run: {problem}; propose this idea again on the current best",
+        )
         self.reproposals.append(FixTask(of=failure.n, attempt=0, failure=failure, source=None))
 
     def _add_pending(self, pending: Pending) -> None:
@@ -975,10 +1071,15 @@ class NightLoop:
             self._show_slot(slot, pending, task.k)
             self._hook(task.n, "training")
             begun, t0 = utcnow(), time.monotonic()
-            future = _spawn(lambda spec=spec: (self._run(spec), begun, t0), f"run-{task.n}-{task.k}")
+            future = _spawn(functools.partial(self._timed_run, spec, begun, t0), f"run-{task.n}-{task.k}")
             st.running[future] = (task, slot)
             started = True
         return started
+
+    def _timed_run(
+        self, spec: ExperimentSpec, begun: dt.datetime, t0: float
+    ) -> tuple[ExperimentResult | None, dt.datetime, float]:
+        return self._run(spec), begun, t0
 
     def _show_slot(self, slot: Slot, pending: Pending | None, k: int = 0) -> None:
         """Note what `slot` does now (None: idle) for the live view and `make status` (slots.json)."""
@@ -1003,11 +1104,18 @@ class NightLoop:
         labels = {LABEL_TAG: self.s.tag, "overnight.experiment": str(pending.n), "overnight.replicate": str(k)}
         return ExperimentSpec(
             run_id=f"{self.s.tag}-{pending.n:04d}" + (f"-r{k}" if k else "") + ("-pre" if preflight else ""),
-            train_py=train_py.resolve(), run_dir=run_dir.resolve(),
-            profile=self.s.profile, data_dir=Path(self.s.data_dir).resolve(), image=self.s.image,
-            gpu=slot.gpu if slot is not None else None, cpuset=slot.cpuset if slot is not None else None,
-            seed=self.s.seed + k, vram_cap_gb=self.s.vram_cap_gb, memory_limit_gb=self.s.container_memory_gb,
-            labels=labels, compile_cache=None if preflight else self.d.compile_cache,
+            train_py=train_py.resolve(),
+            run_dir=run_dir.resolve(),
+            profile=self.s.profile,
+            data_dir=Path(self.s.data_dir).resolve(),
+            image=self.s.image,
+            gpu=slot.gpu if slot is not None else None,
+            cpuset=slot.cpuset if slot is not None else None,
+            seed=self.s.seed + k,
+            vram_cap_gb=self.s.vram_cap_gb,
+            memory_limit_gb=self.s.container_memory_gb,
+            labels=labels,
+            compile_cache=None if preflight else self.d.compile_cache,
         )
 
     def _run(self, spec: ExperimentSpec) -> ExperimentResult | None:
@@ -1024,17 +1132,22 @@ class NightLoop:
                 if attempt == INFRA_ATTEMPTS:
                     raise InfrastructureError(f"the sandbox failed {attempt} times in a row: {exc}") from None
                 delay = next(waits)
-                self.log.error("sandbox_error", run_id=spec.run_id, error=str(exc), attempt=attempt,
-                               retry_in_s=delay)
-                self.d.observer.say(f"sandbox error: {exc}; try {attempt + 1}/{INFRA_ATTEMPTS} in {delay:.0f}s",
-                                    "error")
+                self.log.error("sandbox_error", run_id=spec.run_id, error=str(exc), attempt=attempt, retry_in_s=delay)
+                self.d.observer.say(
+                    f"sandbox error: {exc}; try {attempt + 1}/{INFRA_ATTEMPTS} in {delay:.0f}s", "error"
+                )
             except Exception as exc:
                 if self.d.stop.now:
                     raise KeyboardInterrupt from exc
                 self.log.error("experiment_failed", run_id=spec.run_id, error=type(exc).__name__, exc_info=True)
-                return ExperimentResult(status="crash", run_dir=spec.run_dir, reason=(
-                    f"the sandbox failed on this experiment ({type(exc).__name__}); "
-                    f"see {self.s.tag_dir.name}/controller.log.jsonl"))
+                return ExperimentResult(
+                    status="crash",
+                    run_dir=spec.run_dir,
+                    reason=(
+                        f"the sandbox failed on this experiment ({type(exc).__name__}); "
+                        f"see {self.s.tag_dir.name}/controller.log.jsonl"
+                    ),
+                )
             self._remove_orphans()
             self._wait(delay)
             if self._stop_now():
@@ -1058,20 +1171,38 @@ class NightLoop:
             exc.experiment = pending.n  # type: ignore[attr-defined]
             raise
 
-    def _record_run(self, pending: Pending, task: RunTask, slot: Slot | None, result: ExperimentResult,
-                    begun: dt.datetime, t0: float, preflight: bool = False) -> None:
+    def _record_run(
+        self,
+        pending: Pending,
+        task: RunTask,
+        slot: Slot | None,
+        result: ExperimentResult,
+        begun: dt.datetime,
+        t0: float,
+        preflight: bool = False,
+    ) -> None:
         score = result.score
         replicate = ReplicateRecord(
-            k=task.k, seed=self.s.seed + task.k, status=result.status, reason=_reason(result),
-            val_bpb=result.val_bpb, run_dir=self.ledger.run_dir(pending.n, pending.commit, task.k).name,
+            k=task.k,
+            seed=self.s.seed + task.k,
+            status=result.status,
+            reason=_reason(result),
+            val_bpb=result.val_bpb,
+            run_dir=self.ledger.run_dir(pending.n, pending.commit, task.k).name,
             slot=slot.index if slot is not None else None,
-            memory_gb=0.0 if result.status == "crash" else result.peak_memory_gb, memory_kind=result.memory_kind,
-            train_seconds=result.train_seconds, eval_seconds=result.eval_seconds,
-            train_budget=result.train_budget_s, train_cap=result.train_cap_s, image_id=result.image_id,
-            data_manifest_sha256=(score.manifest_sha256 if score and score.manifest_sha256
-                                  else self.d.manifest_sha256),
-            train_exit_code=result.train_exit_code, eval_exit_code=result.eval_exit_code, preflight=preflight,
-            started=begun, finished=utcnow(),
+            memory_gb=0.0 if result.status == "crash" else result.peak_memory_gb,
+            memory_kind=result.memory_kind,
+            train_seconds=result.train_seconds,
+            eval_seconds=result.eval_seconds,
+            train_budget=result.train_budget_s,
+            train_cap=result.train_cap_s,
+            image_id=result.image_id,
+            data_manifest_sha256=(score.manifest_sha256 if score and score.manifest_sha256 else self.d.manifest_sha256),
+            train_exit_code=result.train_exit_code,
+            eval_exit_code=result.eval_exit_code,
+            preflight=preflight,
+            started=begun,
+            finished=utcnow(),
         )
         (self.s.tag_dir / replicate.run_dir).mkdir(parents=True, exist_ok=True)
         self.ledger.write_replicate(pending.n, pending.commit, replicate)
@@ -1114,14 +1245,23 @@ class NightLoop:
             return
         self._finalize(pending, status=decision.verdict, decision=decision)
 
-    def _rule(self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None, best_commit: str,
-              best_values: list[float]) -> NoiseDecision:
+    def _rule(
+        self,
+        pending: Pending,
+        ok: list[ReplicateRecord],
+        best_row: LedgerRow | None,
+        best_commit: str,
+        best_values: list[float],
+    ) -> NoiseDecision:
         noise = self._noise()
         se_eval = self._paired_se(pending, ok, best_row, best_commit)
-        simpler = is_simpler(code_size(git.file_at(self.repo, pending.commit, self.train_rel).decode("utf-8", "replace")),
-                             code_size(git.file_at(self.repo, best_commit, self.train_rel).decode("utf-8", "replace")))
-        return decide_rule([r.val_bpb for r in ok if r.val_bpb is not None], best_values, noise, self.s.rule(),
-                           se_eval, simpler)
+        simpler = is_simpler(
+            code_size(git.file_at(self.repo, pending.commit, self.train_rel).decode("utf-8", "replace")),
+            code_size(git.file_at(self.repo, best_commit, self.train_rel).decode("utf-8", "replace")),
+        )
+        return decide_rule(
+            [r.val_bpb for r in ok if r.val_bpb is not None], best_values, noise, self.s.rule(), se_eval, simpler
+        )
 
     def _noise(self) -> NoiseEstimate:
         """The run-to-run noise, pooled over every commit run at least twice (calibration,
@@ -1140,8 +1280,9 @@ class NightLoop:
             return None
         return None if noise.deterministic else noise.sigma
 
-    def _paired_se(self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None,
-                   best_commit: str) -> float | None:
+    def _paired_se(
+        self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None, best_commit: str
+    ) -> float | None:
         """The eval-sampling SE from the per-row losses of both sides (None when some are missing:
         the bare runner, or records from before they existed)."""
         rows = profile_rows(self.profile)
@@ -1162,36 +1303,64 @@ class NightLoop:
         """A candidate that beats the best but was built on an older parent: its change is merged
         onto the best and the merged commit runs before anything lands (or, on a conflict, the
         agent proposes the idea again)."""
-        merged = git.merge_text(git.file_at(self.repo, pending.parent, self.train_rel),
-                                git.file_at(self.repo, best, self.train_rel),
-                                git.file_at(self.repo, pending.commit, self.train_rel))
+        merged = git.merge_text(
+            git.file_at(self.repo, pending.parent, self.train_rel),
+            git.file_at(self.repo, best, self.train_rel),
+            git.file_at(self.repo, pending.commit, self.train_rel),
+        )
         problem = None if merged is None else compile_error(merged)
         if merged is None or problem is not None:
             why = "its change conflicts with the best kept since it started"
             self._finalize(pending, status="discard", decision=decision, note=f"{why}: proposed again")
-            failure = Failure(n=pending.n, description=clean_description(pending.proposal.description
-                                                                         if pending.proposal else pending.kind),
-                              status="conflict", log_tail=f"{why}; propose this idea again on the current best")
+            failure = Failure(
+                n=pending.n,
+                description=clean_description(pending.proposal.description if pending.proposal else pending.kind),
+                status="conflict",
+                log_tail=f"{why}; propose this idea again on the current best",
+            )
             self.reproposals.append(FixTask(of=pending.n, attempt=0, failure=failure, source=None))
             return
         if self._experiments_done():
-            self._finalize(pending, status="discard", decision=decision,
-                           note="built on an older best; no experiments left to run the merge")
+            self._finalize(
+                pending,
+                status="discard",
+                decision=decision,
+                note="built on an older best; no experiments left to run the merge",
+            )
             return
         m = self._next_number()
-        message = (f"merge #{pending.n} onto the best: {clean_description(pending.proposal.description if pending.proposal else '')}"
-                   f"\n\nOvernight-Tag: {self.s.tag}\nOvernight-Experiment: {m}\nOvernight-Merge-Of: {pending.n}\n")
+        message = (
+            f"merge #{pending.n} onto the best: "
+            f"{clean_description(pending.proposal.description if pending.proposal else '')}"
+            f"\n\nOvernight-Tag: {self.s.tag}\nOvernight-Experiment: {m}\nOvernight-Merge-Of: {pending.n}\n"
+        )
         commit = git.commit_file(self.repo, best, self.train_rel, merged, message)
         git.update_ref(self.repo, git.experiment_ref(self.s.tag, m), commit)
-        merge = Pending(n=m, kind="merge", commit=commit, parent=best, merge_of=pending.n, wanted=1,
-                        proposal=Proposal(description=clean_description(f"merge of #{pending.n}: "
-                                          f"{pending.proposal.description if pending.proposal else ''}")))
+        merge = Pending(
+            n=m,
+            kind="merge",
+            commit=commit,
+            parent=best,
+            merge_of=pending.n,
+            wanted=1,
+            proposal=Proposal(
+                description=clean_description(
+                    f"merge of #{pending.n}: {pending.proposal.description if pending.proposal else ''}"
+                )
+            ),
+        )
         self._add_pending(merge)
         self._finalize(pending, status="discard", decision=decision, note=f"built on an older best: merged as #{m}")
         self._first_run(merge)
 
-    def _finalize(self, pending: Pending, status: str | None = None, decision: NoiseDecision | None = None,
-                  note: str | None = None, crashed: bool = False) -> None:
+    def _finalize(
+        self,
+        pending: Pending,
+        status: str | None = None,
+        decision: NoiseDecision | None = None,
+        note: str | None = None,
+        crashed: bool = False,
+    ) -> None:
         """Write run.json and the row, move the branch on a keep, drop it from the journal."""
         n, commit = pending.n, pending.commit
         if crashed:
@@ -1202,12 +1371,18 @@ class NightLoop:
         self._hook(n, "decided-record")
         ok = [r for r in pending.replicates if r.status == "ok" and r.val_bpb is not None]
         first = min(pending.replicates, key=lambda r: r.k) if pending.replicates else None
-        row = LedgerRow(commit=commit[:7], val_bpb=record.val_bpb if status in ("keep", "discard") else 0.0,
-                        memory_gb=record.memory_gb, status=status, description=record.description, n=n,
-                        runs=len(ok) if status in ("keep", "discard") else 0,
-                        delta=decision.short if decision is not None else "-",
-                        train_s=statistics.fmean([r.train_seconds for r in pending.replicates]) if pending.replicates else 0.0,
-                        slot=first.slot if first is not None else None)
+        row = LedgerRow(
+            commit=commit[:7],
+            val_bpb=record.val_bpb if status in ("keep", "discard") and record.val_bpb is not None else 0.0,
+            memory_gb=record.memory_gb,
+            status=status,
+            description=record.description,
+            n=n,
+            runs=len(ok) if status in ("keep", "discard") else 0,
+            delta=decision.short if decision is not None else "-",
+            train_s=statistics.fmean([r.train_seconds for r in pending.replicates]) if pending.replicates else 0.0,
+            slot=first.slot if first is not None else None,
+        )
         old_best = self._best_commit()
         with self.lock:
             self.ledger.append(row)
@@ -1222,16 +1397,19 @@ class NightLoop:
         with self.lock:
             self.pending.pop(n, None)
             self._save_journal()
-        self.log.info("experiment", **record.model_dump(mode="json", exclude={"usage", "replicates", "decision"}),
-                      cost_usd=record.usage.cost_usd, evidence=decision.text if decision else None)
+        self.log.info(
+            "experiment",
+            **record.model_dump(mode="json", exclude={"usage", "replicates", "decision"}),
+            cost_usd=record.usage.cost_usd,
+            evidence=decision.text if decision else None,
+        )
         self.d.observer.finished(record, self._best_row())
         try:
             self.d.agent.observe(n, record.val_bpb, record.status)
         except Exception as exc:
             self.log.error("agent_observe_failed", n=n, error=f"{type(exc).__name__}: {exc}")
 
-    def _run_record(self, pending: Pending, status: str, decision: NoiseDecision | None,
-                    note: str | None) -> RunRecord:
+    def _run_record(self, pending: Pending, status: str, decision: NoiseDecision | None, note: str | None) -> RunRecord:
         replicates = sorted(pending.replicates, key=lambda r: r.k)
         ok = [r.val_bpb for r in replicates if r.status == "ok" and r.val_bpb is not None]
         first = replicates[0] if replicates else None
@@ -1244,30 +1422,53 @@ class NightLoop:
         reason = first.reason if first is not None and status not in ("keep", "discard") else None
         if note:
             reason = clean_line(note if reason is None else f"{reason}; {note}", 300)
-        description = (proposal.description if proposal is not None else
-                       ("baseline" if pending.kind == "baseline" else pending.kind))
+        description = (
+            proposal.description
+            if proposal is not None
+            else ("baseline" if pending.kind == "baseline" else pending.kind)
+        )
         return RunRecord(
-            n=pending.n, kind=pending.kind, commit=pending.commit, parent=pending.parent, tag=self.s.tag,
-            program=self.s.program, profile=self.s.profile, seed=self.s.seed,
-            agent=self.d.agent.name if pending.kind in ("proposal", "fix") else ("seed" if pending.kind == "baseline"
-                                                                                 else "controller"),
+            n=pending.n,
+            kind=pending.kind,
+            commit=pending.commit,
+            parent=pending.parent,
+            tag=self.s.tag,
+            program=self.s.program,
+            profile=self.s.profile,
+            seed=self.s.seed,
+            agent=self.d.agent.name
+            if pending.kind in ("proposal", "fix")
+            else ("seed" if pending.kind == "baseline" else "controller"),
             model=agent_model(self.d.agent) if pending.kind in ("proposal", "fix") else None,
             image_id=first.image_id if first else None,
             data_manifest_sha256=first.data_manifest_sha256 if first else self.d.manifest_sha256,
-            data_dir=str(self.s.data_dir), gpu=self.s.gpu, status=status,  # type: ignore[arg-type]
-            reason=reason, val_bpb=statistics.fmean(ok) if ok and status in ("keep", "discard") else None,
+            data_dir=str(self.s.data_dir),
+            gpu=self.s.gpu,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            val_bpb=statistics.fmean(ok) if ok and status in ("keep", "discard") else None,
             memory_gb=max((r.memory_gb for r in replicates), default=0.0),
             memory_kind=first.memory_kind if first else "ram",
-            timings=Timings(propose=pending.propose_seconds, train=first.train_seconds if first else 0.0,
-                            eval=first.eval_seconds if first else 0.0,
-                            total=pending.propose_seconds + sum(r.train_seconds + r.eval_seconds for r in replicates),
-                            train_budget=first.train_budget if first else 0.0,
-                            train_cap=first.train_cap if first else 0.0),
+            timings=Timings(
+                propose=pending.propose_seconds,
+                train=first.train_seconds if first else 0.0,
+                eval=first.eval_seconds if first else 0.0,
+                total=pending.propose_seconds + sum(r.train_seconds + r.eval_seconds for r in replicates),
+                train_budget=first.train_budget if first else 0.0,
+                train_cap=first.train_cap if first else 0.0,
+            ),
             usage=proposal.usage if proposal is not None else Usage(),
-            description=description, fix_of=pending.fix_of, fix_attempt=pending.fix_attempt,
-            merge_of=pending.merge_of, train_exit_code=first.train_exit_code if first else None,
-            eval_exit_code=first.eval_exit_code if first else None, slot=first.slot if first else None,
-            replicates=replicates, decision=decision, started=pending.started, finished=utcnow(),
+            description=description,
+            fix_of=pending.fix_of,
+            fix_attempt=pending.fix_attempt,
+            merge_of=pending.merge_of,
+            train_exit_code=first.train_exit_code if first else None,
+            eval_exit_code=first.eval_exit_code if first else None,
+            slot=first.slot if first else None,
+            replicates=replicates,
+            decision=decision,
+            started=pending.started,
+            finished=utcnow(),
         )
 
 
@@ -1321,8 +1522,9 @@ _SURROGATE_OR_NUL = re.compile("[\ud800-\udfff\x00]")
 
 def safe_proposal(proposal: Proposal) -> Proposal:
     """A proposal fit for git, the TSV, the terminal and JSON."""
-    return proposal.model_copy(update={"description": clean_description(proposal.description),
-                                       "transcript": _scrub(proposal.transcript)})
+    return proposal.model_copy(
+        update={"description": clean_description(proposal.description), "transcript": _scrub(proposal.transcript)}
+    )
 
 
 def agent_model(agent: Agent) -> str | None:

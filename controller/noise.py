@@ -59,8 +59,10 @@ def _betacf(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 400):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c
@@ -176,8 +178,13 @@ def pooled_noise(groups: Mapping[str, Sequence[float]]) -> NoiseEstimate:
     if df == 0:
         return NoiseEstimate()
     sigma = math.sqrt(ss / df)
-    return NoiseEstimate(sigma=sigma, df=df, runs=runs, groups=used,
-                         source=f"pooled over {used} commit{'s' if used != 1 else ''}, {runs} runs, {df} df")
+    return NoiseEstimate(
+        sigma=sigma,
+        df=df,
+        runs=runs,
+        groups=used,
+        source=f"pooled over {used} commit{'s' if used != 1 else ''}, {runs} runs, {df} df",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +227,15 @@ def paired_eval_se(candidate: Sequence[RowLosses], best: Sequence[RowLosses]) ->
 # ---------------------------------------------------------------------------------------------
 # Simpler code (autoresearch: an equal score with simpler code is a win)
 
-_LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-           tokenize.ENCODING, tokenize.ENDMARKER}
+_LAYOUT = {
+    tokenize.COMMENT,
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENCODING,
+    tokenize.ENDMARKER,
+}
 
 
 @dataclass(frozen=True)
@@ -235,8 +249,11 @@ def _docstring_lines(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                    and isinstance(first.value.value, str)):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 lines.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
     return lines
 
@@ -356,12 +373,24 @@ def decide(
     simpler = simpler and s.simpler_wins_ties
 
     def verdict(v: Verdict, reason: str, se: float | None, keep_below: float | None, df: int | None) -> Decision:
-        return Decision(verdict=v, reason=reason, delta=delta, se=se, keep_below=keep_below, n_candidate=n_c,
-                        n_best=n_b, noise=noise, se_eval=se_eval, df=df, simpler=simpler)
+        return Decision(
+            verdict=v,
+            reason=reason,
+            delta=delta,
+            se=se,
+            keep_below=keep_below,
+            n_candidate=n_c,
+            n_best=n_b,
+            noise=noise,
+            se_eval=se_eval,
+            df=df,
+            simpler=simpler,
+        )
 
     if not noise.known:
-        return verdict("confirm" if can_confirm else "discard", R_UNKNOWN_CONFIRM if can_confirm else R_UNKNOWN,
-                       None, None, None)
+        return verdict(
+            "confirm" if can_confirm else "discard", R_UNKNOWN_CONFIRM if can_confirm else R_UNKNOWN, None, None, None
+        )
 
     train_var = 0.0 if noise.exact else (noise.sigma or 0.0) ** 2 * (1.0 / n_c + 1.0 / n_b)
     eval_var = (se_eval or 0.0) ** 2
@@ -432,8 +461,10 @@ class ErrorBars(BaseModel):
         d = _decimals(self.se)
         if self.method == "deterministic":
             return f"improvement {self.improvement:+.{d}f} bpb ({runs}; deterministic profile, no run-to-run noise)"
-        return (f"improvement {self.improvement:+.{d}f} +/- {self.se:.{d}f} bpb (mean +/- SE, {runs}; "
-                f"{self.level:.0%} CI {self.ci_low:+.{d}f} to {self.ci_high:+.{d}f})")
+        return (
+            f"improvement {self.improvement:+.{d}f} +/- {self.se:.{d}f} bpb (mean +/- SE, {runs}; "
+            f"{self.level:.0%} CI {self.ci_low:+.{d}f} to {self.ci_high:+.{d}f})"
+        )
 
 
 def error_bars(
@@ -459,11 +490,29 @@ def error_bars(
     elif noise is not None and noise.sigma is not None and noise.df > 0:
         se, df, method = noise.sigma * math.sqrt(1.0 / a.n + 1.0 / b.n), noise.df, "pooled"
     if se is None:
-        return ErrorBars(improvement=improvement, se=None, ci_low=None, ci_high=None, level=level, df=None,
-                         method=method, baseline=a, best=b)
+        return ErrorBars(
+            improvement=improvement,
+            se=None,
+            ci_low=None,
+            ci_high=None,
+            level=level,
+            df=None,
+            method=method,
+            baseline=a,
+            best=b,
+        )
     half = t_quantile(0.5 + level / 2.0, df) * se if se > 0 else 0.0
-    return ErrorBars(improvement=improvement, se=se, ci_low=improvement - half, ci_high=improvement + half,
-                     level=level, df=df, method=method, baseline=a, best=b)
+    return ErrorBars(
+        improvement=improvement,
+        se=se,
+        ci_low=improvement - half,
+        ci_high=improvement + half,
+        level=level,
+        df=df,
+        method=method,
+        baseline=a,
+        best=b,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,8 +544,11 @@ class NightReplay:
         return (self.runs_new - self.runs_old) / self.runs_new if self.runs_new else 0.0
 
     def summary_lines(self) -> list[str]:
-        return [f"false_keep_old: {self.false_keep_old:.2f}", f"false_keep_new: {self.false_keep_new:.2f}",
-                f"extra_runs: {self.extra_runs:.2f}"]
+        return [
+            f"false_keep_old: {self.false_keep_old:.2f}",
+            f"false_keep_new: {self.false_keep_new:.2f}",
+            f"extra_runs: {self.extra_runs:.2f}",
+        ]
 
 
 def replay_night(
@@ -540,13 +592,20 @@ def replay_night(
             if d.verdict != "confirm":
                 break
             if len(used) >= len(scores):
-                raise NoiseError(f"proposal {i} needs confirmation run {len(used) + 1} but only {len(scores)} "
-                                 "scores were given")
+                raise NoiseError(
+                    f"proposal {i} needs confirmation run {len(used) + 1} but only {len(scores)} scores were given"
+                )
             used.append(scores[len(used)])
         runs_new += len(used)
         kept_new.append(d.verdict == "keep")
         decisions.append(d)
         if d.verdict == "keep":
             best = name
-    return NightReplay(proposals=len(proposals), kept_old=kept_old, kept_new=kept_new, runs_old=1 + len(proposals),
-                       runs_new=runs_new, decisions=decisions)
+    return NightReplay(
+        proposals=len(proposals),
+        kept_old=kept_old,
+        kept_new=kept_new,
+        runs_old=1 + len(proposals),
+        runs_new=runs_new,
+        decisions=decisions,
+    )

@@ -21,7 +21,7 @@ FIX_DECLINED_JSON = "fix-declined.json"  # next to run.json of a failed run the 
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Timings(BaseModel):

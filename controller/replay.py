@@ -68,8 +68,9 @@ def locate(settings: Settings, sha: str) -> tuple[RunLocation, RunRecord]:
     return loc, record
 
 
-def check_same_setup(settings: Settings, record: RunRecord, image_id: str | None, data_dir: Path,
-                     check_image: bool = True) -> None:
+def check_same_setup(
+    settings: Settings, record: RunRecord, image_id: str | None, data_dir: Path, check_image: bool = True
+) -> None:
     """Refuse a replay whose image or data differs from the recorded run's (check_image False:
     the caller runs with the very runner and image the record was made with, e.g. at a night's end)."""
     if check_image and record.image_id is not None and image_id != record.image_id:
@@ -105,26 +106,40 @@ def baseline_noise(tag_dir: Path) -> tuple[float | None, int]:
 
 def recorded_data_dir(settings: Settings, record: RunRecord) -> Path:
     """The data a re-run uses: --data-dir when given, else the data the run was recorded with."""
-    return Path(settings.data_dir if "data_dir" in settings.model_fields_set or not record.data_dir
-                else record.data_dir)
+    return Path(
+        settings.data_dir if "data_dir" in settings.model_fields_set or not record.data_dir else record.data_dir
+    )
 
 
-def prepare_rerun(settings: Settings, loc: RunLocation, record: RunRecord, image_id: str | None,
-                  check_image: bool = True) -> tuple[Path, bytes]:
+def prepare_rerun(
+    settings: Settings, loc: RunLocation, record: RunRecord, image_id: str | None, check_image: bool = True
+) -> tuple[Path, bytes]:
     """Check that the recorded run can run again here (same image and data, commit present);
     returns (data dir, its train.py)."""
     data_dir = recorded_data_dir(settings, record)
     check_same_setup(settings, record, image_id, data_dir, check_image)
     repo = git.repo_root(settings.repo)
     if git.resolve(repo, record.commit) is None:
-        raise ReplayError(f"commit {record.commit[:7]} is not in this repository "
-                          f"(ref refs/autoresearch/{loc.tag}/{loc.n} was deleted?)")
+        raise ReplayError(
+            f"commit {record.commit[:7]} is not in this repository "
+            f"(ref refs/autoresearch/{loc.tag}/{loc.n} was deleted?)"
+        )
     return data_dir, git.file_at(repo, record.commit, f"programs/{record.program}/train.py")
 
 
-def run_recorded(settings: Settings, loc: RunLocation, record: RunRecord, runner: Runner, image_id: str | None,
-                 data_dir: Path, source: bytes, seed: int, name: str, run_id: str,
-                 labels: dict[str, str] | None = None) -> ReplayRecord:
+def run_recorded(
+    settings: Settings,
+    loc: RunLocation,
+    record: RunRecord,
+    runner: Runner,
+    image_id: str | None,
+    data_dir: Path,
+    source: bytes,
+    seed: int,
+    name: str,
+    run_id: str,
+    labels: dict[str, str] | None = None,
+) -> ReplayRecord:
     """Run the recorded commit once more, in runs/<tag>/replays/<name>/, and write its replay.json
     (the loop pools these into the tag's noise). A runner that raises is this run's crash; the
     sandbox failing (SandboxError) is a ReplayError."""
@@ -135,9 +150,16 @@ def run_recorded(settings: Settings, loc: RunLocation, record: RunRecord, runner
         train_py = Path(tmp) / "train.py"
         train_py.write_bytes(source)
         spec = ExperimentSpec(
-            run_id=run_id, train_py=train_py, run_dir=run_dir,
-            profile=record.profile, data_dir=data_dir.resolve(), image=settings.image, gpu=record.gpu,
-            seed=seed, vram_cap_gb=settings.vram_cap_gb, memory_limit_gb=settings.container_memory_gb,
+            run_id=run_id,
+            train_py=train_py,
+            run_dir=run_dir,
+            profile=record.profile,
+            data_dir=data_dir.resolve(),
+            image=settings.image,
+            gpu=record.gpu,
+            seed=seed,
+            vram_cap_gb=settings.vram_cap_gb,
+            memory_limit_gb=settings.container_memory_gb,
             labels={"overnight.replay-of": f"{loc.tag}-{loc.n}", **(labels or {})},
         )
         try:
@@ -145,13 +167,24 @@ def run_recorded(settings: Settings, loc: RunLocation, record: RunRecord, runner
         except SandboxError as exc:
             raise ReplayError(f"the sandbox failed: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - anything else is this run's crash, as in the loop
-            result = ExperimentResult(status="crash", run_dir=run_dir,
-                                      reason=f"the sandbox failed on this run ({type(exc).__name__})")
+            result = ExperimentResult(
+                status="crash", run_dir=run_dir, reason=f"the sandbox failed on this run ({type(exc).__name__})"
+            )
     rep = ReplayRecord(
-        tag=loc.tag, n=loc.n, commit=record.commit, image_id=result.image_id or image_id,
-        data_manifest_sha256=record.data_manifest_sha256, profile=record.profile, seed=seed,
-        status=result.status, reason=result.reason, recorded_val_bpb=record.val_bpb,
-        replayed_val_bpb=result.val_bpb, started=started, finished=utcnow(), run_dir=run_dir,
+        tag=loc.tag,
+        n=loc.n,
+        commit=record.commit,
+        image_id=result.image_id or image_id,
+        data_manifest_sha256=record.data_manifest_sha256,
+        profile=record.profile,
+        seed=seed,
+        status=result.status,
+        reason=result.reason,
+        recorded_val_bpb=record.val_bpb,
+        replayed_val_bpb=result.val_bpb,
+        started=started,
+        finished=utcnow(),
+        run_dir=run_dir,
     )
     atomic_write_model(run_dir / REPLAY_JSON, rep)
     return rep
@@ -167,15 +200,32 @@ def replay(settings: Settings, sha: str, runner: Runner, image_id: str | None) -
     loc, record = locate(settings, sha)
     data_dir, source = prepare_rerun(settings, loc, record, image_id)
     stamp = _stamp()
-    rep = run_recorded(settings, loc, record, runner, image_id, data_dir, source, seed=record.seed,
-                       name=f"{loc.n:04d}-{record.commit[:7]}-{stamp}",
-                       run_id=f"{loc.tag}-replay-{loc.n:04d}-{stamp}")
+    rep = run_recorded(
+        settings,
+        loc,
+        record,
+        runner,
+        image_id,
+        data_dir,
+        source,
+        seed=record.seed,
+        name=f"{loc.n:04d}-{record.commit[:7]}-{stamp}",
+        run_id=f"{loc.tag}-replay-{loc.n:04d}-{stamp}",
+    )
     step_budget = get_profile(record.profile).max_steps is not None
     equal = (rep.replayed_val_bpb == rep.recorded_val_bpb) if step_budget else None
     noise, noise_runs = baseline_noise(settings.runs_dir / loc.tag)
     baseline = Ledger(settings.runs_dir / loc.tag).rows()[0].commit
-    return ReplayOutcome(location=loc, record=record, replay=rep, step_budget=step_budget, equal=equal,
-                         noise=noise, noise_runs=noise_runs, baseline_commit=baseline)
+    return ReplayOutcome(
+        location=loc,
+        record=record,
+        replay=rep,
+        step_budget=step_budget,
+        equal=equal,
+        noise=noise,
+        noise_runs=noise_runs,
+        baseline_commit=baseline,
+    )
 
 
 def describe(outcome: ReplayOutcome) -> list[str]:
@@ -191,16 +241,23 @@ def describe(outcome: ReplayOutcome) -> list[str]:
         f"replayed  val_bpb {fmt(rep.replayed_val_bpb)}  ({rep.status}{': ' + rep.reason if rep.reason else ''})",
     ]
     if outcome.step_budget:
-        lines.append("same score: the step budget makes the run deterministic" if outcome.equal
-                     else "DIFFERENT score under a step budget: this run did not reproduce")
+        lines.append(
+            "same score: the step budget makes the run deterministic"
+            if outcome.equal
+            else "DIFFERENT score under a step budget: this run did not reproduce"
+        )
     elif rep.recorded_val_bpb is not None and rep.replayed_val_bpb is not None:
         diff = rep.replayed_val_bpb - rep.recorded_val_bpb
         if outcome.noise is not None:
-            lines.append(f"difference {diff:+.6f}; noise of tag {loc.tag}: std {outcome.noise:.6f} over "
-                         f"{outcome.noise_runs} runs of its baseline (time budget: runs differ by design)")
+            lines.append(
+                f"difference {diff:+.6f}; noise of tag {loc.tag}: std {outcome.noise:.6f} over "
+                f"{outcome.noise_runs} runs of its baseline (time budget: runs differ by design)"
+            )
         else:
-            lines.append(f"difference {diff:+.6f}; no noise measured for tag {loc.tag} yet: replay its baseline "
-                         f"a few times to measure it (make replay SHA={outcome.baseline_commit}); under a time "
-                         "budget runs differ by design")
+            lines.append(
+                f"difference {diff:+.6f}; no noise measured for tag {loc.tag} yet: replay its baseline "
+                f"a few times to measure it (make replay SHA={outcome.baseline_commit}); under a time "
+                "budget runs differ by design"
+            )
     lines.append(f"logs: {rep.run_dir}")
     return lines

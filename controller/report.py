@@ -95,8 +95,15 @@ def _old_row(i: int, line: str) -> LedgerRow:
     if len(parts) not in (5, 6) or parts[3] not in STATUSES:
         raise LedgerError(f"malformed results.tsv row {i + 1}: expected the columns of {HEADER!r} or an older header")
     try:
-        return LedgerRow(parts[0], float(parts[1]), float(parts[2]), parts[3], parts[4], n=i,
-                         train_s=float(parts[5]) if len(parts) == 6 else 0.0)
+        return LedgerRow(
+            parts[0],
+            float(parts[1]),
+            float(parts[2]),
+            parts[3],
+            parts[4],
+            n=i,
+            train_s=float(parts[5]) if len(parts) == 6 else 0.0,
+        )
     except ValueError:
         raise LedgerError(f"malformed results.tsv row {i + 1}: a number column is not a number") from None
 
@@ -157,8 +164,9 @@ def _label(row: LedgerRow, described: bool) -> str:
     return f"#{row.n} {text}"
 
 
-def draw_progress(tag: str, rows: list[LedgerRow], errors: PointErrors | None = None,
-                  verify: VerifyRecord | None = None) -> Figure:
+def draw_progress(
+    tag: str, rows: list[LedgerRow], errors: PointErrors | None = None, verify: VerifyRecord | None = None
+) -> Figure:
     """The figure for `rows` (the ledger of `tag`, in decision order), each at x = row.n; the
     caller closes it."""
     if not rows:
@@ -181,31 +189,85 @@ def draw_progress(tag: str, rows: list[LedgerRow], errors: PointErrors | None = 
     shown, above = _split_far_above(discarded, must)
 
     if shown:
-        ax.scatter([r.n for r in shown], [r.val_bpb for r in shown], s=s_discard, color=DISCARD_COLOR,
-                   label=f"discarded ({len(discarded)})", zorder=2)
+        ax.scatter(
+            [r.n for r in shown],
+            [r.val_bpb for r in shown],
+            s=s_discard,
+            color=DISCARD_COLOR,
+            label=f"discarded ({len(discarded)})",
+            zorder=2,
+        )
     if above:
         edge = blended_transform_factory(ax.transData, ax.transAxes)
-        ax.scatter([r.n for r in above], [0.985] * len(above), marker="^", s=s_discard * 1.2, color="#808080",
-                   transform=edge, clip_on=False, label=f"discarded, far above ({len(above)})", zorder=2)
+        ax.scatter(
+            [r.n for r in above],
+            [0.985] * len(above),
+            marker="^",
+            s=s_discard * 1.2,
+            color="#808080",
+            transform=edge,
+            clip_on=False,
+            label=f"discarded, far above ({len(above)})",
+            zorder=2,
+        )
     far = {id(r) for r in above}
     drawn = [r for r in barred if id(r) not in far]
     if drawn:
-        ax.errorbar([r.n for r in drawn], [r.val_bpb for r in drawn], yerr=[errors.se[r.n] for r in drawn],
-                    fmt="none", ecolor="#555555", elinewidth=1.0, capsize=2.5, zorder=3, label=errors.source)
+        ax.errorbar(
+            [r.n for r in drawn],
+            [r.val_bpb for r in drawn],
+            yerr=[errors.se[r.n] for r in drawn],
+            fmt="none",
+            ecolor="#555555",
+            elinewidth=1.0,
+            capsize=2.5,
+            zorder=3,
+            label=errors.source,
+        )
     if kept:
         ys = [r.val_bpb for r in kept]
-        ax.step([*[r.n for r in kept], last], [*ys, ys[-1]], where="post", color=KEEP_COLOR, linewidth=1.6,
-                zorder=3, label="running best")
-        ax.scatter([r.n for r in kept], ys, s=s_keep, color=KEEP_COLOR, edgecolor="black", linewidth=0.5,
-                   label=f"kept ({len(kept)})", zorder=4)
+        ax.step(
+            [*[r.n for r in kept], last],
+            [*ys, ys[-1]],
+            where="post",
+            color=KEEP_COLOR,
+            linewidth=1.6,
+            zorder=3,
+            label="running best",
+        )
+        ax.scatter(
+            [r.n for r in kept],
+            ys,
+            s=s_keep,
+            color=KEEP_COLOR,
+            edgecolor="black",
+            linewidth=0.5,
+            label=f"kept ({len(kept)})",
+            zorder=4,
+        )
         described = len(kept) <= DESCRIBED_KEEPS
         for r in kept[1:]:
-            ax.annotate(_label(r, described), (r.n, r.val_bpb), xytext=(4, 6), textcoords="offset points",
-                        fontsize=7 if described else 6, rotation=20, color="#1b6e1b")
+            ax.annotate(
+                _label(r, described),
+                (r.n, r.val_bpb),
+                xytext=(4, 6),
+                textcoords="offset points",
+                fontsize=7 if described else 6,
+                rotation=20,
+                color="#1b6e1b",
+            )
     if failed:
         bottom = blended_transform_factory(ax.transData, ax.transAxes)
-        ax.scatter([r.n for r in failed], [0.03] * len(failed), marker="x", s=s_discard * 1.4, color=FAIL_COLOR,
-                   transform=bottom, label=f"crash / timeout / rejected ({len(failed)})", zorder=4)
+        ax.scatter(
+            [r.n for r in failed],
+            [0.03] * len(failed),
+            marker="x",
+            s=s_discard * 1.4,
+            color=FAIL_COLOR,
+            transform=bottom,
+            label=f"crash / timeout / rejected ({len(failed)})",
+            zorder=4,
+        )
 
     right = last + 0.5
     if verify_sides:
@@ -246,8 +308,15 @@ def _verify_sides(verify: VerifyRecord | None) -> list[tuple[str, float, float, 
         return []
     x, sides = verify.numbers, []
     if x.baseline is not None:
-        sides.append((f"verify: baseline #{verify.baseline_n}", x.baseline.mean, x.baseline_se or 0.0,
-                      BASELINE_COLOR, x.baseline.n))
+        sides.append(
+            (
+                f"verify: baseline #{verify.baseline_n}",
+                x.baseline.mean,
+                x.baseline_se or 0.0,
+                BASELINE_COLOR,
+                x.baseline.n,
+            )
+        )
     if x.best is not None and verify.best_n is not None:
         sides.append((f"verify: best #{verify.best_n}", x.best.mean, x.best_se or 0.0, KEEP_COLOR, x.best.n))
     return [(f"{label}: {mean:.4f} +/- {se:.4f} (n={n})", mean, se, color) for label, mean, se, color, n in sides]
@@ -262,30 +331,58 @@ def _draw_verify(ax: Axes, sides: list[tuple[str, float, float, str]], last: int
         if se > 0:
             ax.axhspan(mean - se, mean + se, color=color, alpha=0.10, zorder=1)
         ax.axhline(mean, color=color, linewidth=0.8, linestyle="--", alpha=0.7, zorder=1)
-        ax.errorbar([x], [mean], yerr=[se], fmt="D", color=color, markeredgecolor="black", markersize=6,
-                    capsize=5, elinewidth=1.6, zorder=5, label=label)
-    ax.text(x, 0.01, "verify", transform=blended_transform_factory(ax.transData, ax.transAxes), ha="center",
-            va="bottom", fontsize=7, color="#333333")
+        ax.errorbar(
+            [x],
+            [mean],
+            yerr=[se],
+            fmt="D",
+            color=color,
+            markeredgecolor="black",
+            markersize=6,
+            capsize=5,
+            elinewidth=1.6,
+            zorder=5,
+            label=label,
+        )
+    ax.text(
+        x,
+        0.01,
+        "verify",
+        transform=blended_transform_factory(ax.transData, ax.transAxes),
+        ha="center",
+        va="bottom",
+        fontsize=7,
+        color="#333333",
+    )
     return x + step
 
 
 def _verify_title(verify: VerifyRecord | None) -> str:
-    if verify is None or verify.numbers.improvement is None or verify.numbers.baseline is None \
-            or verify.numbers.best is None:
+    if (
+        verify is None
+        or verify.numbers.improvement is None
+        or verify.numbers.baseline is None
+        or verify.numbers.best is None
+    ):
         return ""
     x = verify.numbers
+    best = x.best
     se = f" +/- {x.se:.4f}" if x.se is not None else ""
-    return (f"\nverified improvement {x.improvement:+.4f}{se} bpb, {x.verdict} "
-            f"(best #{verify.best_n} {x.best.n} runs vs baseline {x.baseline.n})")
+    return (
+        f"\nverified improvement {x.improvement:+.4f}{se} bpb, {x.verdict} "
+        f"(best #{verify.best_n} {best.n if best is not None else 0} runs vs baseline "
+        f"{x.baseline.n if x.baseline is not None else 0})"
+    )
 
 
-def render_progress(tag: str, rows: list[LedgerRow], path: Path, errors: PointErrors | None = None,
-                    verify: VerifyRecord | None = None) -> ProgressPlot:
+def render_progress(
+    tag: str, rows: list[LedgerRow], path: Path, errors: PointErrors | None = None, verify: VerifyRecord | None = None
+) -> ProgressPlot:
     """Write the plot for `rows` (the ledger of `tag`) to `path` (atomically)."""
     fig = draw_progress(tag, rows, errors, verify)
     try:
         ax = fig.axes[0]
-        points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+        points = sum(int(np.asarray(c.get_offsets()).shape[0]) for c in ax.collections if isinstance(c, PathCollection))
         buf = io.BytesIO()
         fig.savefig(buf, format="png", bbox_inches="tight")
     finally:
@@ -293,10 +390,16 @@ def render_progress(tag: str, rows: list[LedgerRow], path: Path, errors: PointEr
     atomic_write_bytes(Path(path), buf.getvalue())
     se = (errors or PointErrors()).se
     barred = [r for r in rows if r.scored and r.n in se]
-    return ProgressPlot(path=path, points=points, kept=sum(r.status == "keep" for r in rows),
-                        discarded=sum(r.status == "discard" for r in rows), failed=sum(not r.scored for r in rows),
-                        bars=len(barred), replicated=sum(r.runs >= 2 for r in barred),
-                        verified=bool(_verify_sides(verify)))
+    return ProgressPlot(
+        path=path,
+        points=points,
+        kept=sum(r.status == "keep" for r in rows),
+        discarded=sum(r.status == "discard" for r in rows),
+        failed=sum(not r.scored for r in rows),
+        bars=len(barred),
+        replicated=sum(r.runs >= 2 for r in barred),
+        verified=bool(_verify_sides(verify)),
+    )
 
 
 def write_report(tag_dir: Path, rows: list[LedgerRow] | None = None) -> ProgressPlot:

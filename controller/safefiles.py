@@ -14,8 +14,16 @@ from pydantic import BaseModel
 from evaluator import hostile
 from evaluator.hostile import UnsafeFileError, clean_text
 
-__all__ = ["UnsafeFileError", "atomic_write_bytes", "atomic_write_model", "atomic_write_text", "clean_text",
-           "fsync_dir", "read_regular", "read_tail"]
+__all__ = [
+    "UnsafeFileError",
+    "atomic_write_bytes",
+    "atomic_write_model",
+    "atomic_write_text",
+    "clean_text",
+    "fsync_dir",
+    "read_regular",
+    "read_tail",
+]
 
 
 def fsync_dir(path: Path) -> None:

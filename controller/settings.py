@@ -48,13 +48,16 @@ def detect_profile(nvml: Any = None, docker_info: dict | None = None) -> str:
     return "cpu"
 
 
-def _default_agent(data: dict[str, Any]) -> str:
+def _default_agent(data: dict[str, Any]) -> AgentName:
     return "anthropic" if data.get("anthropic_api_key") else "search"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="OVERNIGHT_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_prefix="OVERNIGHT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
         validate_default=True,
     )
 
@@ -149,8 +152,7 @@ class Settings(BaseSettings):
     @classmethod
     def _namespace(cls, value: str) -> str:
         if not _DNS_LABEL.match(value):
-            raise ValueError(f"{value!r} must be a namespace name: lowercase letters, digits and '-', "
-                             "at most 63")
+            raise ValueError(f"{value!r} must be a namespace name: lowercase letters, digits and '-', at most 63")
         return value
 
     @field_validator("kube_data_volume", "kube_runtime_class", "storage_class")
@@ -182,8 +184,13 @@ class Settings(BaseSettings):
         """The keep rule's thresholds (controller.noise.RuleSettings)."""
         from controller.noise import RuleSettings
 
-        return RuleSettings(keep_z=self.keep_z, confirm_z=self.confirm_z, max_confirm=self.max_confirmations,
-                            min_delta=self.min_delta, simpler_wins_ties=self.simpler_wins_ties)
+        return RuleSettings(
+            keep_z=self.keep_z,
+            confirm_z=self.confirm_z,
+            max_confirm=self.max_confirmations,
+            min_delta=self.min_delta,
+            simpler_wins_ties=self.simpler_wins_ties,
+        )
 
     @property
     def container_memory_gb(self) -> float:

@@ -49,8 +49,14 @@ class SlotError(SettingsError):
     """Settings that give no workable set of slots, explained in one line."""
 
 
-def plan_slots(settings: Settings, *, nvml: Any = None, cpus: Collection[int] | None = None,
-               host_memory_bytes: int | None = None, cores_per_slot: int | None = None) -> list[Slot]:
+def plan_slots(
+    settings: Settings,
+    *,
+    nvml: Any = None,
+    cpus: Collection[int] | None = None,
+    host_memory_bytes: int | None = None,
+    cores_per_slot: int | None = None,
+) -> list[Slot]:
     """The night's slots. `nvml` is the pynvml module (or a fake), `cpus` the cores this process
     may use (default os.sched_getaffinity), `host_memory_bytes` this machine's RAM (default from
     sysconf); `cores_per_slot` overrides the even split (benchmarks: one core per slot)."""
@@ -71,8 +77,10 @@ def _gpus_given(settings: Settings) -> bool:
 
 def _cluster_slots(settings: Settings) -> list[Slot]:
     if _gpus_given(settings):
-        raise SlotError("--gpus picks GPUs of this machine; on the kubernetes backend the cluster picks them: "
-                        f"drop --gpus and use --slots N (N jobs at once, each asking for one {settings.gpu_resource_name})")
+        raise SlotError(
+            "--gpus picks GPUs of this machine; on the kubernetes backend the cluster picks them: "
+            f"drop --gpus and use --slots N (N jobs at once, each asking for one {settings.gpu_resource_name})"
+        )
     # gpu=0 only says "one GPU": the job asks for one and the device plugin chooses which.
     gpu = 0 if settings.profile not in CPU_PROFILES else None
     return [Slot(i, gpu=gpu) for i in range(settings.slots)]
@@ -80,8 +88,10 @@ def _cluster_slots(settings: Settings) -> list[Slot]:
 
 def _gpu_slots(settings: Settings, visible: int) -> list[Slot]:
     if visible == 0:
-        raise SlotError("the gpu profile needs a GPU, but NVML sees none: use --profile cpu, or install the "
-                        "NVIDIA driver (make doctor shows what is missing)")
+        raise SlotError(
+            "the gpu profile needs a GPU, but NVML sees none: use --profile cpu, or install the "
+            "NVIDIA driver (make doctor shows what is missing)"
+        )
     seen = f"GPUs 0-{visible - 1}" if visible > 1 else "GPU 0"
     if isinstance(settings.gpus, list) and settings.gpus:
         missing = [i for i in settings.gpus if i >= visible]
@@ -91,15 +101,19 @@ def _gpu_slots(settings: Settings, visible: int) -> list[Slot]:
     else:
         indices = list(range(visible))
     if "slots" in settings.model_fields_set and settings.slots != len(indices):
-        raise SlotError(f"--slots {settings.slots} does not apply to the gpu profile, which has one slot per GPU "
-                        f"({len(indices)} here): drop --slots and choose the GPUs with --gpus (e.g. --gpus 0,1)")
+        raise SlotError(
+            f"--slots {settings.slots} does not apply to the gpu profile, which has one slot per GPU "
+            f"({len(indices)} here): drop --slots and choose the GPUs with --gpus (e.g. --gpus 0,1)"
+        )
     return [Slot(i, gpu=g) for i, g in enumerate(indices)]
 
 
 def _cpu_slots(settings: Settings, cores: list[int], cores_per_slot: int | None) -> list[Slot]:
     if _gpus_given(settings):
-        raise SlotError(f"--gpus is for the gpu profile, and this night's profile is {settings.profile}: drop --gpus "
-                        "(use --slots N for N experiments at once, each on its own cores)")
+        raise SlotError(
+            f"--gpus is for the gpu profile, and this night's profile is {settings.profile}: drop --gpus "
+            "(use --slots N for N experiments at once, each on its own cores)"
+        )
     n = settings.slots
     if n == 1 and cores_per_slot is None:
         return [Slot(0)]
@@ -108,9 +122,11 @@ def _cpu_slots(settings: Settings, cores: list[int], cores_per_slot: int | None)
     per = cores_per_slot if cores_per_slot is not None else len(cores) // n
     if per < 1 or n * per > len(cores):
         need = n * max(per, 1)
-        raise SlotError(f"--slots {n} needs {need} CPU cores, and this process may use {len(cores)} "
-                        f"(CPUs {cpuset_string(cores)}): use --slots {max(len(cores) // max(per, 1), 1)} or fewer")
-    return [Slot(i, cpuset=cpuset_string(cores[i * per:(i + 1) * per])) for i in range(n)]
+        raise SlotError(
+            f"--slots {n} needs {need} CPU cores, and this process may use {len(cores)} "
+            f"(CPUs {cpuset_string(cores)}): use --slots {max(len(cores) // max(per, 1), 1)} or fewer"
+        )
+    return [Slot(i, cpuset=cpuset_string(cores[i * per : (i + 1) * per])) for i in range(n)]
 
 
 def cpuset_string(cores: Collection[int]) -> str:
@@ -146,9 +162,11 @@ def check_memory(settings: Settings, slots: int, host_bytes: int) -> None:
     need = slots * memory_per_experiment(settings)
     if need > host_bytes:
         fits = host_bytes // memory_per_experiment(settings)
-        raise SlotError(f"{slots} slots x {settings.container_memory_gb:g} GB per experiment (--memory-limit-gb) need "
-                        f"{need / GiB:.1f} GB, more than this machine's {host_bytes / GiB:.1f} GB of RAM: use "
-                        f"fewer slots ({fits} fit) or a smaller --memory-limit-gb")
+        raise SlotError(
+            f"{slots} slots x {settings.container_memory_gb:g} GB per experiment (--memory-limit-gb) need "
+            f"{need / GiB:.1f} GB, more than this machine's {host_bytes / GiB:.1f} GB of RAM: use "
+            f"fewer slots ({fits} fit) or a smaller --memory-limit-gb"
+        )
 
 
 def slot_lines(slots: list[Slot], settings: Settings) -> list[str]:
@@ -157,8 +175,11 @@ def slot_lines(slots: list[Slot], settings: Settings) -> list[str]:
     lines = []
     for slot in slots:
         if settings.backend == "kubernetes":
-            where = (f"a job on the cluster with one {settings.gpu_resource_name}" if slot.gpu is not None
-                     else f"a job on the cluster with {settings.kube_cpus:g} CPUs")
+            where = (
+                f"a job on the cluster with one {settings.gpu_resource_name}"
+                if slot.gpu is not None
+                else f"a job on the cluster with {settings.kube_cpus:g} CPUs"
+            )
         elif slot.gpu is not None:
             where = f"GPU {slot.gpu}"
         elif slot.cpuset is not None:

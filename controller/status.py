@@ -54,8 +54,14 @@ class ConsoleObserver:
     one line per slot, preflights in flight) under a growing list of decided experiments.
     Without a terminal (a log file, CI), only the lines are printed."""
 
-    def __init__(self, console: Console, tag: str, rows: list[LedgerRow], deadline: dt.datetime | None,
-                 max_experiments: int | None) -> None:
+    def __init__(
+        self,
+        console: Console,
+        tag: str,
+        rows: list[LedgerRow],
+        deadline: dt.datetime | None,
+        max_experiments: int | None,
+    ) -> None:
         self.console = console
         self.tag = tag
         self.rows = list(rows)
@@ -144,8 +150,17 @@ class ConsoleObserver:
 
     def finished(self, record: RunRecord, best: LedgerRow | None) -> None:
         ok = [r for r in record.replicates if r.status == "ok" and r.val_bpb is not None]
-        row = LedgerRow(record.commit[:7], record.val_bpb or 0.0, record.memory_gb, record.status, record.description,
-                        n=record.n, runs=len(ok), train_s=record.timings.train, slot=record.slot)
+        row = LedgerRow(
+            record.commit[:7],
+            record.val_bpb or 0.0,
+            record.memory_gb,
+            record.status,
+            record.description,
+            n=record.n,
+            runs=len(ok),
+            train_s=record.timings.train,
+            slot=record.slot,
+        )
         self.rows.append(row)
         self.preflights.pop(record.n, None)
         self.console.print(experiment_line(record.n, row, record))
@@ -208,9 +223,15 @@ def ledger_table(tag: str, rows: list[LedgerRow]) -> Table:
     table.add_column("description", overflow="fold", min_width=16)
     for row in rows:  # in decision order; the number is the experiment's
         marker = " *" if best is not None and row.n == best[0] else ""
-        cells: list[str | Text] = [str(row.n), row.commit, Text(_val(row) + marker), str(row.runs) if row.scored else "-",
-                 f"{row.memory_gb:.1f}", Text(row.status, style=STATUS_STYLE.get(row.status, "")),
-                 _short_delta(row.delta)]
+        cells: list[str | Text] = [
+            str(row.n),
+            row.commit,
+            Text(_val(row) + marker),
+            str(row.runs) if row.scored else "-",
+            f"{row.memory_gb:.1f}",
+            Text(row.status, style=STATUS_STYLE.get(row.status, "")),
+            _short_delta(row.delta),
+        ]
         if several_slots:
             cells.append("-" if row.slot is None else str(row.slot))
         table.add_row(*cells, Text(clean_description(row.description)))
@@ -220,11 +241,18 @@ def ledger_table(tag: str, rows: list[LedgerRow]) -> Table:
 def in_flight_lines(journal: Journal | None, slots: SlotsRecord | None, running_pid: int | None) -> list[Text]:
     """`make status` while a night runs: each slot's experiment, and the experiments in flight."""
     if running_pid is None:
-        return [Text("not running", style="grey50")] if journal is None or not journal.pending else [
-            Text(f"not running; {len(journal.pending)} experiment(s) in flight will be finished on resume",
-                 style="yellow")]
+        return (
+            [Text("not running", style="grey50")]
+            if journal is None or not journal.pending
+            else [
+                Text(
+                    f"not running; {len(journal.pending)} experiment(s) in flight will be finished on resume",
+                    style="yellow",
+                )
+            ]
+        )
     lines = [Text(f"running (controller pid {running_pid})", style="bold")]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if slots is not None and slots.pid == running_pid:
         for state in slots.slots:
             t = Text(f"  {state.label}: ")

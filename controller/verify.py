@@ -166,8 +166,13 @@ def _side_se(summary: Replicates | None, noise: NoiseEstimate | None) -> float |
     return None
 
 
-def pool_runs(baseline: Sequence[float], best: Sequence[float], noise: NoiseEstimate | None = None,
-              se_eval: float | None = None, level: float = LEVEL) -> VerifyNumbers:
+def pool_runs(
+    baseline: Sequence[float],
+    best: Sequence[float],
+    noise: NoiseEstimate | None = None,
+    se_eval: float | None = None,
+    level: float = LEVEL,
+) -> VerifyNumbers:
     """Pool verify's runs. Run-to-run SE of the improvement: Welch when both sides have 2+ runs,
     else the tag's pooled noise (sigma sqrt(1/n_a + 1/n_b), its df), 0 on a deterministic
     profile. The paired eval-sampling SE (per-row losses, identical rows) adds in quadrature; the
@@ -178,8 +183,16 @@ def pool_runs(baseline: Sequence[float], best: Sequence[float], noise: NoiseEsti
     a_se, b_se = _side_se(a, noise), _side_se(b, noise)
 
     def numbers(verdict: str, **kw: object) -> VerifyNumbers:
-        fields: dict = {"improvement": None, "se": None, "se_train": None, "se_eval": None, "df": None,
-                        "ci_low": None, "ci_high": None, "method": "unmeasured"}
+        fields: dict = {
+            "improvement": None,
+            "se": None,
+            "se_train": None,
+            "se_eval": None,
+            "df": None,
+            "ci_low": None,
+            "ci_high": None,
+            "method": "unmeasured",
+        }
         fields.update(kw)
         return VerifyNumbers(baseline=a, best=b, baseline_se=a_se, best_se=b_se, verdict=verdict, **fields)
 
@@ -208,8 +221,17 @@ def pool_runs(baseline: Sequence[float], best: Sequence[float], noise: NoiseEsti
         verdict = V_BETTER if improvement > 0 else V_WORSE if improvement < 0 else V_EQUAL
     else:
         verdict = V_BETTER if low > 0 else V_WORSE if high < 0 else V_WITHIN
-    return numbers(verdict, improvement=improvement, se=se, se_train=se_train, se_eval=se_eval, df=df,
-                   ci_low=low, ci_high=high, method=method)
+    return numbers(
+        verdict,
+        improvement=improvement,
+        se=se,
+        se_train=se_train,
+        se_eval=se_eval,
+        df=df,
+        ci_low=low,
+        ci_high=high,
+        method=method,
+    )
 
 
 def paired_rows_se(profile: str, baseline_dirs: list[Path], best_dirs: list[Path]) -> float | None:
@@ -289,8 +311,11 @@ def fresh_seeds(tag_seed: int, records: list[RunRecord], replays: list[ReplayRec
     """k seeds no run of these commits used yet: above the highest seed of their replicates and
     replays (and the night's own seed)."""
     commits = {r.commit for r in records}
-    used = [tag_seed, *(rep.seed for r in records for rep in r.replicates),
-            *(rep.seed for rep in replays if rep.commit in commits)]
+    used = [
+        tag_seed,
+        *(rep.seed for r in records for rep in r.replicates),
+        *(rep.seed for rep in replays if rep.commit in commits),
+    ]
     start = max(used) + 1
     return list(range(start, start + k))
 
@@ -308,7 +333,8 @@ def tag_noise(ledger: Ledger, rows: list[LedgerRow], replays: list[ReplayRecord]
             continue
         if record is not None:
             groups.setdefault(record.commit, []).extend(
-                r.val_bpb for r in record.replicates if r.status == "ok" and r.val_bpb is not None)
+                r.val_bpb for r in record.replicates if r.status == "ok" and r.val_bpb is not None
+            )
     for rep in replays:
         if rep.status == "ok" and rep.replayed_val_bpb is not None:
             groups.setdefault(rep.commit, []).append(rep.replayed_val_bpb)
@@ -318,9 +344,15 @@ def tag_noise(ledger: Ledger, rows: list[LedgerRow], replays: list[ReplayRecord]
 # -- running ---------------------------------------------------------------------------------
 
 
-def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: int = DEFAULT_RUNS,
-               say: Callable[[str], None] = lambda line: None, check_image: bool = True,
-               stop: Callable[[], bool] = lambda: False) -> VerifyResult:
+def verify_tag(
+    settings: Settings,
+    runner: Runner,
+    image_id: str | None,
+    runs: int = DEFAULT_RUNS,
+    say: Callable[[str], None] = lambda line: None,
+    check_image: bool = True,
+    stop: Callable[[], bool] = lambda: False,
+) -> VerifyResult:
     """Re-run settings.tag's baseline and final best `runs` times each and write verify.json.
     The caller holds the tag's lock (verify_lock, or the night's own at its end). `image_id`: the
     current id of settings.image, checked against the records unless check_image is False."""
@@ -334,8 +366,10 @@ def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: i
     if 0 not in numbered:
         raise VerifyError(f"tag {settings.tag} has no baseline in its ledger yet: run its night first")
     if not numbered[0].scored:
-        raise VerifyError(f"the baseline of tag {settings.tag} did not score ({numbered[0].status}): "
-                          f"see `make logs RUN=0 TAG={settings.tag}`")
+        raise VerifyError(
+            f"the baseline of tag {settings.tag} did not score ({numbered[0].status}): "
+            f"see `make logs RUN=0 TAG={settings.tag}`"
+        )
     keeps = [row for row in rows if row.status == "keep"]
     best_row = keeps[-1] if keeps and keeps[-1].n != 0 else None
     sides: list[tuple[Role, RunLocation, RunRecord]] = [("baseline", *_location(ledger, numbered[0]))]
@@ -356,8 +390,11 @@ def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: i
     else:
         say(f"best of tag {settings.tag}: #{best_row.n} {best_row.commit} ({best_row.description})")
     times = f"{runs} time{'s' if runs != 1 else ''}" + (" each" if best_row else "")
-    say(f"re-running baseline #0 {base_rec.commit[:7]}" + (f" and best #{best_row.n} {best_row.commit}"
-        if best_row else "") + f" {times}, seeds {_span(seeds)}")
+    say(
+        f"re-running baseline #0 {base_rec.commit[:7]}"
+        + (f" and best #{best_row.n} {best_row.commit}" if best_row else "")
+        + f" {times}, seeds {_span(seeds)}"
+    )
 
     started = utcnow()
     done: list[VerifyRun] = []
@@ -372,42 +409,73 @@ def verify_tag(settings: Settings, runner: Runner, image_id: str | None, runs: i
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         say(f"run {count}/{len(order)}: {role} #{loc.n} {record.commit[:7]}, seed {seeds[i]} ...")
         try:
-            rep = run_recorded(settings, loc, record, runner, image_id, data_dir, source, seed=seeds[i],
-                               name=f"{loc.n:04d}-{record.commit[:7]}-verify{i}-{stamp}",
-                               run_id=f"{loc.tag}-verify-{loc.n:04d}-{stamp}",
-                               labels={"overnight.verify": str(i)})
+            rep = run_recorded(
+                settings,
+                loc,
+                record,
+                runner,
+                image_id,
+                data_dir,
+                source,
+                seed=seeds[i],
+                name=f"{loc.n:04d}-{record.commit[:7]}-verify{i}-{stamp}",
+                run_id=f"{loc.tag}-verify-{loc.n:04d}-{stamp}",
+                labels={"overnight.verify": str(i)},
+            )
         except ReplayError as exc:
             raise VerifyError(f"{exc} ({count - 1} of {len(order)} runs finished and are recorded)") from None
         value = rep.replayed_val_bpb if rep.status == "ok" else None
-        done.append(VerifyRun(role=role, n=loc.n, commit=record.commit, seed=seeds[i], status=rep.status,
-                              reason=clean_line(rep.reason, 300) if rep.reason else None, val_bpb=value,
-                              replay_dir=rep.run_dir.name))
-        say(f"run {count}/{len(order)}: {role} " + (f"val_bpb {value:.6f}" if value is not None else
-                                                   f"{rep.status}: {clean_line(rep.reason or '-', 200)}"))
+        done.append(
+            VerifyRun(
+                role=role,
+                n=loc.n,
+                commit=record.commit,
+                seed=seeds[i],
+                status=rep.status,
+                reason=clean_line(rep.reason, 300) if rep.reason else None,
+                val_bpb=value,
+                replay_dir=rep.run_dir.name,
+            )
+        )
+        say(
+            f"run {count}/{len(order)}: {role} "
+            + (f"val_bpb {value:.6f}" if value is not None else f"{rep.status}: {clean_line(rep.reason or '-', 200)}")
+        )
 
     base_vals = [r.val_bpb for r in done if r.role == "baseline" and r.val_bpb is not None]
     best_vals = [r.val_bpb for r in done if r.role == "best" and r.val_bpb is not None]
     replays_dir = ledger.tag_dir / "replays"
     se_eval = paired_rows_se(
-        base_rec.profile, [replays_dir / r.replay_dir for r in done if r.role == "baseline" and r.val_bpb is not None],
-        [replays_dir / r.replay_dir for r in done if r.role == "best" and r.val_bpb is not None])
-    numbers = pool_runs(base_vals, best_vals, _noise_for(base_rec.profile, ledger, rows, base_vals, best_vals),
-                        se_eval)
+        base_rec.profile,
+        [replays_dir / r.replay_dir for r in done if r.role == "baseline" and r.val_bpb is not None],
+        [replays_dir / r.replay_dir for r in done if r.role == "best" and r.val_bpb is not None],
+    )
+    numbers = pool_runs(base_vals, best_vals, _noise_for(base_rec.profile, ledger, rows, base_vals, best_vals), se_eval)
     if best_row is not None and numbers.verdict == V_NO_BEST:
         numbers = numbers.model_copy(update={"verdict": V_NO_SCORE})
-    record = VerifyRecord(
-        tag=settings.tag, runs_each=runs, seeds=seeds, baseline_n=0, baseline_commit=base_rec.commit,
-        best_n=best_row.n if best_row else None, best_commit=sides[1][2].commit if best_row else None,
-        best_description=best_row.description if best_row else None, runs=done, numbers=numbers,
-        stopped=stopped, started=started, finished=utcnow(),
+    verified = VerifyRecord(
+        tag=settings.tag,
+        runs_each=runs,
+        seeds=seeds,
+        baseline_n=0,
+        baseline_commit=base_rec.commit,
+        best_n=best_row.n if best_row else None,
+        best_commit=sides[1][2].commit if best_row else None,
+        best_description=best_row.description if best_row else None,
+        runs=done,
+        numbers=numbers,
+        stopped=stopped,
+        started=started,
+        finished=utcnow(),
     )
     path = ledger.tag_dir / VERIFY_JSON
-    atomic_write_model(path, record)
-    return VerifyResult(record=record, path=path)
+    atomic_write_model(path, verified)
+    return VerifyResult(record=verified, path=path)
 
 
-def _noise_for(profile: str, ledger: Ledger, rows: list[LedgerRow], base: list[float],
-               best: list[float]) -> NoiseEstimate | None:
+def _noise_for(
+    profile: str, ledger: Ledger, rows: list[LedgerRow], base: list[float], best: list[float]
+) -> NoiseEstimate | None:
     """None on a deterministic profile's counterpart: the exact estimate; the tag's pooled noise
     when a side has a single scored run (the fallback for its spread); else None (Welch alone)."""
     if get_profile(profile).max_steps is not None:
@@ -418,9 +486,13 @@ def _noise_for(profile: str, ledger: Ledger, rows: list[LedgerRow], base: list[f
     return pooled if pooled.sigma is not None and not pooled.exact else None
 
 
-def verify_night(settings: Settings, runner: Runner, image_id: str | None = None,
-                 say: Callable[[str], None] = lambda line: None,
-                 stop: Callable[[], bool] = lambda: False) -> VerifyResult | None:
+def verify_night(
+    settings: Settings,
+    runner: Runner,
+    image_id: str | None = None,
+    say: Callable[[str], None] = lambda line: None,
+    stop: Callable[[], bool] = lambda: False,
+) -> VerifyResult | None:
     """The end-of-night hook: when settings.verify_runs > 0, verify the tag with the night's own
     runner and say the report's lines (None when verify_runs is 0 or verify could not run). The
     caller, the loop, already holds the tag's lock. image_id None skips the image check (the
@@ -429,8 +501,9 @@ def verify_night(settings: Settings, runner: Runner, image_id: str | None = None
     if settings.verify_runs <= 0:
         return None
     try:
-        result = verify_tag(settings, runner, image_id, settings.verify_runs, say=say,
-                            check_image=image_id is not None, stop=stop)
+        result = verify_tag(
+            settings, runner, image_id, settings.verify_runs, say=say, check_image=image_id is not None, stop=stop
+        )
     except VerifyError as exc:
         say(f"verify skipped: {exc}")
         return None
@@ -464,32 +537,46 @@ def describe(result: VerifyResult) -> list[str]:
     person. improvement_bpb is mean(baseline) - mean(best): positive = the best is better."""
     r, x = result.record, result.record.numbers
     nb, nk = (x.baseline.n if x.baseline else 0), (x.best.n if x.best else 0)
-    lines = [f"baseline_bpb: {_num(x.baseline.mean if x.baseline else None)} ± {_num(x.baseline_se)}",
-             f"best_bpb: {_num(x.best.mean if x.best else None)} ± {_num(x.best_se)}",
-             f"improvement_bpb: {_num(x.improvement, signed=True)} ± {_num(x.se)}",
-             f"baseline_runs: {nb}", f"best_runs: {nk}",
-             f"verdict: {x.verdict}"]
+    lines = [
+        f"baseline_bpb: {_num(x.baseline.mean if x.baseline else None)} ± {_num(x.baseline_se)}",
+        f"best_bpb: {_num(x.best.mean if x.best else None)} ± {_num(x.best_se)}",
+        f"improvement_bpb: {_num(x.improvement, signed=True)} ± {_num(x.se)}",
+        f"baseline_runs: {nb}",
+        f"best_runs: {nk}",
+        f"verdict: {x.verdict}",
+    ]
     if r.best_commit is None:
-        lines.append(f"tag {r.tag} has no keep beyond the baseline: nothing to compare; the baseline's runs "
-                     "measure the noise")
+        lines.append(
+            f"tag {r.tag} has no keep beyond the baseline: nothing to compare; the baseline's runs measure the noise"
+        )
     elif x.improvement is not None:
         d = _decimals(x.se)
         spread = f" ± {x.se:.{d}f}" if x.se is not None else " (spread not measured)"
-        ci = (f"; {LEVEL:.0%} CI {x.ci_low:+.{d}f} to {x.ci_high:+.{d}f}"
-              if x.ci_low is not None and x.ci_high is not None and x.se else "")
-        how = {"welch": "Welch", "pooled": "one side's spread from the tag's pooled noise",
-               "deterministic": "deterministic profile: no run-to-run noise", "unmeasured": "no spread"}[x.method]
-        paired = (f"; paired eval-row SE {x.se_eval:.{_decimals(x.se_eval)}f} included" if x.se_eval is not None
-                  else "")
-        lines.append(f"improvement: {x.improvement:+.{d}f}{spread} bpb, best #{r.best_n} ({nk} run"
-                     f"{'s' if nk != 1 else ''}) vs baseline #0 ({nb} run{'s' if nb != 1 else ''}){ci}; "
-                     f"{how}{paired}: {x.verdict}")
+        ci = (
+            f"; {LEVEL:.0%} CI {x.ci_low:+.{d}f} to {x.ci_high:+.{d}f}"
+            if x.ci_low is not None and x.ci_high is not None and x.se
+            else ""
+        )
+        how = {
+            "welch": "Welch",
+            "pooled": "one side's spread from the tag's pooled noise",
+            "deterministic": "deterministic profile: no run-to-run noise",
+            "unmeasured": "no spread",
+        }[x.method]
+        paired = f"; paired eval-row SE {x.se_eval:.{_decimals(x.se_eval)}f} included" if x.se_eval is not None else ""
+        lines.append(
+            f"improvement: {x.improvement:+.{d}f}{spread} bpb, best #{r.best_n} ({nk} run"
+            f"{'s' if nk != 1 else ''}) vs baseline #0 ({nb} run{'s' if nb != 1 else ''}){ci}; "
+            f"{how}{paired}: {x.verdict}"
+        )
         lines.append("±: the standard error of a mean; improvement = baseline - best (positive = the best is better)")
     failed = r.failed("baseline") + r.failed("best")
     per = ", ".join(f"{role} {r.failed(role)} of {r.done(role)}" for role in ("baseline", "best") if r.done(role))
-    lines.append(f"failed_runs: {failed} of {len(r.runs)}" + (f" ({per})" if per else "") +
-                 (": crashed, timed out or rejected, left out of the means; their logs are under replays/"
-                  if failed else ""))
+    lines.append(
+        f"failed_runs: {failed} of {len(r.runs)}"
+        + (f" ({per})" if per else "")
+        + (": crashed, timed out or rejected, left out of the means; their logs are under replays/" if failed else "")
+    )
     if r.stopped:
         lines.append(f"stopped early: {len(r.runs)} of {r.runs_each * (1 if r.best_commit is None else 2)} runs")
     lines.append(f"records: {result.path} and {result.path.parent / 'replays'}/*-verify*/")

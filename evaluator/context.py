@@ -50,8 +50,9 @@ def container_started(proc: Path = Path("/proc")) -> float:
     """Unix time the first process of this PID namespace (the container's) started."""
     stat = (proc / "1" / "stat").read_text()
     ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the command name
-    boot = next(float(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
-                if line.startswith("btime "))
+    boot = next(
+        float(line.split()[1]) for line in (proc / "stat").read_text().splitlines() if line.startswith("btime ")
+    )
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 

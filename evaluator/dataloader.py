@@ -151,7 +151,7 @@ def train_batches(
         rows = packed_rows(shards, spans, row_len, doc_order=rng.permutation(len(spans)))
         yielded = False
         while True:
-            batch_rows = [row for _, row in zip(range(batch_size), rows)]
+            batch_rows = [row for _, row in zip(range(batch_size), rows, strict=False)]
             if len(batch_rows) < batch_size:
                 break
             host = torch.from_numpy(np.stack(batch_rows))

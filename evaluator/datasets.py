@@ -55,6 +55,8 @@ CACHE_DIR_ENV = "OVERNIGHT_CACHE_DIR"
 PARQUET_VAL_PERCENT = 5
 PARQUET_BATCH_ROWS = 1024
 
+DEFAULT_RETRY = RetryPolicy()  # frozen: one shared default is safe
+
 
 class DatasetError(ValueError):
     """Bad dataset input; the message is one line for a person."""
@@ -75,19 +77,21 @@ def open_dataset(
     *,
     cache_dir: Path | None = None,
     train_shards: int = CLIMBMIX_TRAIN_SHARDS,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
     val: str | None = None,
 ) -> TextSource:
     """The dataset named by `spec`: stdlib, climbmix or parquet:<glob>; with `val`
     (parquet:<glob>), a private validation set replaces the dataset's own validation text."""
     if val is not None:
-        return with_private_val(open_dataset_only(spec, cache_dir=cache_dir, train_shards=train_shards,
-                                                  retry=retry, val_needed=False), val)
+        return with_private_val(
+            open_dataset_only(spec, cache_dir=cache_dir, train_shards=train_shards, retry=retry, val_needed=False), val
+        )
     return open_dataset_only(spec, cache_dir=cache_dir, train_shards=train_shards, retry=retry)
 
 
-def open_dataset_only(spec: str, *, cache_dir: Path | None, train_shards: int, retry: RetryPolicy,
-                      val_needed: bool = True) -> TextSource:
+def open_dataset_only(
+    spec: str, *, cache_dir: Path | None, train_shards: int, retry: RetryPolicy, val_needed: bool = True
+) -> TextSource:
     if spec == "stdlib":
         return stdlib_source()
     if spec == "climbmix":
@@ -106,8 +110,11 @@ def with_private_val(source: TextSource, val: str) -> TextSource:
         name=f"{source.name}+val:{val.removeprefix('parquet:')}",
         read_train=source.read_train,
         read_val=partial(read_parquet_texts, files),
-        facts={**source.facts, "val_files": [path.name for path in files],
-               "val_rule": "every document of the private validation files"},
+        facts={
+            **source.facts,
+            "val_files": [path.name for path in files],
+            "val_rule": "every document of the private validation files",
+        },
     )
 
 
@@ -186,8 +193,9 @@ def _parquet_files(pattern: str) -> list[Path]:
     files = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
     files = [path for path in files if path.is_file()]
     if not files:
-        raise DatasetError(f"no files match {pattern!r}: give parquet:<glob> a pattern that "
-                           "matches parquet files with a text column")
+        raise DatasetError(
+            f"no files match {pattern!r}: give parquet:<glob> a pattern that matches parquet files with a text column"
+        )
     for path in files:
         check_text_parquet(path)
     return files
@@ -219,8 +227,10 @@ def check_text_parquet(path: Path) -> None:
         raise DatasetError(f"{path} is not a readable parquet file ({_first_line(error)})") from None
     if "text" not in schema.names:
         columns = ", ".join(schema.names) or "none"
-        raise DatasetError(f"{path} has no 'text' column (columns: {columns}): "
-                           "the parquet datasets read documents from a string column named text")
+        raise DatasetError(
+            f"{path} has no 'text' column (columns: {columns}): "
+            "the parquet datasets read documents from a string column named text"
+        )
     kind = schema.field("text").type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DatasetError(f"{path}: column 'text' has type {kind}, expected string")
@@ -270,8 +280,7 @@ def _hash_split(paths: Sequence[Path], want_val: bool) -> Iterator[str]:
 
 def climbmix_source(train_shards: int, cache_dir: Path, retry: RetryPolicy, with_val: bool = True) -> TextSource:
     if not 1 <= train_shards <= CLIMBMIX_VAL_SHARD:
-        raise DatasetError(f"--train-shards must be between 1 and {CLIMBMIX_VAL_SHARD}, "
-                           f"got {train_shards}")
+        raise DatasetError(f"--train-shards must be between 1 and {CLIMBMIX_VAL_SHARD}, got {train_shards}")
     base_url, api_url = hub_address(HF_BASE_URL_ENV), hub_address(HF_API_URL_ENV)
     shard_dir = Path(cache_dir) / "climbmix"
     train_names = [climbmix_shard_name(index) for index in range(train_shards)]
@@ -279,9 +288,15 @@ def climbmix_source(train_shards: int, cache_dir: Path, retry: RetryPolicy, with
     names = val_names + train_names
     commit = resolve_revision(api_url, CLIMBMIX_REPO, CLIMBMIX_REVISION, retry)
     published = published_files(api_url, CLIMBMIX_REPO, commit, names, retry)
-    jobs = [DownloadJob(resolve_url(base_url, CLIMBMIX_REPO, commit, name), shard_dir / name,
-                        sha256=published[name].sha256, size=published[name].size)
-            for name in names]
+    jobs = [
+        DownloadJob(
+            resolve_url(base_url, CLIMBMIX_REPO, commit, name),
+            shard_dir / name,
+            sha256=published[name].sha256,
+            size=published[name].size,
+        )
+        for name in names
+    ]
     paths = download_all(jobs, retry, verify=verify_parquet)
     for path in paths:
         check_text_parquet(path)
@@ -306,8 +321,10 @@ def hub_address(variable: str) -> str:
     """The hub address set in `variable` (default: the hub itself), without a trailing slash."""
     value = (os.environ.get(variable) or HF_ENDPOINT).rstrip("/")
     if not value.startswith(("http://", "https://")) or "/resolve/" in value or "/api/" in value:
-        raise DatasetError(f"{variable} must be a hub address such as {HF_ENDPOINT} (a mirror "
-                           "serving the hub's paths), without /resolve/ or /api/ in it")
+        raise DatasetError(
+            f"{variable} must be a hub address such as {HF_ENDPOINT} (a mirror "
+            "serving the hub's paths), without /resolve/ or /api/ in it"
+        )
     return value
 
 

@@ -101,20 +101,19 @@ class DownloadJob:
 Verifier = Callable[[Path], None]  # raises ValueError when the file is not what it should be
 
 
-def download(
-    job: DownloadJob, policy: RetryPolicy = RetryPolicy(), verify: Verifier | None = None
-) -> Path:
+def download(job: DownloadJob, policy: RetryPolicy = RetryPolicy(), verify: Verifier | None = None) -> Path:
     """Fetch `job.url` to `job.dest` (bounded, resuming, retrying, verifying); returns the
     destination."""
     dest = Path(job.dest)
     if job.size is not None and not 0 <= job.size <= job.max_bytes:
-        raise DownloadError(f"{dest.name} is published as {job.size} bytes, over the "
-                            f"{job.max_bytes}-byte cap for one download: check the dataset")
+        raise DownloadError(
+            f"{dest.name} is published as {job.size} bytes, over the "
+            f"{job.max_bytes}-byte cap for one download: check the dataset"
+        )
     if dest.is_file():
         if _is_expected(dest, job):
             return dest
-        log.warning("cached file differs from its published hash; fetching it again",
-                    path=str(dest))
+        log.warning("cached file differs from its published hash; fetching it again", path=str(dest))
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -134,8 +133,7 @@ def download(
         raise DownloadError(f"refused {job.url}: {error}") from None
     except _Fatal as error:
         raise DownloadError(
-            f"could not download {job.url} ({error}): check the URL "
-            "(OVERNIGHT_HF_BASE_URL, shard count) and re-run"
+            f"could not download {job.url} ({error}): check the URL (OVERNIGHT_HF_BASE_URL, shard count) and re-run"
         ) from None
     os.replace(part, dest)
     log.info("downloaded", url=job.url, bytes=dest.stat().st_size)
@@ -169,8 +167,7 @@ def fetch_json(
             with attempt:
                 return _json_once(url, data, policy.timeout_s)
     except _Transient as error:
-        raise DownloadError(f"could not read {url} after {policy.attempts} attempts "
-                            f"(last: {error}): {hint}") from None
+        raise DownloadError(f"could not read {url} after {policy.attempts} attempts (last: {error}): {hint}") from None
     except (_Fatal, _Refused) as error:
         raise DownloadError(f"could not read {url} ({error}): {hint}") from None
     raise AssertionError("unreachable: tenacity either returns or raises")
@@ -240,8 +237,7 @@ def _fetch_once(job: DownloadJob, part: Path, timeout_s: float) -> bool:
                     handle.write(chunk)
                     written += len(chunk)
             except (OSError, http.client.HTTPException) as error:
-                raise _Transient(f"connection lost at byte {written} "
-                                 f"({_describe(error)})") from None
+                raise _Transient(f"connection lost at byte {written} ({_describe(error)})") from None
     if over:
         part.unlink()
         raise _Refused(_over_limit(job))
@@ -260,12 +256,12 @@ def _check_announced(job: DownloadJob, part: Path, total: int) -> None:
     name = Path(job.dest).name
     if job.size is not None and total != job.size:
         part.unlink(missing_ok=True)
-        raise _Refused(f"{name} is announced as {total} bytes, but its published size is "
-                       f"{job.size}: {MIRROR_HINT}")
+        raise _Refused(f"{name} is announced as {total} bytes, but its published size is {job.size}: {MIRROR_HINT}")
     if total > job.max_bytes:
         part.unlink(missing_ok=True)
-        raise _Refused(f"{name} is announced as {total} bytes, over the {job.max_bytes}-byte "
-                       f"cap for one download: {MIRROR_HINT}")
+        raise _Refused(
+            f"{name} is announced as {total} bytes, over the {job.max_bytes}-byte cap for one download: {MIRROR_HINT}"
+        )
 
 
 def _over_limit(job: DownloadJob) -> str:
@@ -295,8 +291,10 @@ def _check(part: Path, job: DownloadJob, verify: Verifier | None, fresh: bool) -
         if got != job.sha256.lower():
             part.unlink()
             if fresh:
-                raise _Refused(f"sha256 mismatch: {Path(job.dest).name} hashes to {got[:16]}..., "
-                               f"its published sha256 is {job.sha256[:16]}...: {MIRROR_HINT}")
+                raise _Refused(
+                    f"sha256 mismatch: {Path(job.dest).name} hashes to {got[:16]}..., "
+                    f"its published sha256 is {job.sha256[:16]}...: {MIRROR_HINT}"
+                )
             raise _Transient("sha256 mismatch after resuming; starting over")
     if verify is not None:
         try:
@@ -308,8 +306,7 @@ def _check(part: Path, job: DownloadJob, verify: Verifier | None, fresh: bool) -
 
 
 def _json_once(url: str, data: bytes | None, timeout_s: float) -> Any:
-    request = urllib.request.Request(url, data=data, headers={"User-Agent": USER_AGENT,
-                                                              "Accept": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as error:
@@ -347,7 +344,6 @@ def _log_retry(url: str) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("download retry", url=url, attempt=state.attempt_number, error=str(error),
-                    wait_s=round(wait, 3))
+        log.warning("download retry", url=url, attempt=state.attempt_number, error=str(error), wait_s=round(wait, 3))
 
     return before_sleep

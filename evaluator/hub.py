@@ -42,17 +42,23 @@ class PublishedFile:
 def resolve_revision(api: str, repo: str, revision: str, policy: RetryPolicy) -> str:
     """The commit sha that `revision` (a branch or tag) of dataset `repo` points at now."""
     url = f"{_api_base(api, repo)}/revision/{urllib.parse.quote(revision, safe='')}"
-    answer = fetch_json(url, policy, hint=f"check the dataset name ({repo}), its revision "
-                                          f"({revision}) and OVERNIGHT_HF_API_URL, then re-run")
+    answer = fetch_json(
+        url,
+        policy,
+        hint=f"check the dataset name ({repo}), its revision ({revision}) and OVERNIGHT_HF_API_URL, then re-run",
+    )
     sha = answer.get("sha") if isinstance(answer, dict) else None
     if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
-        raise DownloadError(f"the hub's answer for {repo} at {revision} has no commit sha: "
-                            f"check OVERNIGHT_HF_API_URL points at the hub's API")
+        raise DownloadError(
+            f"the hub's answer for {repo} at {revision} has no commit sha: "
+            f"check OVERNIGHT_HF_API_URL points at the hub's API"
+        )
     return sha
 
 
-def published_files(api: str, repo: str, commit: str, names: Sequence[str],
-                    policy: RetryPolicy) -> dict[str, PublishedFile]:
+def published_files(
+    api: str, repo: str, commit: str, names: Sequence[str], policy: RetryPolicy
+) -> dict[str, PublishedFile]:
     """The published sha256 and size of each of `names` in dataset `repo` at `commit`."""
     url = f"{_api_base(api, repo)}/paths-info/{commit}"
     entries: dict[str, Any] = {}
@@ -79,15 +85,22 @@ def _api_base(api: str, repo: str) -> str:
 
 def _published(name: str, entry: Any, repo: str, commit: str) -> PublishedFile:
     if entry is None:
-        raise DownloadError(f"the hub lists no {name} in {repo} at commit {commit[:12]}: check "
-                            f"the dataset name/revision and the shard count (--train-shards)")
+        raise DownloadError(
+            f"the hub lists no {name} in {repo} at commit {commit[:12]}: check "
+            f"the dataset name/revision and the shard count (--train-shards)"
+        )
     lfs = entry.get("lfs")
     if not isinstance(lfs, dict):
-        raise DownloadError(f"the hub published no LFS hash for {name}: check the dataset "
-                            f"name/revision")
+        raise DownloadError(f"the hub published no LFS hash for {name}: check the dataset name/revision")
     oid, size = lfs.get("oid"), lfs.get("size")
-    if (not isinstance(oid, str) or not _SHA256.fullmatch(oid) or type(size) is not int
-            or not 0 <= size <= MAX_FILE_BYTES or entry.get("size", size) != size):
-        raise DownloadError(f"the hub's LFS entry for {name} is malformed or over the "
-                            f"{MAX_FILE_BYTES}-byte cap: {API_HINT}")
+    if (
+        not isinstance(oid, str)
+        or not _SHA256.fullmatch(oid)
+        or type(size) is not int
+        or not 0 <= size <= MAX_FILE_BYTES
+        or entry.get("size", size) != size
+    ):
+        raise DownloadError(
+            f"the hub's LFS entry for {name} is malformed or over the {MAX_FILE_BYTES}-byte cap: {API_HINT}"
+        )
     return PublishedFile(name=name, sha256=oid, size=size)

@@ -21,7 +21,7 @@ import json
 import os
 import stat
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -130,7 +130,7 @@ def write_manifest(
         vocab_size=vocab_size,
         bos_id=bos_id,
         seq_len=seq_len,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         files=files,
         splits=splits,
         eval=eval,
@@ -155,8 +155,10 @@ def read_manifest(data_dir: Path | str) -> Manifest:
         detail = error.errors()[0]
         where = ".".join(str(part) for part in detail["loc"]) or "top level"
         if detail["loc"] and detail["loc"][0] == "eval" and detail["type"] == "missing":
-            raise ManifestError(f"{Path(data_dir)} was prepared before evaluation rows became a private "
-                                f"sample: prepare it again (make prepare, with --force)") from None
+            raise ManifestError(
+                f"{Path(data_dir)} was prepared before evaluation rows became a private "
+                f"sample: prepare it again (make prepare, with --force)"
+            ) from None
         raise ManifestError(f"{path} is not a valid manifest ({where}: {detail['msg']}): {FIX}") from None
 
 
@@ -190,11 +192,14 @@ def verify_manifest(data_dir: Path | str, parts: Iterable[str]) -> str:
     for folder in (TOKENIZER_DIR, *wanted):
         _verify_folder(data_dir, folder, manifest)
         if folder in SPLITS:
-            listed = sum(1 for name in manifest.files
-                         if name.startswith(f"{folder}/") and PurePosixPath(name).match(SHARD_GLOB))
+            listed = sum(
+                1 for name in manifest.files if name.startswith(f"{folder}/") and PurePosixPath(name).match(SHARD_GLOB)
+            )
             if listed != manifest.splits[folder].shards:
-                raise ManifestError(f"{data_dir / MANIFEST} lists {listed} {folder} shards but "
-                                    f"counts {manifest.splits[folder].shards}: {FIX}")
+                raise ManifestError(
+                    f"{data_dir / MANIFEST} lists {listed} {folder} shards but "
+                    f"counts {manifest.splits[folder].shards}: {FIX}"
+                )
     return identity_of(manifest)
 
 
@@ -217,8 +222,7 @@ def _verify_folder(data_dir: Path, folder: str, manifest: Manifest) -> None:
         try:
             digest, size = _hash_regular(path)
         except OSError as error:
-            raise ManifestError(f"{path} cannot be read as a regular file "
-                                f"({error.strerror or error}): {FIX}") from None
+            raise ManifestError(f"{path} cannot be read as a regular file ({error.strerror or error}): {FIX}") from None
         if size != entry.bytes or digest != entry.sha256:
             raise ManifestError(f"{path} does not match its manifest hash: {FIX}")
 

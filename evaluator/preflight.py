@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from evaluator import layout
 from evaluator.context import clock_started
@@ -49,7 +49,7 @@ from evaluator.profiles import (
     UnknownProfileError,
     get_profile,
 )
-from evaluator.records import REJECT_TEXT, PreflightRecord
+from evaluator.records import REJECT_TEXT, PreflightCode, PreflightRecord
 
 if TYPE_CHECKING:
     import numpy as np
@@ -100,8 +100,14 @@ def start_train(train_py: Path, cwd: Path) -> tuple[subprocess.Popen[bytes], _Te
     """train.py in its own session (so what it leaves behind is killed with it), in the
     environment this job was given, its output through ours."""
     sys.stdout.flush()
-    child = subprocess.Popen([sys.executable, str(train_py)], cwd=cwd, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, str(train_py)],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     assert child.stdout is not None
     tee = _Tee(child.stdout, sys.stdout.buffer)
     tee.start()
@@ -120,8 +126,9 @@ def finish_train(child: subprocess.Popen[bytes], tee: _Tee, deadline: float, sta
     if exit_code is None:
         child.wait(KILL_GRACE_S)
     tee.join(OUTPUT_DRAIN_S)
-    return TrainOutcome(exit_code=exit_code, seconds=seconds,
-                        last_line=clean_line(tee.last.decode("utf-8", "replace"), 200))
+    return TrainOutcome(
+        exit_code=exit_code, seconds=seconds, last_line=clean_line(tee.last.decode("utf-8", "replace"), 200)
+    )
 
 
 def _kill_session(pid: int) -> None:
@@ -131,13 +138,17 @@ def _kill_session(pid: int) -> None:
         pass
 
 
-def train_problem(train: TrainOutcome, artifact: Path, cap_s: float) -> tuple[str, str, str] | None:
+TrainStatus = Literal["crash", "timeout"]
+
+
+def train_problem(train: TrainOutcome, artifact: Path, cap_s: float) -> tuple[TrainStatus, PreflightCode, str] | None:
     """(status, code, reason) when train.py did not leave a model to check."""
     if train.exit_code is None:
         return "timeout", "train_timeout", f"train.py was still running at the preflight's cap of {cap_s:.0f} s"
     if train.exit_code != 0:
-        how = (f"was killed by signal {-train.exit_code}" if train.exit_code < 0
-               else f"exited with code {train.exit_code}")
+        how = (
+            f"was killed by signal {-train.exit_code}" if train.exit_code < 0 else f"exited with code {train.exit_code}"
+        )
         tail = f": {train.last_line}" if train.last_line else ""
         return "crash", "train_exit", f"train.py {how}{tail}"
     if not artifact.is_file():
@@ -159,17 +170,18 @@ def train_rows(data_dir: Path, rows: int, seq_len: int, rng: np.random.Generator
     shards = load_shards(data_dir, layout.TRAIN_DIR)
     spans = load_documents(data_dir, layout.TRAIN_DIR, shards, bos_id(data_dir))
     packed = packed_rows(shards, spans, seq_len + 1, doc_order=rng.permutation(len(spans)))
-    taken = [row for _, row in zip(range(rows), packed)]
+    taken = [row for _, row in zip(range(rows), packed, strict=False)]
     if len(taken) < rows:
-        raise SetupError(f"the train split packs into {len(taken)} rows of {seq_len + 1} tokens; "
-                         f"the preflight's probe needs {rows}")
+        raise SetupError(
+            f"the train split packs into {len(taken)} rows of {seq_len + 1} tokens; the preflight's probe needs {rows}"
+        )
     return np.stack(taken)[:, :-1]
 
 
 @dataclass
 class CheckOutcome:
-    status: str  # ok | rejected
-    code: str | None = None
+    status: Literal["ok", "rejected"]
+    code: PreflightCode | None = None
     reason: str | None = None
     probe: Any = None  # evaluator.records.ProbeResult
     check_seconds: float = 0.0
@@ -232,8 +244,12 @@ def summary_lines(record: PreflightRecord) -> list[str]:
     lines = [f"preflight: {record.status}"]
     if record.reason:
         lines.append(f"preflight_reason: {record.reason}")
-    lines += [f"preflight_train_s: {record.train_seconds:.2f}", f"preflight_check_s: {record.check_seconds:.2f}",
-              f"preflight_probe_s: {record.probe_seconds:.2f}", f"preflight_total_s: {record.total_seconds:.2f}"]
+    lines += [
+        f"preflight_train_s: {record.train_seconds:.2f}",
+        f"preflight_check_s: {record.check_seconds:.2f}",
+        f"preflight_probe_s: {record.probe_seconds:.2f}",
+        f"preflight_total_s: {record.total_seconds:.2f}",
+    ]
     return lines
 
 
@@ -242,8 +258,9 @@ def summary_lines(record: PreflightRecord) -> list[str]:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m evaluator.preflight",
-                                     description="Run train.py for a few steps, then check its model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluator.preflight", description="Run train.py for a few steps, then check its model."
+    )
     parser.add_argument("--train", type=Path, required=True, help="the proposal's train.py")
     parser.add_argument("--profile", required=True, help=f"a preflight profile, e.g. cpu{PREFLIGHT_SUFFIX}")
     parser.add_argument("--data-dir", type=Path, required=True, help="prepared data (the train split is read)")
@@ -282,26 +299,40 @@ def run(args: argparse.Namespace) -> PreflightRecord:
         import evaluator.score  # noqa: F401
     finally:
         train = finish_train(child, tee, clock + cap_s, t_train)
-    facts: dict[str, Any] = {"profile": profile.name, "train_exit_code": train.exit_code,
-                             "train_seconds": train.seconds}
+    facts: dict[str, Any] = {
+        "profile": profile.name,
+        "train_exit_code": train.exit_code,
+        "train_seconds": train.seconds,
+    }
     problem = train_problem(train, artifact, cap_s)
     if problem is not None:
         status, code, reason = problem
-        return PreflightRecord(status=status, reason_code=code, reason=reason,  # type: ignore[arg-type]
-                               total_seconds=time.time() - clock, **facts)
+        return PreflightRecord(
+            status=status,
+            reason_code=code,
+            reason=reason,
+            total_seconds=time.time() - clock,
+            **facts,
+        )
 
     def rows() -> torch.Tensor:
         import torch
 
         from evaluator.probe import secret_rng
 
-        return torch.from_numpy(train_rows(args.data_dir, 2 * profile.eval_batch_size, profile.seq_len,
-                                           secret_rng()))
+        return torch.from_numpy(train_rows(args.data_dir, 2 * profile.eval_batch_size, profile.seq_len, secret_rng()))
 
     checks = check_model(artifact, profile, rows)
-    return PreflightRecord(status=checks.status, reason_code=checks.code, reason=checks.reason,  # type: ignore[arg-type]
-                           probe=checks.probe, check_seconds=checks.check_seconds,
-                           probe_seconds=checks.probe_seconds, total_seconds=time.time() - clock, **facts)
+    return PreflightRecord(
+        status=checks.status,
+        reason_code=checks.code,
+        reason=checks.reason,
+        probe=checks.probe,
+        check_seconds=checks.check_seconds,
+        probe_seconds=checks.probe_seconds,
+        total_seconds=time.time() - clock,
+        **facts,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,8 +96,7 @@ class SplitStats:
     shards: int
 
     def entry(self) -> SplitEntry:
-        return SplitEntry(source_docs=self.source_docs, docs=self.docs, tokens=self.tokens,
-                          shards=self.shards)
+        return SplitEntry(source_docs=self.source_docs, docs=self.docs, tokens=self.tokens, shards=self.shards)
 
 
 @dataclass(frozen=True)
@@ -112,12 +111,13 @@ class PrepareSummary:
 
     def lines(self) -> list[str]:
         def split_line(name: str, stats: SplitStats) -> str:
-            return (f"  {name:5s} {stats.source_docs:>9,} texts -> {stats.docs:>9,} docs, "
-                    f"{stats.tokens:>13,} tokens, {stats.shards} shard(s)")
+            return (
+                f"  {name:5s} {stats.source_docs:>9,} texts -> {stats.docs:>9,} docs, "
+                f"{stats.tokens:>13,} tokens, {stats.shards} shard(s)"
+            )
 
         return [
-            f"prepared {self.out} (profile {self.profile}, dataset {self.dataset}) "
-            f"in {self.seconds:.1f} s",
+            f"prepared {self.out} (profile {self.profile}, dataset {self.dataset}) in {self.seconds:.1f} s",
             split_line("train", self.train),
             split_line("val", self.val),
             f"  dropped from train as also in val: {self.dropped_duplicates:,}",
@@ -150,9 +150,15 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PrepareSummary(out=out, profile=profile.name, dataset=source.name, train=train,
-                          val=val, dropped_duplicates=dropped,
-                          seconds=time.monotonic() - started)
+    return PrepareSummary(
+        out=out,
+        profile=profile.name,
+        dataset=source.name,
+        train=train,
+        val=val,
+        dropped_duplicates=dropped,
+        seconds=time.monotonic() - started,
+    )
 
 
 def _build(
@@ -173,21 +179,41 @@ def _build(
 
     bos = tokenizer.bos_id
     line_ends = line_end_table(tokenizer)
-    val = _write_split(encoding, bos, line_ends, val_texts(), root / VAL_DIR, profile.seq_len,
-                       max_shard_tokens, threads)
+    val = _write_split(
+        encoding, bos, line_ends, val_texts(), root / VAL_DIR, profile.seq_len, max_shard_tokens, threads
+    )
     dropped.value = 0  # counted again while encoding: the count of one full pass
-    train = _write_split(encoding, bos, line_ends, train_texts(), root / TRAIN_DIR, profile.seq_len,
-                         max_shard_tokens, threads, docs_file=root / TRAIN_DOCS)
+    train = _write_split(
+        encoding,
+        bos,
+        line_ends,
+        train_texts(),
+        root / TRAIN_DIR,
+        profile.seq_len,
+        max_shard_tokens,
+        threads,
+        docs_file=root / TRAIN_DOCS,
+    )
     if train.tokens == 0:
         raise PrepareError(f"dataset {source.name} has no train documents")
     eval_entry = write_eval_sample(root, profile, bos)
 
-    facts = dict(source.facts, train_docs_dropped_as_in_val=dropped.value,
-                 eval_rule="uniform sample of the packed val rows, drawn with a secret that is not kept")
-    write_manifest(root, profile=profile.name, dataset=source.name,
-                   vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id,
-                   seq_len=profile.seq_len, splits={TRAIN_DIR: train.entry(), VAL_DIR: val.entry()},
-                   eval=eval_entry, source=facts)
+    facts = dict(
+        source.facts,
+        train_docs_dropped_as_in_val=dropped.value,
+        eval_rule="uniform sample of the packed val rows, drawn with a secret that is not kept",
+    )
+    write_manifest(
+        root,
+        profile=profile.name,
+        dataset=source.name,
+        vocab_size=tokenizer.vocab_size,
+        bos_id=tokenizer.bos_id,
+        seq_len=profile.seq_len,
+        splits={TRAIN_DIR: train.entry(), VAL_DIR: val.entry()},
+        eval=eval_entry,
+        source=facts,
+    )
     return train, val, dropped.value
 
 
@@ -200,8 +226,10 @@ def write_eval_sample(root: Path, profile: Profile, bos: int, rng: np.random.Gen
     try:
         rows, drawn_from = sample_rows(packed_rows(shards, spans, profile.seq_len + 1), scored_n + spare_n, rng)
     except ValueError as exc:
-        raise PrepareError(f"{exc}: profile {profile.name!r} scores {scored_n} rows of "
-                           f"{profile.seq_len + 1} tokens; prepare with more validation text") from None
+        raise PrepareError(
+            f"{exc}: profile {profile.name!r} scores {scored_n} rows of "
+            f"{profile.seq_len + 1} tokens; prepare with more validation text"
+        ) from None
     (root / EVAL_DIR).mkdir(exist_ok=True)
     rows[:scored_n].astype(TOKEN_DTYPE).tofile(root / EVAL_SCORED)
     rows[scored_n:].astype(TOKEN_DTYPE).tofile(root / EVAL_SPARE)
@@ -286,14 +314,12 @@ def _write_split(
     try:
         for batch, tokens in encode_batches(encoding, texts, ENCODE_BATCH_DOCS, threads):
             source_docs += len(batch)
-            writer.add([_with_bos(bos, piece) for doc in tokens
-                        for piece in document_pieces(doc, seq_len, line_ends)])
+            writer.add([_with_bos(bos, piece) for doc in tokens for piece in document_pieces(doc, seq_len, line_ends)])
     finally:
         writer.close()
     if docs_file is not None:
         np.asarray(writer.spans, dtype=DOCS_DTYPE).reshape(-1, 3).tofile(docs_file)
-    return SplitStats(source_docs=source_docs, docs=writer.docs, tokens=writer.tokens,
-                      shards=writer.shards)
+    return SplitStats(source_docs=source_docs, docs=writer.docs, tokens=writer.tokens, shards=writer.shards)
 
 
 def _with_bos(bos: int, tokens: np.ndarray) -> np.ndarray:
@@ -405,8 +431,7 @@ def check_destination(out: Path, force: bool) -> None:
     if (out / MANIFEST).exists():
         raise PrepareError(f"{out} is already a prepared data dir: use --force to rebuild it")
     if any(out.iterdir()):
-        raise PrepareError(f"{out} is not empty and has no manifest: choose another --out "
-                           "or use --force to replace it")
+        raise PrepareError(f"{out} is not empty and has no manifest: choose another --out or use --force to replace it")
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -429,27 +454,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m evaluator.prepare",
         description="Build a data dir: tokenizer, train/val shards, manifest.",
     )
-    parser.add_argument("--profile", default=os.environ.get("OVERNIGHT_PROFILE", "cpu"),
-                        help=f"one of {', '.join(PROFILES)} (default: $OVERNIGHT_PROFILE or cpu)")
-    parser.add_argument("--dataset", default=None,
-                        help="stdlib, climbmix or parquet:<glob> (default: the profile's)")
-    parser.add_argument("--val", default=None, metavar="parquet:<glob>",
-                        help="a private validation set: every document of these parquet files (a "
-                             "`text` column) is validation; the dataset's own validation text is not used")
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("OVERNIGHT_PROFILE", "cpu"),
+        help=f"one of {', '.join(PROFILES)} (default: $OVERNIGHT_PROFILE or cpu)",
+    )
+    parser.add_argument("--dataset", default=None, help="stdlib, climbmix or parquet:<glob> (default: the profile's)")
+    parser.add_argument(
+        "--val",
+        default=None,
+        metavar="parquet:<glob>",
+        help="a private validation set: every document of these parquet files (a "
+        "`text` column) is validation; the dataset's own validation text is not used",
+    )
     parser.add_argument("--out", type=Path, default=None, help="data dir (default: data/<profile>)")
     parser.add_argument("--force", action="store_true", help="replace a prepared data dir")
-    parser.add_argument("--train-shards", type=int, default=CLIMBMIX_TRAIN_SHARDS,
-                        help=f"climbmix: train shards to download (default {CLIMBMIX_TRAIN_SHARDS})")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where downloads are kept (default: $OVERNIGHT_CACHE_DIR or "
-                             "~/.cache/overnight)")
-    parser.add_argument("--download-attempts", type=int, default=RetryPolicy.attempts,
-                        help=f"climbmix: tries per file (default {RetryPolicy.attempts})")
-    parser.add_argument("--download-backoff", type=float, default=RetryPolicy.backoff_s,
-                        help=f"climbmix: first retry wait in seconds, doubling "
-                             f"(default {RetryPolicy.backoff_s})")
-    parser.add_argument("--max-shard-tokens", type=int, default=MAX_SHARD_TOKENS,
-                        help="tokens per shard file at most")
+    parser.add_argument(
+        "--train-shards",
+        type=int,
+        default=CLIMBMIX_TRAIN_SHARDS,
+        help=f"climbmix: train shards to download (default {CLIMBMIX_TRAIN_SHARDS})",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where downloads are kept (default: $OVERNIGHT_CACHE_DIR or ~/.cache/overnight)",
+    )
+    parser.add_argument(
+        "--download-attempts",
+        type=int,
+        default=RetryPolicy.attempts,
+        help=f"climbmix: tries per file (default {RetryPolicy.attempts})",
+    )
+    parser.add_argument(
+        "--download-backoff",
+        type=float,
+        default=RetryPolicy.backoff_s,
+        help=f"climbmix: first retry wait in seconds, doubling (default {RetryPolicy.backoff_s})",
+    )
+    parser.add_argument("--max-shard-tokens", type=int, default=MAX_SHARD_TOKENS, help="tokens per shard file at most")
     parser.add_argument("--threads", type=int, default=None, help="encoder threads")
     return parser.parse_args(argv)
 
@@ -459,19 +503,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         profile = get_profile(args.profile)
         if args.max_shard_tokens < profile.seq_len + 1:
-            raise PrepareError(f"--max-shard-tokens must be at least seq_len + 1 = "
-                               f"{profile.seq_len + 1}")
+            raise PrepareError(f"--max-shard-tokens must be at least seq_len + 1 = {profile.seq_len + 1}")
         if args.download_attempts < 1 or args.download_backoff < 0:
             raise PrepareError("--download-attempts must be >= 1 and --download-backoff >= 0")
-        retry = RetryPolicy(attempts=args.download_attempts, backoff_s=args.download_backoff,
-                            max_backoff_s=max(RetryPolicy.max_backoff_s, args.download_backoff))
+        retry = RetryPolicy(
+            attempts=args.download_attempts,
+            backoff_s=args.download_backoff,
+            max_backoff_s=max(RetryPolicy.max_backoff_s, args.download_backoff),
+        )
         out = args.out or Path("data") / profile.name
         check_destination(out, args.force)  # before any download
-        source = open_dataset(args.dataset or profile.dataset,
-                              cache_dir=args.cache_dir or default_cache_dir(),
-                              train_shards=args.train_shards, retry=retry, val=args.val)
-        summary = prepare(profile, source, out, force=args.force,
-                          max_shard_tokens=args.max_shard_tokens, threads=args.threads)
+        source = open_dataset(
+            args.dataset or profile.dataset,
+            cache_dir=args.cache_dir or default_cache_dir(),
+            train_shards=args.train_shards,
+            retry=retry,
+            val=args.val,
+        )
+        summary = prepare(
+            profile, source, out, force=args.force, max_shard_tokens=args.max_shard_tokens, threads=args.threads
+        )
     except (PrepareError, DatasetError, DownloadError, TokenizerError, UnknownProfileError) as error:
         print(f"prepare: error: {error}", file=sys.stderr)
         return 2

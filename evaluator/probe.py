@@ -78,8 +78,14 @@ class Probe:
     """Used by the scorer: `wants(b)` says whether batch b is a probe base; `check(b, tokens,
     logits)` runs that base's share of the perturbed forwards against the scoring forward's logits."""
 
-    def __init__(self, forward: Forward, inputs: torch.Tensor, spare: torch.Tensor,
-                 config: ProbeConfig, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        forward: Forward,
+        inputs: torch.Tensor,
+        spare: torch.Tensor,
+        config: ProbeConfig,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         self.forward = forward
         self.inputs = inputs
         self.spare = spare
@@ -88,8 +94,9 @@ class Probe:
         n_batches = inputs.shape[0]
         chosen = self.rng.choice(n_batches, size=min(config.batches, n_batches), replace=False)
         # Spread the forwards over the chosen bases as evenly as possible.
-        self.plan = {int(b): config.forwards // len(chosen) + (i < config.forwards % len(chosen))
-                     for i, b in enumerate(chosen)}
+        self.plan = {
+            int(b): config.forwards // len(chosen) + (i < config.forwards % len(chosen)) for i, b in enumerate(chosen)
+        }
         self.checks = 0
         self.max_abs_diff = 0.0
         self.failed = False
@@ -126,9 +133,13 @@ class Probe:
             self.failed = True
 
     def result(self) -> ProbeResult:
-        return ProbeResult(passed=not self.failed, checks=self.checks,
-                           positions=self.checks * int(self.inputs.shape[1]),
-                           max_abs_diff=self.max_abs_diff, tolerance=self.config.tolerance)
+        return ProbeResult(
+            passed=not self.failed,
+            checks=self.checks,
+            positions=self.checks * int(self.inputs.shape[1]),
+            max_abs_diff=self.max_abs_diff,
+            tolerance=self.config.tolerance,
+        )
 
 
 def _row_pool(inputs: torch.Tensor, spare: torch.Tensor, probe_batch: int) -> torch.Tensor:
@@ -141,8 +152,13 @@ def _row_pool(inputs: torch.Tensor, spare: torch.Tensor, probe_batch: int) -> to
     return torch.cat(others)
 
 
-def run_probe(forward: Forward, inputs: torch.Tensor, spare: torch.Tensor,
-              config: ProbeConfig = ProbeConfig(), rng: np.random.Generator | None = None) -> ProbeResult:
+def run_probe(
+    forward: Forward,
+    inputs: torch.Tensor,
+    spare: torch.Tensor,
+    config: ProbeConfig = ProbeConfig(),
+    rng: np.random.Generator | None = None,
+) -> ProbeResult:
     """The probe on its own (tests and tools): computes each base batch's forward itself."""
     probe = Probe(forward, inputs, spare, config, rng)
     for b in range(inputs.shape[0]):

@@ -22,8 +22,10 @@ STATIC_CODES: frozenset[str] = frozenset({"archive", "graph"})
 REJECT_TEXT: dict[str, str] = {
     "model_error": "the model raised an error on evaluation input",
     "bad_logits": "the model did not return finite float logits of shape (batch, seq_len, vocab)",
-    "non_causal": ("causality probe: a prediction changed when tokens it may not see (later tokens "
-                   "of its row, or other rows of the batch) were replaced"),
+    "non_causal": (
+        "causality probe: a prediction changed when tokens it may not see (later tokens "
+        "of its row, or other rows of the batch) were replaced"
+    ),
 }
 
 
@@ -60,8 +62,9 @@ class ScoreRecord(BaseModel):
 # agent code ran, so the host reads it as hostile input and only ever uses it to stop an
 # experiment early, never as a score.
 
-PreflightCode = Literal["train_exit", "no_model", "train_timeout", "archive", "graph", "model_error",
-                        "bad_logits", "non_causal"]
+PreflightCode = Literal[
+    "train_exit", "no_model", "train_timeout", "archive", "graph", "model_error", "bad_logits", "non_causal"
+]
 
 
 class PreflightRecord(BaseModel):

@@ -132,12 +132,14 @@ def row_totals(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.T
 
 
 def encode(rows: RowLosses) -> bytes:
-    return b"".join((
-        _HEADER.pack(MAGIC, VERSION, 0, rows.rows),
-        rows.nats.astype("<f8").tobytes(),
-        rows.tokens.astype("<i8").tobytes(),
-        rows.bytes.astype("<i8").tobytes(),
-    ))
+    return b"".join(
+        (
+            _HEADER.pack(MAGIC, VERSION, 0, rows.rows),
+            rows.nats.astype("<f8").tobytes(),
+            rows.tokens.astype("<i8").tobytes(),
+            rows.bytes.astype("<i8").tobytes(),
+        )
+    )
 
 
 def decode(data: bytes, expected_rows: int) -> RowLosses:

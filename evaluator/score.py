@@ -146,8 +146,12 @@ def checked_forward(
         except Exception:
             traceback.print_exc()  # to the detail log: the message may hold token values
             raise ModelRejected("model_error") from None
-        if (not isinstance(logits, torch.Tensor) or not logits.is_floating_point()
-                or tuple(logits.shape) != want or not bool(torch.isfinite(logits).all())):
+        if (
+            not isinstance(logits, torch.Tensor)
+            or not logits.is_floating_point()
+            or tuple(logits.shape) != want
+            or not bool(torch.isfinite(logits).all())
+        ):
             raise ModelRejected("bad_logits")
         return logits
 
@@ -220,8 +224,14 @@ def score_model(
     try:
         model: LoadedModel = load_artifact(artifact, B, T, device=device, limits=limits)
     except ArtifactRejected as e:
-        return ScoreRecord(status="rejected", reason_code=e.code, reason=e.reason,
-                           eval_seconds=time.perf_counter() - started, artifact_sha256=e.sha256, **facts), None
+        return ScoreRecord(
+            status="rejected",
+            reason_code=e.code,
+            reason=e.reason,
+            eval_seconds=time.perf_counter() - started,
+            artifact_sha256=e.sha256,
+            **facts,
+        ), None
     sha256 = model.sha256
     tensors = data() if callable(data) else data
     forward = checked_forward(model, device, B, T, V)
@@ -230,9 +240,16 @@ def score_model(
         with torch.inference_mode():
             rows = evaluate(forward, tensors.inputs, tensors.targets, token_bytes, probe)
     except ModelRejected as e:
-        return ScoreRecord(status="rejected", reason_code=e.code, reason=REJECT_TEXT[e.code],
-                           probe=probe.result(), forwards=tensors.inputs.shape[0] + probe.checks,
-                           eval_seconds=time.perf_counter() - started, artifact_sha256=sha256, **facts), None
+        return ScoreRecord(
+            status="rejected",
+            reason_code=e.code,
+            reason=REJECT_TEXT[e.code],
+            probe=probe.result(),
+            forwards=tensors.inputs.shape[0] + probe.checks,
+            eval_seconds=time.perf_counter() - started,
+            artifact_sha256=sha256,
+            **facts,
+        ), None
     totals = Totals(nats=float(rows.nats.sum()), tokens=int(rows.tokens.sum()), bytes=int(rows.bytes.sum()))
     if totals.bytes == 0 or totals.tokens == 0:
         raise SetupError("the eval set has no scored bytes")
@@ -276,8 +293,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", required=True, help="profile name: gpu, cpu or test")
     parser.add_argument("--out", type=Path, required=True, help="where to write score.json (detail.log goes beside it)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--probe-batches", type=int, default=ProbeConfig.batches,
-                        help="eval batches whose scoring forwards are the probe's bases")
+    parser.add_argument(
+        "--probe-batches",
+        type=int,
+        default=ProbeConfig.batches,
+        help="eval batches whose scoring forwards are the probe's bases",
+    )
     return parser.parse_args(argv)
 
 
@@ -310,8 +331,10 @@ def _load_setup(args: argparse.Namespace) -> Setup:
     if not args.out.parent.is_dir():
         raise SetupError(f"the score folder {args.out.parent} does not exist")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SetupError("--device cuda was asked for but no CUDA device is visible in the eval "
-                         "container: check the NVIDIA container toolkit (make doctor)")
+        raise SetupError(
+            "--device cuda was asked for but no CUDA device is visible in the eval "
+            "container: check the NVIDIA container toolkit (make doctor)"
+        )
     if args.probe_batches < 1:
         raise SetupError("--probe-batches must be >= 1")
     if not args.data_dir.is_dir():
@@ -330,9 +353,14 @@ def _summary(record: ScoreRecord) -> list[str]:
     """The fixed lines eval.log gets (the agent can read it)."""
     if record.status == "ok":
         assert record.val_bpb is not None and record.val_loss_nats is not None
-        return [f"val_bpb: {record.val_bpb:.6f}", f"val_loss_nats: {record.val_loss_nats:.6f}",
-                f"tokens: {record.tokens}", f"bytes: {record.bytes}",
-                f"probe_positions: {record.probe.positions if record.probe else 0}", f"forwards: {record.forwards}"]
+        return [
+            f"val_bpb: {record.val_bpb:.6f}",
+            f"val_loss_nats: {record.val_loss_nats:.6f}",
+            f"tokens: {record.tokens}",
+            f"bytes: {record.bytes}",
+            f"probe_positions: {record.probe.positions if record.probe else 0}",
+            f"forwards: {record.forwards}",
+        ]
     return [f"rejected: {record.reason}"]
 
 
@@ -364,8 +392,11 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_SETUP
     except Exception:
         traceback.print_exc()
-        print("error: the evaluator stopped with an unexpected error (details in its private detail log)",
-              file=err, flush=True)
+        print(
+            "error: the evaluator stopped with an unexpected error (details in its private detail log)",
+            file=err,
+            flush=True,
+        )
         return EXIT_INTERNAL
     for line in _summary(record):
         print(line, file=out, flush=True)

@@ -49,9 +49,7 @@ def submit(model: torch.nn.Module, out_dir: Path | None = None) -> Path:
         raise SubmitError("submit() takes the trained torch.nn.Module")
     started = time.perf_counter()
     model.eval()
-    example = torch.zeros(
-        (profile.eval_batch_size, profile.seq_len), dtype=torch.int64, device=_device_of(model)
-    )
+    example = torch.zeros((profile.eval_batch_size, profile.seq_len), dtype=torch.int64, device=_device_of(model))
     with torch.no_grad():
         logits = model(example)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (

@@ -173,4 +173,3 @@ def _read_capped(path: Path, cap: int) -> bytes:
     if len(data) > cap:
         raise ValueError(f"larger than {cap} bytes")
     return data
-

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluator import layout
-from evaluator.profiles import get_profile
 from evaluator.exitcodes import EXIT_OK, EXIT_REJECTED
+from evaluator.profiles import get_profile
 from evaluator.records import ScoreRecord
 from evaluator.rowloss import ROWLOSS_FILE
 from sandbox.errors import SandboxError
@@ -76,13 +76,24 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
     code, train_s, train_gb = _run(
         [sys.executable, str(train_py)], env, run_dir, run_dir / "train.log", profile.train_cap_s
     )
-    result: dict[str, Any] = dict(run_dir=run_dir, train_seconds=train_s, peak_memory_gb=train_gb, train_exit_code=code,
-                  train_budget_s=profile.time_budget_s, train_cap_s=profile.train_cap_s)
+    result: dict[str, Any] = dict(
+        run_dir=run_dir,
+        train_seconds=train_s,
+        peak_memory_gb=train_gb,
+        train_exit_code=code,
+        train_budget_s=profile.time_budget_s,
+        train_cap_s=profile.train_cap_s,
+    )
     artifact = out_dir / layout.ARTIFACT_NAME
     if code is None:
-        return ExperimentResult(status="timeout", reason=(
-            f"killed at {profile.train_cap_s:.0f} s: the budget of {profile.time_budget_s:.0f} s plus "
-            f"{profile.export_allowance_s:.1f} s to export"), **result)
+        return ExperimentResult(
+            status="timeout",
+            reason=(
+                f"killed at {profile.train_cap_s:.0f} s: the budget of {profile.time_budget_s:.0f} s plus "
+                f"{profile.export_allowance_s:.1f} s to export"
+            ),
+            **result,
+        )
     if code != 0:
         return ExperimentResult(status="crash", reason=f"train.py exited with code {code}", **result)
     if not artifact.is_file():
@@ -92,13 +103,24 @@ def run_bare(spec: ExperimentSpec) -> ExperimentResult:
 
     score_json = score_dir / layout.SCORE_NAME
     cmd = [
-        sys.executable, "-m", "evaluator.score", "--artifact", str(artifact), "--data-dir",
-        str(Path(spec.data_dir).resolve()), "--profile", spec.profile, "--out", str(score_json),
+        sys.executable,
+        "-m",
+        "evaluator.score",
+        "--artifact",
+        str(artifact),
+        "--data-dir",
+        str(Path(spec.data_dir).resolve()),
+        "--profile",
+        spec.profile,
+        "--out",
+        str(score_json),
     ]
     code, eval_s, _ = _run(cmd, env, run_dir, run_dir / "eval.log", profile.eval_timeout_s)
     result.update(eval_seconds=eval_s, eval_exit_code=code)
     if code is None:
-        return ExperimentResult(status="timeout", reason=f"scoring passed its {profile.eval_timeout_s:.0f}s cap", **result)
+        return ExperimentResult(
+            status="timeout", reason=f"scoring passed its {profile.eval_timeout_s:.0f}s cap", **result
+        )
     if code not in (EXIT_OK, EXIT_REJECTED) or not score_json.is_file():
         return ExperimentResult(status="crash", reason=f"the evaluator failed (exit {code}); see eval.log", **result)
     score = ScoreRecord.model_validate_json(score_json.read_text())
@@ -115,8 +137,10 @@ def require_cuda_here() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise SandboxError("profile gpu needs CUDA, but torch sees no CUDA device here: "
-                           "use PROFILE=cpu on this machine (make doctor shows what is missing)")
+        raise SandboxError(
+            "profile gpu needs CUDA, but torch sees no CUDA device here: "
+            "use PROFILE=cpu on this machine (make doctor shows what is missing)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bare"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preflight", action="store_true",
-                        help="only check that this machine can run the profile (CUDA for gpu), then exit")
+    parser.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only check that this machine can run the profile (CUDA for gpu), then exit",
+    )
     args = parser.parse_args(argv)
     try:
         if get_profile(args.profile).name == "gpu":
@@ -139,15 +166,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data_dir = args.data_dir or Path("data") / args.profile
     if not (data_dir / layout.MANIFEST).is_file():
-        print(f"error: no prepared data in {data_dir}: run `make prepare PROFILE={args.profile}` first", file=sys.stderr)
+        print(
+            f"error: no prepared data in {data_dir}: run `make prepare PROFILE={args.profile}` first", file=sys.stderr
+        )
         return 2
     if not args.train.is_file():
         print(f"error: {args.train} is not a file", file=sys.stderr)
         return 2
     run_dir = args.runs_dir / time.strftime("%Y%m%d-%H%M%S")
     spec = ExperimentSpec(
-        run_id=f"bare-{run_dir.name}", train_py=args.train, run_dir=run_dir, profile=args.profile,
-        data_dir=data_dir, seed=args.seed,
+        run_id=f"bare-{run_dir.name}",
+        train_py=args.train,
+        run_dir=run_dir,
+        profile=args.profile,
+        data_dir=data_dir,
+        seed=args.seed,
     )
     try:
         result = run_bare(spec)

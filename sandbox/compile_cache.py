@@ -71,10 +71,20 @@ def cache_file(tag_dir: Path) -> Path:
     return Path(tag_dir) / CACHE_FILE
 
 
-def warm_compile_cache(*, seed_train_py: Path, tag_dir: Path, run_id: str, profile: str, data_dir: Path,
-                       image: str = specs.DEFAULT_IMAGE, gpu: int | None = None, memory_gb: float = 8.0,
-                       labels: dict[str, str] | None = None, cpuset: str | None = None,
-                       runner: Runner | None = None) -> CacheWarmup:
+def warm_compile_cache(
+    *,
+    seed_train_py: Path,
+    tag_dir: Path,
+    run_id: str,
+    profile: str,
+    data_dir: Path,
+    image: str = specs.DEFAULT_IMAGE,
+    gpu: int | None = None,
+    memory_gb: float = 8.0,
+    labels: dict[str, str] | None = None,
+    cpuset: str | None = None,
+    runner: Runner | None = None,
+) -> CacheWarmup:
     """Run the trusted seed once and keep its compile cache at `cache_file(tag_dir)`. Never raises
     for what the seed did (no cache then: every run compiles cold, as without this); raises
     SandboxError for a setup or backend problem, like run_experiment."""
@@ -91,9 +101,18 @@ def warm_compile_cache(*, seed_train_py: Path, tag_dir: Path, run_id: str, profi
     final = cache_file(tag_dir)
     remove_compile_cache(tag_dir)
     paths = prepare_run_dir(Path(tag_dir) / WARMUP_DIR, seed_train_py, limits.train_py_max_bytes)
-    job = specs.warmup_job(run_id=run_id, image=runner.image_id(image), profile=profile, gpu=gpu,
-                           memory_gb=memory_gb, data_dir=check_data_dir(data_dir), seed_train_py=paths.train_py,
-                           limits=limits, labels=labels or {}, cpuset=cpuset)
+    job = specs.warmup_job(
+        run_id=run_id,
+        image=runner.image_id(image),
+        profile=profile,
+        gpu=gpu,
+        memory_gb=memory_gb,
+        data_dir=check_data_dir(data_dir),
+        seed_train_py=paths.train_py,
+        limits=limits,
+        labels=labels or {},
+        cpuset=cpuset,
+    )
     runner.cleanup(run_id)
     log.info("compile_cache.warming", run_id=run_id, profile=profile, gpu=gpu)
     handle = runner.submit(job)
@@ -101,8 +120,13 @@ def warm_compile_cache(*, seed_train_py: Path, tag_dir: Path, run_id: str, profi
         runner.stream_logs(handle, paths.train_log, limits.log_max_bytes)
         outcome = runner.wait(handle)
         if outcome.exit_code != 0 or outcome.timed_out or outcome.oom_killed or outcome.killed_for:
-            why = ("killed at its cap" if outcome.timed_out else "killed by its memory limit" if outcome.oom_killed
-                   else f"exit {outcome.exit_code}: {last_line(paths.train_log)[:200]}")
+            why = (
+                "killed at its cap"
+                if outcome.timed_out
+                else "killed by its memory limit"
+                if outcome.oom_killed
+                else f"exit {outcome.exit_code}: {last_line(paths.train_log)[:200]}"
+            )
             return CacheWarmup(status="failed", seconds=outcome.seconds, reason=f"the seed's warm-up failed ({why})")
         partial = final.with_name(f".{CACHE_FILE}.partial")
         partial.unlink(missing_ok=True)
@@ -111,8 +135,11 @@ def warm_compile_cache(*, seed_train_py: Path, tag_dir: Path, run_id: str, profi
         except UnsafeFileError as exc:
             partial.unlink(missing_ok=True)
             if str(exc) == f"no {CACHE_FILE}":
-                return CacheWarmup(status="empty", seconds=outcome.seconds,
-                                   reason="the seed compiled nothing here (it compiles on CUDA only)")
+                return CacheWarmup(
+                    status="empty",
+                    seconds=outcome.seconds,
+                    reason="the seed compiled nothing here (it compiles on CUDA only)",
+                )
             return CacheWarmup(status="failed", seconds=outcome.seconds, reason=f"the cache was refused: {exc}")
         os.replace(partial, final)
         final.chmod(0o644)
@@ -127,8 +154,10 @@ def check_cache_file(path: Path) -> Path:
     """The cache a run was given, as the host path to mount; SandboxError when it is gone."""
     path = Path(path).absolute()
     if path.is_symlink() or not path.is_file():
-        raise SandboxError(f"the night's compile cache {path} is missing: warm it again "
-                           "(sandbox.compile_cache.warm_compile_cache) or run without it")
+        raise SandboxError(
+            f"the night's compile cache {path} is missing: warm it again "
+            "(sandbox.compile_cache.warm_compile_cache) or run without it"
+        )
     return path
 
 

@@ -54,8 +54,9 @@ def _engine_errors(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(*args, **kwargs)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise SandboxError(f"lost the Docker engine ({type(exc).__name__}: {exc}); "
-                               "the experiment will be run again") from None
+            raise SandboxError(
+                f"lost the Docker engine ({type(exc).__name__}: {exc}); the experiment will be run again"
+            ) from None
 
     return wrapper
 
@@ -208,8 +209,9 @@ class DockerRunner:
                 break
         waiter.done.wait(KILL_WAIT_S)
         if waiter.error is not None and not outcome.timed_out and outcome.killed_for is None:
-            raise SandboxError(f"lost the Docker engine while {container.name} ran ({waiter.error}); "
-                               "the experiment will be run again")
+            raise SandboxError(
+                f"lost the Docker engine while {container.name} ran ({waiter.error}); the experiment will be run again"
+            )
         outcome.seconds = (waiter.ended_at or time.monotonic()) - t0
         streamer: LogStreamer | None = handle.extra.get("streamer")
         if streamer is not None:
@@ -218,15 +220,23 @@ class DockerRunner:
         try:
             container.reload()
         except _ENGINE_ERRORS as exc:
-            raise SandboxError(f"lost the Docker engine after {container.name} ran ({exc}); "
-                               "the experiment will be run again") from None
+            raise SandboxError(
+                f"lost the Docker engine after {container.name} ran ({exc}); the experiment will be run again"
+            ) from None
         state = container.attrs.get("State", {})
         outcome.exit_code = state.get("ExitCode", waiter.status_code)
         outcome.oom_killed = bool(state.get("OOMKilled"))
         outcome.peak_memory_bytes = ram.peak_bytes
-        log.info("job.ended", run_id=job.run_id, role=job.role, exit_code=outcome.exit_code,
-                 seconds=round(outcome.seconds, 2), oom=outcome.oom_killed, timed_out=outcome.timed_out,
-                 killed_for=outcome.killed_for)
+        log.info(
+            "job.ended",
+            run_id=job.run_id,
+            role=job.role,
+            exit_code=outcome.exit_code,
+            seconds=round(outcome.seconds, 2),
+            oom=outcome.oom_killed,
+            timed_out=outcome.timed_out,
+            killed_for=outcome.killed_for,
+        )
         return outcome
 
     # -- outputs -------------------------------------------------------------------------------
@@ -252,8 +262,10 @@ class DockerRunner:
             if info.get("linkTarget") or mode & (1 << 27):
                 raise UnsafeFileError(f"{name} is a symlink; refused")
             if mode & _GO_NOT_PLAIN:
-                raise UnsafeFileError(f"{name} is not a plain regular file (a folder, device, pipe, "
-                                      "socket or setuid/setgid file); refused")
+                raise UnsafeFileError(
+                    f"{name} is not a plain regular file (a folder, device, pipe, "
+                    "socket or setuid/setgid file); refused"
+                )
             if size > max_bytes:
                 raise UnsafeFileError(f"{name} is {size} bytes (apparent size), over the {max_bytes}-byte cap")
             return _extract_one(chunks, name, dest, max_bytes)

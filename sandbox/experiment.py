@@ -53,8 +53,9 @@ def default_runner() -> Runner:
     return DockerRunner()
 
 
-def run_experiment(spec: ExperimentSpec, *, limits: Limits | None = None, runner: Runner | None = None,
-                   nvml: Any = None) -> ExperimentResult:
+def run_experiment(
+    spec: ExperimentSpec, *, limits: Limits | None = None, runner: Runner | None = None, nvml: Any = None
+) -> ExperimentResult:
     """Train `spec.train_py` in one job, score its model in another; never raises for anything
     the run did (that is the result's status), only SandboxError for a bad setup or a backend
     that failed (the caller redoes the run)."""
@@ -72,35 +73,66 @@ def run_experiment(spec: ExperimentSpec, *, limits: Limits | None = None, runner
     compile_cache = check_cache_file(spec.compile_cache) if spec.compile_cache is not None else None
     paths = prepare_run_dir(spec.run_dir, spec.train_py, limits.train_py_max_bytes, keep=(PREFLIGHT_LOG,))
     runner.cleanup(spec.run_id)
-    log.info("experiment.start", run_id=spec.run_id, profile=spec.profile, gpu=spec.gpu,
-             image=image[:19], run_dir=str(paths.run_dir))
+    log.info(
+        "experiment.start",
+        run_id=spec.run_id,
+        profile=spec.profile,
+        gpu=spec.gpu,
+        image=image[:19],
+        run_dir=str(paths.run_dir),
+    )
     try:
         result = _train_then_score(runner, spec, limits, image, data_dir, paths, nvml, compile_cache)
     finally:
         runner.cleanup(spec.run_id)
-    log.info("experiment.end", run_id=spec.run_id, status=result.status, reason=result.reason,
-             val_bpb=result.val_bpb)
+    log.info("experiment.end", run_id=spec.run_id, status=result.status, reason=result.reason, val_bpb=result.val_bpb)
     return result
 
 
 def check_gpu_setting(profile: Profile, gpu: int | None) -> None:
     """The gpu profile fails fast and loud without a GPU, before anything starts."""
     if profile.name == "gpu" and gpu is None:
-        raise SandboxError("profile gpu needs a GPU, but this run was given none (no CUDA here?): "
-                           "pass a GPU index, or use PROFILE=cpu on a machine without CUDA (see make doctor)")
+        raise SandboxError(
+            "profile gpu needs a GPU, but this run was given none (no CUDA here?): "
+            "pass a GPU index, or use PROFILE=cpu on a machine without CUDA (see make doctor)"
+        )
 
 
-def _train_then_score(runner: Runner, spec: ExperimentSpec, limits: Limits, image: str,
-                      data_dir: Path, paths: RunPaths, nvml: Any, compile_cache: Path | None) -> ExperimentResult:
+def _train_then_score(
+    runner: Runner,
+    spec: ExperimentSpec,
+    limits: Limits,
+    image: str,
+    data_dir: Path,
+    paths: RunPaths,
+    nvml: Any,
+    compile_cache: Path | None,
+) -> ExperimentResult:
     memory: VramWatchdog | None = (
-        None if spec.gpu is None else VramWatchdog(spec.gpu, spec.vram_cap_gb, paths.nvml_jsonl, nvml=nvml))
-    train_job = specs.train_job(run_id=spec.run_id, image=image, profile=spec.profile, seed=spec.seed,
-                                gpu=spec.gpu, memory_gb=spec.memory_limit_gb, data_dir=data_dir,
-                                train_py=paths.train_py, limits=limits, labels=spec.labels, cpuset=spec.cpuset,
-                                compile_cache=compile_cache)
+        None if spec.gpu is None else VramWatchdog(spec.gpu, spec.vram_cap_gb, paths.nvml_jsonl, nvml=nvml)
+    )
+    train_job = specs.train_job(
+        run_id=spec.run_id,
+        image=image,
+        profile=spec.profile,
+        seed=spec.seed,
+        gpu=spec.gpu,
+        memory_gb=spec.memory_limit_gb,
+        data_dir=data_dir,
+        train_py=paths.train_py,
+        limits=limits,
+        labels=spec.labels,
+        cpuset=spec.cpuset,
+        compile_cache=compile_cache,
+    )
     watchers: list[Watcher] = [memory] if memory is not None else []
-    facts: dict[str, Any] = dict(run_dir=paths.run_dir, image_id=image, train_budget_s=limits.train_budget_s,
-                                 train_cap_s=limits.train_cap_s, memory_kind="ram" if spec.gpu is None else "vram")
+    facts: dict[str, Any] = dict(
+        run_dir=paths.run_dir,
+        image_id=image,
+        train_budget_s=limits.train_budget_s,
+        train_cap_s=limits.train_cap_s,
+        memory_kind="ram" if spec.gpu is None else "vram",
+    )
     train = runner.submit(train_job, watchers)
     try:
         runner.stream_logs(train, paths.train_log, limits.log_max_bytes)
@@ -114,12 +146,22 @@ def _train_then_score(runner: Runner, spec: ExperimentSpec, limits: Limits, imag
             runner.fetch_output(train, layout.ARTIFACT_NAME, paths.artifact, limits.artifact_max_bytes)
         except UnsafeFileError as exc:
             if str(exc) == f"no {layout.ARTIFACT_NAME}":
-                return ExperimentResult(status="crash", reason=(
-                    "train.py finished without calling submit(model): no model.pt2"), **facts)
+                return ExperimentResult(
+                    status="crash", reason=("train.py finished without calling submit(model): no model.pt2"), **facts
+                )
             return ExperimentResult(status="crash", reason=f"the model artifact was refused: {exc}", **facts)
-        eval_job = specs.eval_job(run_id=spec.run_id, image=image, profile=spec.profile, gpu=spec.gpu,
-                                  memory_gb=spec.memory_limit_gb, data_dir=data_dir, artifact=paths.artifact,
-                                  limits=limits, labels=spec.labels, cpuset=spec.cpuset)
+        eval_job = specs.eval_job(
+            run_id=spec.run_id,
+            image=image,
+            profile=spec.profile,
+            gpu=spec.gpu,
+            memory_gb=spec.memory_limit_gb,
+            data_dir=data_dir,
+            artifact=paths.artifact,
+            limits=limits,
+            labels=spec.labels,
+            cpuset=spec.cpuset,
+        )
         # Submitted before the train job is cancelled: a cluster backend serves the artifact from
         # the train job's volume; the Docker backend mounts the host's checked copy.
         scorer = runner.submit(eval_job)
@@ -135,16 +177,20 @@ def _train_then_score(runner: Runner, spec: ExperimentSpec, limits: Limits, imag
         runner.cancel(scorer)
 
 
-def _train_problem(train: JobOutcome, limits: Limits, spec: ExperimentSpec,
-                   paths: RunPaths) -> tuple[Status, str] | None:
+def _train_problem(
+    train: JobOutcome, limits: Limits, spec: ExperimentSpec, paths: RunPaths
+) -> tuple[Status, str] | None:
     if train.timed_out:
-        return "timeout", (f"killed at {limits.train_cap_s:.0f} s: the budget of {limits.train_budget_s:.0f} s "
-                           f"plus {limits.train_allowance_s:.1f} s to export, measured from the container's start")
+        return "timeout", (
+            f"killed at {limits.train_cap_s:.0f} s: the budget of {limits.train_budget_s:.0f} s "
+            f"plus {limits.train_allowance_s:.1f} s to export, measured from the container's start"
+        )
     if train.killed_for is not None:
         return "crash", f"killed: {train.killed_for}"
     if train.oom_killed:
-        return "crash", (f"train container was killed by its {spec.memory_limit_gb:g} GB memory "
-                         f"limit (OOM, exit {train.exit_code})")
+        return "crash", (
+            f"train container was killed by its {spec.memory_limit_gb:g} GB memory limit (OOM, exit {train.exit_code})"
+        )
     if train.exit_code != 0:
         tail = clean_line(last_line(paths.train_log), 200)
         return "crash", f"train.py exited with code {train.exit_code}" + (f": {tail}" if tail else "")
@@ -159,20 +205,28 @@ def _keep_detail(runner: Runner, handle: JobHandle, paths: RunPaths, limits: Lim
         log.warning("eval.detail_not_kept", run_id=handle.spec.run_id, reason=str(exc))
 
 
-def _scored(runner: Runner, handle: JobHandle, scoring: JobOutcome, limits: Limits, paths: RunPaths,
-            facts: dict[str, Any]) -> ExperimentResult:
+def _scored(
+    runner: Runner, handle: JobHandle, scoring: JobOutcome, limits: Limits, paths: RunPaths, facts: dict[str, Any]
+) -> ExperimentResult:
     if scoring.timed_out:
-        return ExperimentResult(status="timeout", reason=(
-            f"scoring passed its hard cap of {limits.eval_cap_s:.0f} s and was killed"), **facts)
+        return ExperimentResult(
+            status="timeout",
+            reason=(f"scoring passed its hard cap of {limits.eval_cap_s:.0f} s and was killed"),
+            **facts,
+        )
     if scoring.oom_killed:
-        return ExperimentResult(status="crash", reason=(
-            "eval container was killed by its memory limit (OOM)"), **facts)
+        return ExperimentResult(status="crash", reason=("eval container was killed by its memory limit (OOM)"), **facts)
     if scoring.exit_code == EVAL_EXIT_SETUP:  # the data or the evaluator's setup, not the run: redo it
-        raise SandboxError("evaluator setup error (not the run's fault): "
-                           + (clean_line(last_line(paths.eval_log), 200) or "see eval.log"))
+        raise SandboxError(
+            "evaluator setup error (not the run's fault): "
+            + (clean_line(last_line(paths.eval_log), 200) or "see eval.log")
+        )
     if scoring.exit_code not in (EVAL_EXIT_OK, EVAL_EXIT_REJECTED):
-        return ExperimentResult(status="crash", reason=(
-            f"the evaluator stopped with exit code {scoring.exit_code} (details in eval-detail.log)"), **facts)
+        return ExperimentResult(
+            status="crash",
+            reason=(f"the evaluator stopped with exit code {scoring.exit_code} (details in eval-detail.log)"),
+            **facts,
+        )
     fetched = paths.run_dir / f".{layout.SCORE_NAME}.fetched"
     fetched.unlink(missing_ok=True)
     try:
@@ -185,8 +239,11 @@ def _scored(runner: Runner, handle: JobHandle, scoring: JobOutcome, limits: Limi
         fetched.unlink(missing_ok=True)
     expected = "ok" if scoring.exit_code == EVAL_EXIT_OK else "rejected"
     if score.status != expected:
-        return ExperimentResult(status="crash", reason=(
-            f"evaluator exit {scoring.exit_code} disagrees with score.json status {score.status}"), **facts)
+        return ExperimentResult(
+            status="crash",
+            reason=(f"evaluator exit {scoring.exit_code} disagrees with score.json status {score.status}"),
+            **facts,
+        )
     if score.reason is not None:
         score = score.model_copy(update={"reason": clean_line(score.reason, 300)})
     paths.score_json.write_text(score.model_dump_json(indent=2) + "\n")
@@ -198,8 +255,9 @@ def _scored(runner: Runner, handle: JobHandle, scoring: JobOutcome, limits: Limi
     return ExperimentResult(status="ok", score=score, **facts)
 
 
-def _keep_row_losses(runner: Runner, handle: JobHandle, score: ScoreRecord, paths: RunPaths,
-                     limits: Limits) -> str | None:
+def _keep_row_losses(
+    runner: Runner, handle: JobHandle, score: ScoreRecord, paths: RunPaths, limits: Limits
+) -> str | None:
     """The per-row losses next to score.json, checked as hostile input against it; a reason when
     they are missing, malformed or disagree (the run is then rejected, never scored)."""
     rows = profile_rows(get_profile(score.profile))
@@ -231,8 +289,11 @@ def _print_result(result: ExperimentResult, spec: ExperimentSpec) -> None:
     table.add_row("status", status)
     table.add_row("val_bpb", f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-")
     table.add_row(f"peak {result.memory_kind}", f"{result.peak_memory_gb:.2f} GB")
-    table.add_row("train", f"{result.train_seconds:.1f} s (exit {result.train_exit_code}; budget "
-                           f"{result.train_budget_s:.0f} s, killed at {result.train_cap_s:.1f} s)")
+    table.add_row(
+        "train",
+        f"{result.train_seconds:.1f} s (exit {result.train_exit_code}; budget "
+        f"{result.train_budget_s:.0f} s, killed at {result.train_cap_s:.1f} s)",
+    )
     table.add_row("eval", f"{result.eval_seconds:.1f} s (exit {result.eval_exit_code})")
     table.add_row("image", result.image_id or "-")
     table.add_row("profile", Text(f"{spec.profile}, seed {spec.seed}, data {spec.data_dir}"))
@@ -245,20 +306,25 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.experiment",
-                                     description="Run one train.py in the sandbox and score it.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox.experiment", description="Run one train.py in the sandbox and score it."
+    )
     parser.add_argument("--train", type=Path, default=Path("programs/default/train.py"))
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: data/<profile>")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/experiments"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gpu", type=int, default=None,
-                        help="GPU index (default: GPU 0 on the gpu profile, else none)")
+    parser.add_argument(
+        "--gpu", type=int, default=None, help="GPU index (default: GPU 0 on the gpu profile, else none)"
+    )
     parser.add_argument("--vram-cap-gb", type=float, default=None)
     parser.add_argument("--memory-gb", type=float, default=None, help="container RAM limit (default: the profile's)")
     parser.add_argument("--image", default=specs.DEFAULT_IMAGE)
-    parser.add_argument("--preflight", action="store_true",
-                        help="only check that this machine can run the profile (a usable GPU for gpu), then exit")
+    parser.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only check that this machine can run the profile (a usable GPU for gpu), then exit",
+    )
     args = parser.parse_args(argv)
     run_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     try:
@@ -273,10 +339,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.train.is_file():
             raise SandboxError(f"{args.train} is not a file: give --train a train.py")
         spec = ExperimentSpec(
-            run_id=run_id, train_py=args.train, run_dir=args.runs_dir / run_id,
-            profile=args.profile, data_dir=args.data_dir or Path("data") / args.profile,
-            image=args.image, gpu=gpu, seed=args.seed, vram_cap_gb=args.vram_cap_gb,
-            memory_limit_gb=args.memory_gb or profile.memory_gb)
+            run_id=run_id,
+            train_py=args.train,
+            run_dir=args.runs_dir / run_id,
+            profile=args.profile,
+            data_dir=args.data_dir or Path("data") / args.profile,
+            image=args.image,
+            gpu=gpu,
+            seed=args.seed,
+            vram_cap_gb=args.vram_cap_gb,
+            memory_limit_gb=args.memory_gb or profile.memory_gb,
+        )
         signal.signal(signal.SIGTERM, _interrupt)  # `finally` blocks then remove the containers
         print(f"running {run_id}: logs stream to {spec.run_dir}/train.log and eval.log", flush=True)
         result = run_experiment(spec)

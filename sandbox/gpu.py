@@ -28,8 +28,10 @@ def require_gpu(index: int, *, nvml: Any = None, runtimes: set[str] | None = Non
     """SandboxError unless GPU `index` exists and the Docker engine can hand it to a container."""
     count = visible_gpus(nvml)
     if count == 0:
-        raise SandboxError("no CUDA GPU here (NVML sees none): the gpu profile needs one; use PROFILE=cpu, "
-                           "or install the NVIDIA driver (make doctor shows what is missing)")
+        raise SandboxError(
+            "no CUDA GPU here (NVML sees none): the gpu profile needs one; use PROFILE=cpu, "
+            "or install the NVIDIA driver (make doctor shows what is missing)"
+        )
     if index >= count:
         raise SandboxError(f"GPU {index} does not exist: NVML sees {count} GPU(s) (0-{count - 1})")
     if runtimes is None:
@@ -37,5 +39,7 @@ def require_gpu(index: int, *, nvml: Any = None, runtimes: set[str] | None = Non
 
         runtimes = docker_runtimes()
     if "nvidia" not in runtimes:
-        raise SandboxError("the Docker engine has no NVIDIA runtime, so containers cannot use the GPU: "
-                           "install the NVIDIA container toolkit (nvidia-ctk runtime configure --runtime=docker)")
+        raise SandboxError(
+            "the Docker engine has no NVIDIA runtime, so containers cannot use the GPU: "
+            "install the NVIDIA container toolkit (nvidia-ctk runtime configure --runtime=docker)"
+        )

@@ -33,6 +33,9 @@ class Limits:
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> Limits:
-        base = cls(train_budget_s=profile.time_budget_s, train_allowance_s=profile.export_allowance_s,
-                   eval_cap_s=profile.eval_timeout_s)
+        base = cls(
+            train_budget_s=profile.time_budget_s,
+            train_allowance_s=profile.export_allowance_s,
+            eval_cap_s=profile.eval_timeout_s,
+        )
         return replace(base, **overrides)

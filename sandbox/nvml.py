@@ -21,8 +21,9 @@ GiB = 2**30
 
 
 class VramWatchdog:
-    def __init__(self, gpu: int, cap_gb: float | None, samples_path: Path,
-                 nvml: Any = None, interval_s: float = 0.5) -> None:
+    def __init__(
+        self, gpu: int, cap_gb: float | None, samples_path: Path, nvml: Any = None, interval_s: float = 0.5
+    ) -> None:
         self.gpu = gpu
         self.cap_bytes = None if cap_gb is None else int(cap_gb * GiB)
         self.samples_path = samples_path
@@ -43,8 +44,10 @@ class VramWatchdog:
             self._handle = self.nvml.nvmlDeviceGetHandleByIndex(self.gpu)
             self.baseline_bytes = int(self.nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
         except Exception as exc:  # no library, no driver, no such GPU
-            raise SandboxError(f"NVML unavailable for GPU {self.gpu} ({exc}): the VRAM watchdog "
-                               "needs the NVIDIA driver and nvidia-ml-py") from None
+            raise SandboxError(
+                f"NVML unavailable for GPU {self.gpu} ({exc}): the VRAM watchdog "
+                "needs the NVIDIA driver and nvidia-ml-py"
+            ) from None
         self._out = self.samples_path.open("a", buffering=1)
         self._t0 = time.monotonic()
         self._record({"event": "baseline", "used_bytes": self.baseline_bytes})
@@ -64,11 +67,20 @@ class VramWatchdog:
         over = max(0, used - self.baseline_bytes)
         self.peak_bytes = max(self.peak_bytes, over)
         self.samples += 1
-        self._record({"used_bytes": used, "run_bytes": over, "gpu_util": int(util.gpu),
-                      "mem_util": int(util.memory), "container_procs": procs})
+        self._record(
+            {
+                "used_bytes": used,
+                "run_bytes": over,
+                "gpu_util": int(util.gpu),
+                "mem_util": int(util.memory),
+                "container_procs": procs,
+            }
+        )
         if self.cap_bytes is not None and over > self.cap_bytes:
-            reason = (f"VRAM use {over / GiB:.2f} GB passed the {self.cap_bytes / GiB:.2f} GB cap "
-                      f"(GPU {self.gpu}, over an idle baseline of {self.baseline_bytes / GiB:.2f} GB)")
+            reason = (
+                f"VRAM use {over / GiB:.2f} GB passed the {self.cap_bytes / GiB:.2f} GB cap "
+                f"(GPU {self.gpu}, over an idle baseline of {self.baseline_bytes / GiB:.2f} GB)"
+            )
             self._record({"event": "kill", "reason": reason})
             return reason
         return None
@@ -91,8 +103,7 @@ class VramWatchdog:
         listed = self.nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
         cgroup_dir = cgroup.memory_cgroup_dir(container.id)
         mine = cgroup.pids(cgroup_dir) if cgroup_dir is not None else set()
-        return [{"pid": int(p.pid), "used_bytes": int(p.usedGpuMemory or 0)}
-                for p in listed if int(p.pid) in mine]
+        return [{"pid": int(p.pid), "used_bytes": int(p.usedGpuMemory or 0)} for p in listed if int(p.pid) in mine]
 
     def _record(self, sample: dict[str, Any]) -> None:
         if self._out is not None:

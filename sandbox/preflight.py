@@ -75,8 +75,9 @@ class SandboxPreflight:
 
     def __init__(self, backend: Runner) -> None:
         if backend.name != "docker":
-            raise SandboxError(f"the CPU preflight runs on the docker backend only, not {backend.name}: "
-                               "run with --preflight false")
+            raise SandboxError(
+                f"the CPU preflight runs on the docker backend only, not {backend.name}: run with --preflight false"
+            )
         self.backend = backend
         self.last: PreflightVerdict | None = None  # the latest verdict (for benchmarks and tests)
 
@@ -84,16 +85,28 @@ class SandboxPreflight:
         verdict = self.check(spec)
         record = verdict.record
         if record is None or not verdict.stops:
-            log.info("preflight.go_on", run_id=spec.run_id, status=record.status if record else None,
-                     note=verdict.note, seconds=round(verdict.seconds, 2))
+            log.info(
+                "preflight.go_on",
+                run_id=spec.run_id,
+                status=record.status if record else None,
+                note=verdict.note,
+                seconds=round(verdict.seconds, 2),
+            )
             return None
         limits = preflight_limits(spec.profile)
         reason = clean_line(f"CPU preflight: {record.reason or record.status}", 300)
         return ExperimentResult(
-            status=record.status, reason=reason, train_seconds=verdict.outcome.seconds,  # type: ignore[arg-type]
-            train_budget_s=limits.train_budget_s, train_cap_s=limits.train_cap_s,
-            peak_memory_gb=verdict.outcome.peak_memory_bytes / GiB, memory_kind="ram",
-            image_id=verdict.image_id, train_exit_code=record.train_exit_code, run_dir=Path(spec.run_dir).resolve())
+            status=record.status,
+            reason=reason,
+            train_seconds=verdict.outcome.seconds,  # type: ignore[arg-type]
+            train_budget_s=limits.train_budget_s,
+            train_cap_s=limits.train_cap_s,
+            peak_memory_gb=verdict.outcome.peak_memory_bytes / GiB,
+            memory_kind="ram",
+            image_id=verdict.image_id,
+            train_exit_code=record.train_exit_code,
+            run_dir=Path(spec.run_dir).resolve(),
+        )
 
     def check(self, spec: ExperimentSpec) -> PreflightVerdict:
         """Run the preflight of `spec` (its train.py, profile, data, image, seed and memory; never
@@ -107,9 +120,17 @@ class SandboxPreflight:
         data_dir = check_train_data(spec.data_dir)
         paths = prepare_run_dir(spec.run_dir, spec.train_py, limits.train_py_max_bytes)
         job = specs.preflight_job(
-            run_id=spec.run_id, image=image, preflight_profile=profile_name, seed=spec.seed,
-            memory_gb=spec.memory_limit_gb, data_dir=data_dir, train_py=paths.train_py, limits=limits,
-            check_cap_s=get_profile(profile_name).eval_timeout_s + START_SLACK_S, labels=spec.labels)
+            run_id=spec.run_id,
+            image=image,
+            preflight_profile=profile_name,
+            seed=spec.seed,
+            memory_gb=spec.memory_limit_gb,
+            data_dir=data_dir,
+            train_py=paths.train_py,
+            limits=limits,
+            check_cap_s=get_profile(profile_name).eval_timeout_s + START_SLACK_S,
+            labels=spec.labels,
+        )
         self.backend.cleanup(spec.run_id)
         log.info("preflight.start", run_id=spec.run_id, profile=profile_name, image=image[:19])
         try:
@@ -123,11 +144,18 @@ class SandboxPreflight:
         finally:
             self.backend.cleanup(spec.run_id)
         verdict = self.last = PreflightVerdict(record, outcome, time.monotonic() - started, note, image)
-        log.info("preflight.end", run_id=spec.run_id, status=record.status if record else None,
-                 reason=record.reason if record else note, seconds=round(verdict.seconds, 2))
+        log.info(
+            "preflight.end",
+            run_id=spec.run_id,
+            status=record.status if record else None,
+            reason=record.reason if record else note,
+            seconds=round(verdict.seconds, 2),
+        )
         return verdict
 
-    def _verdict(self, handle: JobHandle, outcome: JobOutcome, paths: RunPaths) -> tuple[PreflightRecord | None, str | None]:
+    def _verdict(
+        self, handle: JobHandle, outcome: JobOutcome, paths: RunPaths
+    ) -> tuple[PreflightRecord | None, str | None]:
         if outcome.timed_out:
             return None, f"the preflight passed its cap of {handle.spec.cap_s:.0f} s"
         if outcome.oom_killed:
@@ -135,8 +163,10 @@ class SandboxPreflight:
         if outcome.killed_for is not None:
             return None, f"killed: {outcome.killed_for}"
         if outcome.exit_code == EXIT_SETUP:  # the data or the evaluator, not the proposal
-            raise SandboxError("CPU preflight setup error (not the proposal's fault): "
-                               + (clean_line(last_line(paths.preflight_log), 200) or "see preflight.log"))
+            raise SandboxError(
+                "CPU preflight setup error (not the proposal's fault): "
+                + (clean_line(last_line(paths.preflight_log), 200) or "see preflight.log")
+            )
         if outcome.exit_code != 0:
             return None, f"the preflight stopped with exit code {outcome.exit_code}"
         with tempfile.TemporaryDirectory(prefix="preflight-", dir=paths.run_dir) as tmp:

@@ -25,8 +25,17 @@ from sandbox.errors import SandboxError
 from sandbox.trainpy import TrainPyRefused, check_train_py
 
 DETAIL_LOG = "eval-detail.log"
-RUN_FILES = ("train.py", "train.log", "eval.log", layout.ARTIFACT_NAME, layout.SCORE_NAME, ROWLOSS_FILE,
-             DETAIL_LOG, "nvml.jsonl", "preflight.log")  # preflight.log: sandbox.preflight
+RUN_FILES = (
+    "train.py",
+    "train.log",
+    "eval.log",
+    layout.ARTIFACT_NAME,
+    layout.SCORE_NAME,
+    ROWLOSS_FILE,
+    DETAIL_LOG,
+    "nvml.jsonl",
+    "preflight.log",
+)  # preflight.log: sandbox.preflight
 
 
 @dataclass(frozen=True)
@@ -72,21 +81,25 @@ class RunPaths:
 
 def check_data_dir(data_dir: Path) -> Path:
     data_dir = Path(data_dir).resolve()
-    missing = [name for name in (layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR, layout.EVAL_DIR)
-               if not (data_dir / name).exists()]
+    missing = [
+        name
+        for name in (layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR, layout.EVAL_DIR)
+        if not (data_dir / name).exists()
+    ]
     if missing:
-        hint = " (it was prepared before eval rows became a private sample: prepare it again with --force)" \
-            if missing == [layout.EVAL_DIR] else ""
-        raise SandboxError(f"{data_dir} is not a prepared data dir (no {missing[0]}){hint}: "
-                           "run `make prepare` first")
+        hint = (
+            " (it was prepared before eval rows became a private sample: prepare it again with --force)"
+            if missing == [layout.EVAL_DIR]
+            else ""
+        )
+        raise SandboxError(f"{data_dir} is not a prepared data dir (no {missing[0]}){hint}: run `make prepare` first")
     return data_dir
 
 
 PREFLIGHT_LOG = "preflight.log"
 
 
-def prepare_run_dir(run_dir: Path, train_py: Path, train_py_max_bytes: int,
-                    keep: tuple[str, ...] = ()) -> RunPaths:
+def prepare_run_dir(run_dir: Path, train_py: Path, train_py_max_bytes: int, keep: tuple[str, ...] = ()) -> RunPaths:
     """Make the run folder with the checked copy of train.py; remove what an earlier attempt of
     the same run left (known file names only, never recursively), except the names in `keep`
     (the experiment keeps the log of the preflight that let it through)."""

@@ -91,22 +91,30 @@ def environment(gpu: int | None, extra: Mapping[str, str] | None = None) -> dict
 
 def compile_cache_environment(root: str = COMPILE_CACHE_DIR) -> dict[str, str]:
     """Where torch.compile caches: `root` (the bare benchmark passes its own)."""
-    return {"USER": "overnight", "LOGNAME": "overnight", "TORCHINDUCTOR_CACHE_DIR": root,
-            "TRITON_CACHE_DIR": f"{root}/triton"}
+    return {
+        "USER": "overnight",
+        "LOGNAME": "overnight",
+        "TORCHINDUCTOR_CACHE_DIR": root,
+        "TRITON_CACHE_DIR": f"{root}/triton",
+    }
 
 
-def train_environment(profile: str, seed: int, gpu: int | None, budget_s: float,
-                      compile_cache: bool = False) -> dict[str, str]:
+def train_environment(
+    profile: str, seed: int, gpu: int | None, budget_s: float, compile_cache: bool = False
+) -> dict[str, str]:
     """train.py is told its budget, counted from the container's start (evaluator.context)."""
-    return environment(gpu, {
-        PROFILE_ENV: profile,
-        DATA_DIR_ENV: DATA,
-        OUT_DIR_ENV: OUT,
-        SEED_ENV: str(seed),
-        BUDGET_ENV: f"{budget_s:g}",
-        CLOCK_ENV: "container",
-        **(compile_cache_environment() if compile_cache else {}),
-    })
+    return environment(
+        gpu,
+        {
+            PROFILE_ENV: profile,
+            DATA_DIR_ENV: DATA,
+            OUT_DIR_ENV: OUT,
+            SEED_ENV: str(seed),
+            BUDGET_ENV: f"{budget_s:g}",
+            CLOCK_ENV: "container",
+            **(compile_cache_environment() if compile_cache else {}),
+        },
+    )
 
 
 def train_command(compile_cache: bool) -> tuple[str, ...]:
@@ -115,30 +123,62 @@ def train_command(compile_cache: bool) -> tuple[str, ...]:
     even on a hit). An unusable cache means a cold compile, never a failed run."""
     if not compile_cache:
         return ("python", TRAIN_PY)
-    return ("sh", "-c",
-            (f"mkdir -p {COMPILE_CACHE_DIR} && {{ tar -xf {COMPILE_CACHE_INPUT} -C {COMPILE_CACHE_DIR} "
-             f"|| echo 'overnight: the compile cache could not be unpacked; compiling cold' >&2; }}; "
-             f"exec python {TRAIN_PY}"))
+    return (
+        "sh",
+        "-c",
+        (
+            f"mkdir -p {COMPILE_CACHE_DIR} && {{ tar -xf {COMPILE_CACHE_INPUT} -C {COMPILE_CACHE_DIR} "
+            f"|| echo 'overnight: the compile cache could not be unpacked; compiling cold' >&2; }}; "
+            f"exec python {TRAIN_PY}"
+        ),
+    )
 
 
 def warmup_command() -> tuple[str, ...]:
     """The seed, then (only if it succeeded and compiled something) its compile cache packed into /out."""
-    return ("sh", "-c",
-            (f"python {TRAIN_PY} && if [ -d {COMPILE_CACHE_DIR} ]; then "
-             f"tar -cf {OUT}/{COMPILE_CACHE_NAME} -C {COMPILE_CACHE_DIR} .; fi"))
+    return (
+        "sh",
+        "-c",
+        (
+            f"python {TRAIN_PY} && if [ -d {COMPILE_CACHE_DIR} ]; then "
+            f"tar -cf {OUT}/{COMPILE_CACHE_NAME} -C {COMPILE_CACHE_DIR} .; fi"
+        ),
+    )
 
 
 def eval_command(profile: str, gpu: int | None) -> tuple[str, ...]:
-    return ("python", "-m", "evaluator.score",
-            "--artifact", ARTIFACT, "--data-dir", DATA,
-            "--profile", profile, "--out", f"{SCORE_DIR}/{layout.SCORE_NAME}",
-            "--device", "cpu" if gpu is None else "cuda")
+    return (
+        "python",
+        "-m",
+        "evaluator.score",
+        "--artifact",
+        ARTIFACT,
+        "--data-dir",
+        DATA,
+        "--profile",
+        profile,
+        "--out",
+        f"{SCORE_DIR}/{layout.SCORE_NAME}",
+        "--device",
+        "cpu" if gpu is None else "cuda",
+    )
 
 
-def train_job(*, run_id: str, image: str, profile: str, seed: int, gpu: int | None,
-              memory_gb: float, data_dir: Path, train_py: Path, limits: Limits,
-              labels: Mapping[str, str], cpuset: str | None = None,
-              compile_cache: Path | None = None) -> JobSpec:
+def train_job(
+    *,
+    run_id: str,
+    image: str,
+    profile: str,
+    seed: int,
+    gpu: int | None,
+    memory_gb: float,
+    data_dir: Path,
+    train_py: Path,
+    limits: Limits,
+    labels: Mapping[str, str],
+    cpuset: str | None = None,
+    compile_cache: Path | None = None,
+) -> JobSpec:
     """The train job: agent code, told its budget, killed at budget + allowance. With the night's
     compile cache (a host file written by the warm-up job), mounted read-only and unpacked into
     the job's own /tmp before train.py runs: nothing the job does reaches the file or a later run."""
@@ -146,65 +186,146 @@ def train_job(*, run_id: str, image: str, profile: str, seed: int, gpu: int | No
     if compile_cache is not None:
         inputs[COMPILE_CACHE_INPUT] = compile_cache
     return JobSpec(
-        run_id=run_id, role="train", image=image, command=train_command(compile_cache is not None),
+        run_id=run_id,
+        role="train",
+        image=image,
+        command=train_command(compile_cache is not None),
         environment=train_environment(profile, seed, gpu, limits.train_budget_s, compile_cache is not None),
-        data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
-        inputs=inputs, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
-        output_max_files=limits.out_max_files, cap_s=limits.train_cap_s, memory_gb=memory_gb,
-        gpu=gpu, cpuset=cpuset, labels=dict(labels),
+        data_dir=data_dir,
+        data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
+        inputs=inputs,
+        output_dir=OUT,
+        output_max_bytes=limits.out_max_bytes,
+        output_max_files=limits.out_max_files,
+        cap_s=limits.train_cap_s,
+        memory_gb=memory_gb,
+        gpu=gpu,
+        cpuset=cpuset,
+        labels=dict(labels),
     )
 
 
-def warmup_job(*, run_id: str, image: str, profile: str, gpu: int | None, memory_gb: float,
-               data_dir: Path, seed_train_py: Path, limits: Limits, labels: Mapping[str, str],
-               cpuset: str | None = None) -> JobSpec:
+def warmup_job(
+    *,
+    run_id: str,
+    image: str,
+    profile: str,
+    gpu: int | None,
+    memory_gb: float,
+    data_dir: Path,
+    seed_train_py: Path,
+    limits: Limits,
+    labels: Mapping[str, str],
+    cpuset: str | None = None,
+) -> JobSpec:
     """The compile cache's only writer: the night's trusted seed train.py (never agent code),
     locked down like any train job, told its deadline has passed (so it compiles its first step
     and exports), killed at the profile's usual cap or WARMUP_MIN_CAP_S, whichever is longer; its
     cache leaves through /out."""
     return JobSpec(
-        run_id=run_id, role="train", image=image, command=warmup_command(),
+        run_id=run_id,
+        role="train",
+        image=image,
+        command=warmup_command(),
         environment=train_environment(profile, 0, gpu, WARMUP_BUDGET_S, compile_cache=True),
-        data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
-        inputs={TRAIN_PY: seed_train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
-        output_max_files=limits.out_max_files, cap_s=max(limits.train_cap_s, WARMUP_MIN_CAP_S),
-        memory_gb=memory_gb, gpu=gpu, cpuset=cpuset, labels=dict(labels),
+        data_dir=data_dir,
+        data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
+        inputs={TRAIN_PY: seed_train_py},
+        output_dir=OUT,
+        output_max_bytes=limits.out_max_bytes,
+        output_max_files=limits.out_max_files,
+        cap_s=max(limits.train_cap_s, WARMUP_MIN_CAP_S),
+        memory_gb=memory_gb,
+        gpu=gpu,
+        cpuset=cpuset,
+        labels=dict(labels),
     )
 
 
-def eval_job(*, run_id: str, image: str, profile: str, gpu: int | None, memory_gb: float,
-             data_dir: Path, artifact: Path, limits: Limits, labels: Mapping[str, str],
-             cpuset: str | None = None) -> JobSpec:
+def eval_job(
+    *,
+    run_id: str,
+    image: str,
+    profile: str,
+    gpu: int | None,
+    memory_gb: float,
+    data_dir: Path,
+    artifact: Path,
+    limits: Limits,
+    labels: Mapping[str, str],
+    cpuset: str | None = None,
+) -> JobSpec:
     """The eval job: no agent code, the checked artifact and the private eval rows."""
     return JobSpec(
-        run_id=run_id, role="eval", image=image, command=eval_command(profile, gpu),
-        environment=environment(gpu), data_dir=data_dir,
+        run_id=run_id,
+        role="eval",
+        image=image,
+        command=eval_command(profile, gpu),
+        environment=environment(gpu),
+        data_dir=data_dir,
         data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.EVAL_DIR),
-        inputs={ARTIFACT: artifact}, output_dir=SCORE_DIR, output_max_bytes=limits.score_dir_max_bytes,
-        output_max_files=16, cap_s=limits.eval_cap_s, memory_gb=memory_gb, gpu=gpu, cpuset=cpuset,
+        inputs={ARTIFACT: artifact},
+        output_dir=SCORE_DIR,
+        output_max_bytes=limits.score_dir_max_bytes,
+        output_max_files=16,
+        cap_s=limits.eval_cap_s,
+        memory_gb=memory_gb,
+        gpu=gpu,
+        cpuset=cpuset,
         labels=dict(labels),
     )
 
 
 def preflight_command(preflight_profile: str) -> tuple[str, ...]:
-    return ("python", "-m", "evaluator.preflight", "--train", TRAIN_PY, "--profile", preflight_profile,
-            "--data-dir", DATA, "--out", OUT)
+    return (
+        "python",
+        "-m",
+        "evaluator.preflight",
+        "--train",
+        TRAIN_PY,
+        "--profile",
+        preflight_profile,
+        "--data-dir",
+        DATA,
+        "--out",
+        OUT,
+    )
 
 
-def preflight_job(*, run_id: str, image: str, preflight_profile: str, seed: int, memory_gb: float,
-                  data_dir: Path, train_py: Path, limits: Limits, check_cap_s: float,
-                  labels: Mapping[str, str]) -> JobSpec:
+def preflight_job(
+    *,
+    run_id: str,
+    image: str,
+    preflight_profile: str,
+    seed: int,
+    memory_gb: float,
+    data_dir: Path,
+    train_py: Path,
+    limits: Limits,
+    check_cap_s: float,
+    labels: Mapping[str, str],
+) -> JobSpec:
     """The CPU preflight (evaluator.preflight): agent code, so a train job in all but its command:
     the same lockdown, the train job's mounts only (train split, tokenizer, manifest; never val/
     or eval/), no GPU. train.py runs inside it as a child under the preflight profile, then the
     evaluator's checks; killed at train.py's cap plus `check_cap_s`."""
     return JobSpec(
-        run_id=run_id, role="train", image=image, command=preflight_command(preflight_profile),
+        run_id=run_id,
+        role="train",
+        image=image,
+        command=preflight_command(preflight_profile),
         environment=train_environment(preflight_profile, seed, None, limits.train_budget_s),
-        data_dir=data_dir, data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
-        inputs={TRAIN_PY: train_py}, output_dir=OUT, output_max_bytes=limits.out_max_bytes,
-        output_max_files=limits.out_max_files, cap_s=limits.train_cap_s + check_cap_s,
-        memory_gb=memory_gb, gpu=None, cpuset=None, labels=dict(labels),
+        data_dir=data_dir,
+        data_parts=(layout.MANIFEST, layout.TOKENIZER_DIR, layout.TRAIN_DIR),
+        inputs={TRAIN_PY: train_py},
+        output_dir=OUT,
+        output_max_bytes=limits.out_max_bytes,
+        output_max_files=limits.out_max_files,
+        cap_s=limits.train_cap_s + check_cap_s,
+        memory_gb=memory_gb,
+        gpu=None,
+        cpuset=None,
+        labels=dict(labels),
     )
 
 
@@ -226,23 +347,36 @@ def labels_for(job: JobSpec, part: str) -> dict[str, str]:
 
 def output_volume(job: JobSpec) -> dict[str, Any]:
     """Keyword arguments for `client.volumes.create`: a tmpfs the kernel caps in bytes and files."""
-    options = (f"size={job.output_max_bytes},nr_inodes={job.output_max_files + 1},uid={UID},gid={GID},"
-               "mode=0700,nosuid,nodev,noexec")
-    return dict(name=volume_name(job.run_id, job.role), driver="local",
-                driver_opts={"type": "tmpfs", "device": "tmpfs", "o": options},
-                labels=labels_for(job, "volume"))
+    options = (
+        f"size={job.output_max_bytes},nr_inodes={job.output_max_files + 1},uid={UID},gid={GID},"
+        "mode=0700,nosuid,nodev,noexec"
+    )
+    return dict(
+        name=volume_name(job.run_id, job.role),
+        driver="local",
+        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": options},
+        labels=labels_for(job, "volume"),
+    )
 
 
 def _output_mount(job: JobSpec, read_only: bool) -> Mount:
-    return Mount(target=job.output_dir, source=volume_name(job.run_id, job.role), type="volume",
-                 read_only=read_only, no_copy=True)
+    return Mount(
+        target=job.output_dir,
+        source=volume_name(job.run_id, job.role),
+        type="volume",
+        read_only=read_only,
+        no_copy=True,
+    )
 
 
 def job_mounts(job: JobSpec) -> list[Mount]:
-    data = [Mount(target=f"{DATA}/{part}", source=str(job.data_dir / part), type="bind", read_only=True)
-            for part in job.data_parts]
-    inputs = [Mount(target=target, source=str(source), type="bind", read_only=True)
-              for target, source in job.inputs.items()]
+    data = [
+        Mount(target=f"{DATA}/{part}", source=str(job.data_dir / part), type="bind", read_only=True)
+        for part in job.data_parts
+    ]
+    inputs = [
+        Mount(target=target, source=str(source), type="bind", read_only=True) for target, source in job.inputs.items()
+    ]
     return [*inputs, *data, _output_mount(job, read_only=False)]
 
 
@@ -284,23 +418,49 @@ def container_config(job: JobSpec) -> dict[str, Any]:
         tmpfs=dict(TMPFS),
         shm_size=SHM_SIZE,
         cpuset_cpus=job.cpuset,
-        device_requests=(None if job.gpu is None else
-                         [DeviceRequest(device_ids=[str(job.gpu)], capabilities=[["gpu"]])]),
+        device_requests=(
+            None if job.gpu is None else [DeviceRequest(device_ids=[str(job.gpu)], capabilities=[["gpu"]])]
+        ),
     )
 
 
-def oneoff_config(*, image: str, name: str, command: list[str], gpu: int | None = None,
-                  memory_gb: float = 2.0, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def oneoff_config(
+    *,
+    image: str,
+    name: str,
+    command: list[str],
+    gpu: int | None = None,
+    memory_gb: float = 2.0,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """A one-off container of trusted code (the images' smoke test, `make doctor`'s probes),
     locked down exactly like a job: no network, read-only root, no capabilities, non-root."""
-    job = JobSpec(run_id=name, role="train", image=image, command=tuple(command), environment=environment(gpu),
-                  data_dir=Path("/nonexistent"), data_parts=(), inputs={}, output_dir=OUT, output_max_bytes=0,
-                  output_max_files=0, cap_s=0.0, memory_gb=memory_gb, gpu=gpu, labels=labels or {})
+    job = JobSpec(
+        run_id=name,
+        role="train",
+        image=image,
+        command=tuple(command),
+        environment=environment(gpu),
+        data_dir=Path("/nonexistent"),
+        data_parts=(),
+        inputs={},
+        output_dir=OUT,
+        output_max_bytes=0,
+        output_max_files=0,
+        cap_s=0.0,
+        memory_gb=memory_gb,
+        gpu=gpu,
+        labels=labels or {},
+    )
     memory = int(memory_gb * 2**30)
     return dict(
         _locked_down(job, memory, PIDS_LIMIT),
-        command=command, name=name, labels=dict(labels or {}), environment=environment(gpu),
-        tmpfs=dict(TMPFS), shm_size=SHM_SIZE,
+        command=command,
+        name=name,
+        labels=dict(labels or {}),
+        environment=environment(gpu),
+        tmpfs=dict(TMPFS),
+        shm_size=SHM_SIZE,
         device_requests=(None if gpu is None else [DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])]),
     )
 

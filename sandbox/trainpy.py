@@ -48,8 +48,10 @@ def embedded_bytes(source: bytes) -> int:
 def check_train_py(source: bytes, max_bytes: int = MAX_BYTES, max_embedded: int = MAX_EMBEDDED_BYTES) -> None:
     """Raise TrainPyRefused with a one-line reason when `source` may not run."""
     if len(source) > max_bytes:
-        raise TrainPyRefused(f"train.py is {len(source)} bytes, over the {max_bytes}-byte cap: keep it "
-                             "one readable script (data belongs to the evaluator, not in train.py)")
+        raise TrainPyRefused(
+            f"train.py is {len(source)} bytes, over the {max_bytes}-byte cap: keep it "
+            "one readable script (data belongs to the evaluator, not in train.py)"
+        )
     try:
         text = source.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -65,4 +67,5 @@ def check_train_py(source: bytes, max_bytes: int = MAX_BYTES, max_embedded: int 
     if embedded > max_embedded:
         raise TrainPyRefused(
             f"train.py carries {embedded} bytes of embedded data (its literals and comments, compressed), "
-            f"over the {max_embedded}-byte cap: no data tables or text blobs in train.py")
+            f"over the {max_embedded}-byte cap: no data tables or text blobs in train.py"
+        )

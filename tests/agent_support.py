@@ -40,14 +40,38 @@ def workspace(root: Path) -> dict[str, Path]:
 
 def history(runs: Path) -> list[HistoryRow]:
     return [
-        HistoryRow(n=0, commit="aaaaaaa", val_bpb=1.25, memory_gb=0.5, status="keep", description="baseline", run_dir=runs / "0000"),
-        HistoryRow(n=1, commit="bbbbbbb", val_bpb=1.31, memory_gb=0.5, status="discard", description="DEPTH 4 -> 2", run_dir=runs / "0001"),
+        HistoryRow(
+            n=0,
+            commit="aaaaaaa",
+            val_bpb=1.25,
+            memory_gb=0.5,
+            status="keep",
+            description="baseline",
+            run_dir=runs / "0000",
+        ),
+        HistoryRow(
+            n=1,
+            commit="bbbbbbb",
+            val_bpb=1.31,
+            memory_gb=0.5,
+            status="discard",
+            description="DEPTH 4 -> 2",
+            run_dir=runs / "0001",
+        ),
     ]
 
 
 def context(ws: dict[str, Path], experiment: int = 2, **overrides: Any) -> ProposalContext:
-    fields: dict[str, Any] = dict(tag="night", experiment=experiment, train_py=ws["train_py"], program_md=PROGRAM_MD,
-                                  profile="test", history=history(ws["runs"]), best_diff="", runs_dir=ws["runs"])
+    fields: dict[str, Any] = dict(
+        tag="night",
+        experiment=experiment,
+        train_py=ws["train_py"],
+        program_md=PROGRAM_MD,
+        profile="test",
+        history=history(ws["runs"]),
+        best_diff="",
+        runs_dir=ws["runs"],
+    )
     fields.update(overrides)
     return ProposalContext(**fields)
 
@@ -55,8 +79,14 @@ def context(ws: dict[str, Path], experiment: int = 2, **overrides: Any) -> Propo
 def agent(fake: FakeAnthropic, **settings: Any) -> AnthropicAgent:
     sleep = settings.pop("sleep", lambda s: None)
     clock = settings.pop("clock", None)
-    values: dict[str, Any] = dict(api_key=API_KEY, base_url=fake.url, request_timeout_s=5.0, patience_s=10.0,
-                                  backoff_initial_s=0.01, backoff_max_s=0.05)
+    values: dict[str, Any] = dict(
+        api_key=API_KEY,
+        base_url=fake.url,
+        request_timeout_s=5.0,
+        patience_s=10.0,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+    )
     values.update(settings)
     if clock is None:
         return AnthropicAgent(AnthropicSettings(**values), sleep=sleep)
@@ -90,16 +120,22 @@ class Clock:
         self.t += seconds
 
 
-
-
 def toy_train_py() -> str:
     from tests.controller_fakes import TOY_TRAIN_PY
 
     return TOY_TRAIN_PY + "submit(None)\n"
 
 
-def agent_night(root: Path, fake: FakeAnthropic, max_experiments: int, *, tag: str = "night",
-                observer: Any = None, clock: Any = None, **agent_settings: Any) -> tuple[Any, Any, list[float]]:
+def agent_night(
+    root: Path,
+    fake: FakeAnthropic,
+    max_experiments: int,
+    *,
+    tag: str = "night",
+    observer: Any = None,
+    clock: Any = None,
+    **agent_settings: Any,
+) -> tuple[Any, Any, list[float]]:
     """The real loop (real git, ledger, worktree) with the real `anthropic` agent against `fake`, and
     the fake runner of tests/controller_fakes.py (scores train.py from its constants; a train.py
     holding CRASH crashes). The repository is made once under root/repo and reused by later
@@ -111,9 +147,17 @@ def agent_night(root: Path, fake: FakeAnthropic, max_experiments: int, *, tag: s
     repo = root / "repo"
     if not (repo / ".git").exists():
         make_repo(repo, train_py=toy_train_py())
-    settings = load_settings(tag=tag, profile="test", agent="anthropic", repo=repo, runs_dir=repo / "runs",
-                             worktrees_dir=repo / "worktrees", data_dir=repo / "data", max_experiments=max_experiments,
-                             overlap=False)  # one experiment at a time: the scripted replies come in order
+    settings = load_settings(
+        tag=tag,
+        profile="test",
+        agent="anthropic",
+        repo=repo,
+        runs_dir=repo / "runs",
+        worktrees_dir=repo / "worktrees",
+        data_dir=repo / "data",
+        max_experiments=max_experiments,
+        overlap=False,
+    )  # one experiment at a time: the scripted replies come in order
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:  # the loop's backoff takes no time; a test that loops fails
@@ -123,8 +167,13 @@ def agent_night(root: Path, fake: FakeAnthropic, max_experiments: int, *, tag: s
 
     if clock is not None:
         agent_settings["clock"] = clock
-    deps = LoopDeps(agent=agent(fake, **agent_settings), runner=FakeRunner(), observer=observer or NullObserver(),
-                    sleep=sleep, manifest_sha256=make_data_dir(Path(settings.data_dir)))
+    deps = LoopDeps(
+        agent=agent(fake, **agent_settings),
+        runner=FakeRunner(),
+        observer=observer or NullObserver(),
+        sleep=sleep,
+        manifest_sha256=make_data_dir(Path(settings.data_dir)),
+    )
     return NightLoop(settings, deps), deps.runner, sleeps
 
 

@@ -73,8 +73,9 @@ def docker_client():  # type: ignore[no-untyped-def]
 def images(docker_client) -> str:  # type: ignore[no-untyped-def]
     """Build (or confirm, from the cache) every image once per session; the evaluator image's tag."""
     if not _BUILT:
-        done = subprocess.run([sys.executable, str(REPO_ROOT / "images" / "build.py")],
-                              cwd=REPO_ROOT, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "images" / "build.py")], cwd=REPO_ROOT, capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.fail(f"images/build.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         _BUILT["done"] = True

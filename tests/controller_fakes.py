@@ -43,8 +43,13 @@ MARKER_ENV = "OVERNIGHT_TEST_MARKER"
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "user", "GIT_AUTHOR_EMAIL": "user@example.org",
-           "GIT_COMMITTER_NAME": "user", "GIT_COMMITTER_EMAIL": "user@example.org"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "user",
+        "GIT_AUTHOR_EMAIL": "user@example.org",
+        "GIT_COMMITTER_NAME": "user",
+        "GIT_COMMITTER_EMAIL": "user@example.org",
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -77,9 +82,17 @@ def make_data_dir(data_dir: Path) -> str:
         (data_dir / "eval" / "scored.bin").write_bytes(bytes(2 * 65))
         (data_dir / "eval" / "spare.bin").write_bytes(bytes(2 * 65))
         entry = SplitEntry(docs=1, tokens=65, shards=1, source_docs=1)
-        write_manifest(data_dir, profile="test", dataset="toy", vocab_size=512, bos_id=0, seq_len=64,
-                       splits={"train": entry, "val": entry},
-                       eval=EvalEntry(rows=1, spare_rows=1, row_tokens=65, drawn_from=1), source={"toy": True})
+        write_manifest(
+            data_dir,
+            profile="test",
+            dataset="toy",
+            vocab_size=512,
+            bos_id=0,
+            seq_len=64,
+            splits={"train": entry, "val": entry},
+            eval=EvalEntry(rows=1, spare_rows=1, row_tokens=65, drawn_from=1),
+            source={"toy": True},
+        )
     return manifest_sha256(data_dir)
 
 
@@ -152,12 +165,14 @@ class FakeRunner:
         base = dict(run_dir=run_dir, train_seconds=1.0, eval_seconds=0.5, peak_memory_gb=1.25, train_exit_code=0)
         if "CRASH" in source:
             (run_dir / "train.log").write_text("step 0\nTraceback (most recent call last):\nRuntimeError: boom\n")
-            return ExperimentResult(**{**base, "train_exit_code": 1}, status="crash",
-                                    reason="train.py exited with code 1")
+            return ExperimentResult(
+                **{**base, "train_exit_code": 1}, status="crash", reason="train.py exited with code 1"
+            )
         if "TIMEOUT" in source:
             (run_dir / "train.log").write_text("step 0\nstep 1\n")
-            return ExperimentResult(**{**base, "train_exit_code": None}, status="timeout",
-                                    reason="training passed its cap")
+            return ExperimentResult(
+                **{**base, "train_exit_code": None}, status="timeout", reason="training passed its cap"
+            )
         (run_dir / "train.log").write_text("step 0\nstep 1\ndone\n")
         if "REJECT" in source:
             score = ScoreRecord(status="rejected", reason="future tokens changed logits", profile=spec.profile)
@@ -175,7 +190,7 @@ def set_constants(source: str, values: dict[str, float]) -> str:
     for i, line in enumerate(lines):
         for name, value in values.items():
             if line.startswith(f"{name} = "):
-                comment = line[line.index("#"):] if "#" in line else "\n"
+                comment = line[line.index("#") :] if "#" in line else "\n"
                 lines[i] = f"{name} = {value!r}  {comment}" if "#" in line else f"{name} = {value!r}\n"
     return "".join(lines)
 
@@ -228,8 +243,11 @@ class ScriptedAgent(BaseAgent):
             other.parent.mkdir(parents=True, exist_ok=True)
             other.write_text("x\n")
         _maybe_hang("agent-edited", context.experiment)
-        return Proposal(description=step.get("desc", "change"), usage=Usage(input_tokens=10, output_tokens=5,
-                        cost_usd=0.001, api_calls=1), transcript=[{"role": "user", "content": "go"}])
+        return Proposal(
+            description=step.get("desc", "change"),
+            usage=Usage(input_tokens=10, output_tokens=5, cost_usd=0.001, api_calls=1),
+            transcript=[{"role": "user", "content": "go"}],
+        )
 
     def observe(self, n: int, val_bpb: float | None, status: str) -> None:
         self.observed.append((n, val_bpb, status))
@@ -259,14 +277,30 @@ def build_loop(repo: Path, tag: str, script: dict, max_experiments: int | None, 
     from controller.settings import load_settings
     from controller.slots import Slot
 
-    s = load_settings(**{"tag": tag, "profile": "test", "agent": "search", "repo": repo, "runs_dir": repo / "runs",
-                         "worktrees_dir": repo / "worktrees", "data_dir": repo / "data",
-                         "max_experiments": max_experiments, "overlap": False, **settings})
+    s = load_settings(
+        **{
+            "tag": tag,
+            "profile": "test",
+            "agent": "search",
+            "repo": repo,
+            "runs_dir": repo / "runs",
+            "worktrees_dir": repo / "worktrees",
+            "data_dir": repo / "data",
+            "max_experiments": max_experiments,
+            "overlap": False,
+            **settings,
+        }
+    )
     agent = ScriptedAgent(script)
     runner = FakeRunner()
     observer = HangObserver()
-    deps = LoopDeps(agent=agent, runner=runner, observer=observer, sleep=lambda s: None,
-                    manifest_sha256=make_data_dir(Path(s.data_dir)))
+    deps = LoopDeps(
+        agent=agent,
+        runner=runner,
+        observer=observer,
+        sleep=lambda s: None,
+        manifest_sha256=make_data_dir(Path(s.data_dir)),
+    )
     slots = [Slot(i, cpuset=str(i)) for i in range(s.slots)] if s.slots > 1 else None
     return NightLoop(s, deps, slots=slots), agent, runner, observer
 
@@ -280,8 +314,9 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=1)
     args = parser.parse_args()
     extra = {"overlap": True, "slots": args.slots} if args.slots > 1 else {}
-    loop, agent, _, _ = build_loop(args.repo, args.tag, json.loads(args.script.read_text()), args.max_experiments,
-                                   **extra)
+    loop, agent, _, _ = build_loop(
+        args.repo, args.tag, json.loads(args.script.read_text()), args.max_experiments, **extra
+    )
     summary = loop.run()
     print(json.dumps({"reason": summary.reason, "rows": len(summary.rows), "agent_calls": agent.calls}))
     return 0
@@ -314,7 +349,8 @@ def check_consistent(repo: Path, tag: str) -> list:
         record = ledger.read_record(row.n, commit)
         assert record is not None and record.n == row.n and record.commit == commit and record.status == row.status
         assert (ledger.row_run_dir(row.n, row) / "train.py").read_bytes() == g.file_at(
-            repo, commit, "programs/default/train.py")
+            repo, commit, "programs/default/train.py"
+        )
         expected_dirs.add(ledger.row_run_dir(row.n, row).name)
         expected_dirs.update(r.run_dir for r in record.replicates)
         if row.scored:

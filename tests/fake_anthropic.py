@@ -9,8 +9,9 @@ invalid_request_error) and headers such as `retry-after`.
 What it answers is a script: a queue of steps, one per request, then (once the queue is empty) an
 optional `responder` called with the request body (a scripted model that reads what it was sent),
 then an optional default step. It also checks requests the way the real API does where a client bug
-would show (the API key, as x-api-key or a bearer token, and the version header, a tool_result for every tool_use of the previous turn,
-at most 4 cache breakpoints, well-formed tool definitions), and answers 400 when they fail.
+would show (the API key, as x-api-key or a bearer token, and the version header, a tool_result for
+every tool_use of the previous turn, at most 4 cache breakpoints, well-formed tool definitions), and
+answers 400 when they fail.
 
 Prompt caching is simulated so a test can see whether the cached prefix really stays the same
 and whether it is still alive: the request is cut at each `cache_control` breakpoint (tools, then
@@ -136,9 +137,15 @@ Responder = Callable[[dict[str, Any]], "Step | None"]
 
 
 class FakeAnthropic:
-    def __init__(self, api_key: str = "test-key", default: Step | None = None, *,
-                 responder: Responder | None = None, clock: Callable[[], float] = time.monotonic,
-                 min_cacheable_tokens: int = 1024) -> None:
+    def __init__(
+        self,
+        api_key: str = "test-key",
+        default: Step | None = None,
+        *,
+        responder: Responder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_cacheable_tokens: int = 1024,
+    ) -> None:
         self.api_key = api_key
         self.default = default
         self.responder = responder
@@ -253,7 +260,11 @@ class FakeAnthropic:
             "stop_sequence": None,
             "usage": usage,
         }
-        return 200, {"content-type": "application/json", "request-id": f"req_fake{next(_ids):06d}"}, json.dumps(message).encode()
+        return (
+            200,
+            {"content-type": "application/json", "request-id": f"req_fake{next(_ids):06d}"},
+            json.dumps(message).encode(),
+        )
 
     def _simulated_usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
         segments, breakpoints = _segments(body)
@@ -403,7 +414,7 @@ def _check_cache_controls(body: dict[str, Any]) -> str | None:
         ttls.append(control.get("ttl", "5m"))
         if ttls[-1] not in TTL_SECONDS:
             return "cache_control.ttl: must be '5m' or '1h'"
-    if "5m" in ttls and "1h" in ttls[ttls.index("5m"):]:
+    if "5m" in ttls and "1h" in ttls[ttls.index("5m") :]:
         return "cache_control: a breakpoint with ttl '1h' must not come after one with ttl '5m'"
     return None
 
@@ -481,5 +492,13 @@ def _bearer(value: str | None) -> str | None:
 
 
 def _error(status: int, error_type: str, message: str) -> tuple[int, dict[str, str], bytes]:
-    payload = {"type": "error", "error": {"type": error_type, "message": message}, "request_id": f"req_fake{next(_ids):06d}"}
-    return status, {"content-type": "application/json", "request-id": payload["request_id"]}, json.dumps(payload).encode()
+    payload = {
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": f"req_fake{next(_ids):06d}",
+    }
+    return (
+        status,
+        {"content-type": "application/json", "request-id": payload["request_id"]},
+        json.dumps(payload).encode(),
+    )

@@ -64,29 +64,35 @@ KINDS = {  # plural -> (apiVersion, kind)
 }
 ROUTE = re.compile(
     r"^/(?:api/v1|apis/batch/v1|apis/networking\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)"
-    r"(?:/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>log|exec))?)?)?$")
+    r"(?:/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>log|exec))?)?)?$"
+)
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TICK = 0.02
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def quantity(text: str) -> float:
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3, "k": 1e3, "M": 1e6,
-             "G": 1e9}
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9}
     for unit, factor in units.items():
         if text.endswith(unit):
-            return float(text[:-len(unit)]) * factor
+            return float(text[: -len(unit)]) * factor
     return float(text)
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Success" if code < 400 else "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success" if code < 400 else "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def matches(labels: dict[str, str], selector: str | None) -> bool:
@@ -148,9 +154,17 @@ class Process:
 
 
 class FakeKube:
-    def __init__(self, workdir: Path, *, namespace: str = "overnight", gpus: int = 0,
-                 gpu_resource: str = "nvidia.com/gpu", pull_s: float = 0.0,
-                 image_paths: dict[str, Path] | None = None, images: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        namespace: str = "overnight",
+        gpus: int = 0,
+        gpu_resource: str = "nvidia.com/gpu",
+        pull_s: float = 0.0,
+        image_paths: dict[str, Path] | None = None,
+        images: set[str] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.namespaces = {namespace}
@@ -182,8 +196,7 @@ class FakeKube:
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     @property
@@ -217,12 +230,18 @@ class FakeKube:
 
     def kubeconfig(self, path: Path) -> Path:
         ns = min(self.namespaces)
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": TOKEN}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
-                                                      "namespace": ns}}]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {"token": TOKEN}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": ns}}],
+                }
+            )
+        )
         return path
 
     # -- what tests look at ----------------------------------------------------------------
@@ -230,22 +249,34 @@ class FakeKube:
     def add_claim(self, name: str, folder: Path, namespace: str | None = None) -> None:
         """A PVC that exists before the sandbox comes (the data volume), backed by `folder`."""
         ns = namespace or min(self.namespaces)
-        self._create("persistentvolumeclaims", ns, {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}},
-            folder=Path(folder))
+        self._create(
+            "persistentvolumeclaims",
+            ns,
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            },
+            folder=Path(folder),
+        )
 
     def list(self, plural: str, selector: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return [copy.deepcopy(obj) for (kind, _, _), obj in sorted(self.objects.items())
-                    if kind == plural and matches(obj["metadata"].get("labels", {}), selector)]
+            return [
+                copy.deepcopy(obj)
+                for (kind, _, _), obj in sorted(self.objects.items())
+                if kind == plural and matches(obj["metadata"].get("labels", {}), selector)
+            ]
 
     def leftovers(self, selector: str) -> list[str]:
         """Every object (and running process) that carries the labels of `selector`."""
         with self.lock:
-            found = [f"{kind}/{name}" for (kind, _, name), obj in sorted(self.objects.items())
-                     if matches(obj["metadata"].get("labels", {}), selector)]
+            found = [
+                f"{kind}/{name}"
+                for (kind, _, name), obj in sorted(self.objects.items())
+                if matches(obj["metadata"].get("labels", {}), selector)
+            ]
         return found
 
     def claim_dir(self, name: str, namespace: str | None = None) -> Path:
@@ -265,8 +296,9 @@ class FakeKube:
             raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
         return obj
 
-    def _create(self, plural: str, ns: str, body: dict[str, Any], folder: Path | None = None,
-                validate: bool = True) -> dict[str, Any]:
+    def _create(
+        self, plural: str, ns: str, body: dict[str, Any], folder: Path | None = None, validate: bool = True
+    ) -> dict[str, Any]:
         api_version, kind = KINDS[plural]
         if ns not in self.namespaces:
             raise ApiError(404, "NotFound", f'namespaces "{ns}" not found')
@@ -282,8 +314,7 @@ class FakeKube:
             try:
                 kubernetes_validate.validate(body, SCHEMA_VERSION, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: '
-                               f"{str(exc).splitlines()[0]}") from None
+                raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {str(exc).splitlines()[0]}') from None
         with self.lock:
             if (plural, ns, name) in self.objects:
                 raise ApiError(409, "AlreadyExists", f'{plural} "{name}" already exists')
@@ -324,16 +355,23 @@ class FakeKube:
         used = set()
         for (plural, pns, _), pod in self.objects.items():
             if plural == "pods" and pns == ns:
-                used |= {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
-                         if "persistentVolumeClaim" in v}
+                used |= {
+                    v["persistentVolumeClaim"]["claimName"]
+                    for v in pod["spec"]["volumes"]
+                    if "persistentVolumeClaim" in v
+                }
         return used
 
     def _release_claims(self, ns: str) -> None:
         """pvc-protection: a claim deleted while in use goes once no pod uses it."""
         used = self._claims_in_use(ns)
         for (plural, pns, name), obj in list(self.objects.items()):
-            if plural == "persistentvolumeclaims" and pns == ns and \
-                    obj["metadata"].get("deletionTimestamp") and name not in used:
+            if (
+                plural == "persistentvolumeclaims"
+                and pns == ns
+                and obj["metadata"].get("deletionTimestamp")
+                and name not in used
+            ):
                 self._remove(plural, ns, name)
 
     def delete(self, plural: str, ns: str, name: str, propagation: str | None) -> dict[str, Any]:
@@ -342,8 +380,7 @@ class FakeKube:
             self._delete(plural, ns, name, obj, propagation)
             return copy.deepcopy(obj)
 
-    def _delete(self, plural: str, ns: str, name: str, obj: dict[str, Any],
-                propagation: str | None) -> None:
+    def _delete(self, plural: str, ns: str, name: str, obj: dict[str, Any], propagation: str | None) -> None:
         if plural == "pods":
             self._kill_pod(ns, name)
             self._remove(plural, ns, name)
@@ -352,8 +389,7 @@ class FakeKube:
             if (propagation or "Orphan") != "Orphan":  # batch/v1 Jobs orphan their pods by default
                 for (kind, pns, pod), pobj in list(self.objects.items()):
                     owners = pobj["metadata"].get("ownerReferences", [])
-                    if kind == "pods" and pns == ns and any(
-                            o["uid"] == obj["metadata"]["uid"] for o in owners):
+                    if kind == "pods" and pns == ns and any(o["uid"] == obj["metadata"]["uid"] for o in owners):
                         self._kill_pod(ns, pod)
                         self._remove("pods", ns, pod)
         elif plural == "persistentvolumeclaims" and name in self._claims_in_use(ns):
@@ -362,7 +398,6 @@ class FakeKube:
             self._event(plural, "MODIFIED", obj)
         else:
             self._remove(plural, ns, name)
-
 
     # -- job controller --------------------------------------------------------------------
 
@@ -376,16 +411,27 @@ class FakeKube:
             job["status"] = {"startTime": now(), "active": 1}
             self._event("jobs", "MODIFIED", job)
             template = copy.deepcopy(job["spec"]["template"])
-            labels = {**template["metadata"].get("labels", {}), "job-name": name,
-                      "batch.kubernetes.io/job-name": name, "controller-uid": uid,
-                      "batch.kubernetes.io/controller-uid": uid}
+            labels = {
+                **template["metadata"].get("labels", {}),
+                "job-name": name,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "batch.kubernetes.io/controller-uid": uid,
+            }
             pod_name = f"{name}-{secrets.token_hex(3)[:5]}"
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
-                                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                                                     "name": name, "uid": uid,
-                                                     "controller": True}]},
-                   "spec": template["spec"]}
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": ns,
+                    "labels": labels,
+                    "ownerReferences": [
+                        {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
+                    ],
+                },
+                "spec": template["spec"],
+            }
             self._create("pods", ns, pod, validate=False)
         deadline = job["spec"].get("activeDeadlineSeconds")
         while not self.stopped.is_set():
@@ -396,28 +442,31 @@ class FakeKube:
                 pod = self.objects.get(("pods", ns, pod_name))
                 phase = (pod or {}).get("status", {}).get("phase")
                 if phase in ("Succeeded", "Failed"):
-                    self._finish_job(job, phase == "Succeeded", "BackoffLimitExceeded",
-                                     "Job has reached the specified backoff limit")
+                    self._finish_job(
+                        job, phase == "Succeeded", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+                    )
                     return
                 if deadline is not None and time.monotonic() - started > deadline:
                     if pod is not None:
                         self._kill_pod(ns, pod_name)
                         self._remove("pods", ns, pod_name)
-                    self._finish_job(job, False, "DeadlineExceeded",
-                                     "Job was active longer than specified deadline")
+                    self._finish_job(job, False, "DeadlineExceeded", "Job was active longer than specified deadline")
                     return
                 self.changed.wait(TICK)
 
     def _finish_job(self, job: dict[str, Any], ok: bool, reason: str, message: str) -> None:
         stamp = now()
         if ok:
-            conditions = [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": stamp},
-                          {"type": "Complete", "status": "True", "lastTransitionTime": stamp}]
+            conditions = [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": stamp},
+                {"type": "Complete", "status": "True", "lastTransitionTime": stamp},
+            ]
         else:
-            conditions = [{"type": kind, "status": "True", "reason": reason, "message": message,
-                           "lastTransitionTime": stamp} for kind in ("FailureTarget", "Failed")]
-        job["status"] = {**job["status"], "active": 0, "conditions": conditions,
-                         "succeeded" if ok else "failed": 1}
+            conditions = [
+                {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": stamp}
+                for kind in ("FailureTarget", "Failed")
+            ]
+        job["status"] = {**job["status"], "active": 0, "conditions": conditions, "succeeded" if ok else "failed": 1}
         if ok:
             job["status"]["completionTime"] = stamp
         self._event("jobs", "MODIFIED", job)
@@ -425,9 +474,12 @@ class FakeKube:
     # -- scheduler and kubelet -------------------------------------------------------------
 
     def _gpus_in_use(self) -> int:
-        return sum(state.get("gpus", 0) for key, state in self.pod_state.items()
-                   if ("pods", *key) in self.objects
-                   and self.objects[("pods", *key)]["status"].get("phase") in ("Pending", "Running"))
+        return sum(
+            state.get("gpus", 0)
+            for key, state in self.pod_state.items()
+            if ("pods", *key) in self.objects
+            and self.objects[("pods", *key)]["status"].get("phase") in ("Pending", "Running")
+        )
 
     def _set_status(self, ns: str, name: str, **status: Any) -> dict[str, Any] | None:
         pod = self.objects.get(("pods", ns, name))
@@ -439,9 +491,17 @@ class FakeKube:
 
     def _container_status(self, pod: dict[str, Any], state: dict[str, Any], image_id: str = "") -> list:
         container = pod["spec"]["containers"][0]
-        return [{"name": container["name"], "image": container["image"], "imageID": image_id,
-                 "ready": "running" in state, "restartCount": 0, "started": "running" in state,
-                 "state": state}]
+        return [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "imageID": image_id,
+                "ready": "running" in state,
+                "restartCount": 0,
+                "started": "running" in state,
+                "state": state,
+            }
+        ]
 
     def _kubelet(self, ns: str, name: str) -> None:
         with self.lock:
@@ -456,25 +516,44 @@ class FakeKube:
                 pod = self.objects.get(("pods", ns, name))
                 if pod is None:
                     return
-                claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
-                          if "persistentVolumeClaim" in v]
+                claims = [
+                    v["persistentVolumeClaim"]["claimName"]
+                    for v in pod["spec"]["volumes"]
+                    if "persistentVolumeClaim" in v
+                ]
                 missing = [c for c in claims if ("persistentvolumeclaims", ns, c) not in self.objects]
                 free = self.gpus - self._gpus_in_use()
                 if not missing and gpus <= free:
                     self.pod_state[(ns, name)]["gpus"] = gpus
-                    self._set_status(ns, name, conditions=[
-                        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}],
-                        containerStatuses=self._container_status(pod, {"waiting": {
-                            "reason": "ContainerCreating"}}), startTime=now())
+                    self._set_status(
+                        ns,
+                        name,
+                        conditions=[{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}],
+                        containerStatuses=self._container_status(pod, {"waiting": {"reason": "ContainerCreating"}}),
+                        startTime=now(),
+                    )
                     break
-                message = (f'persistentvolumeclaim "{missing[0]}" not found' if missing else
-                           f"0/1 nodes are available: 1 Insufficient {self.gpu_resource}. "
-                           "preemption: 0/1 nodes are available: 1 No preemption victims found "
-                           "for incoming pod.")
+                message = (
+                    f'persistentvolumeclaim "{missing[0]}" not found'
+                    if missing
+                    else f"0/1 nodes are available: 1 Insufficient {self.gpu_resource}. "
+                    "preemption: 0/1 nodes are available: 1 No preemption victims found "
+                    "for incoming pod."
+                )
                 if pod["status"].get("conditions", [{}])[0].get("message") != message:
-                    self._set_status(ns, name, conditions=[{
-                        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                        "message": message, "lastTransitionTime": now()}])
+                    self._set_status(
+                        ns,
+                        name,
+                        conditions=[
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": message,
+                                "lastTransitionTime": now(),
+                            }
+                        ],
+                    )
                 self.changed.wait(0.1)
         # pull
         image = container["image"]
@@ -487,9 +566,13 @@ class FakeKube:
                     return
                 if missing and time.monotonic() >= pulled_at:
                     reason = "ImagePullBackOff"
-                    self._set_status(ns, name, containerStatuses=self._container_status(pod, {
-                        "waiting": {"reason": reason, "message":
-                                    f'Back-off pulling image "{image}"'}}))
+                    self._set_status(
+                        ns,
+                        name,
+                        containerStatuses=self._container_status(
+                            pod, {"waiting": {"reason": reason, "message": f'Back-off pulling image "{image}"'}}
+                        ),
+                    )
                     self.changed.wait(0.2)
                     continue
             time.sleep(TICK)
@@ -501,14 +584,25 @@ class FakeKube:
             try:
                 process = self._start(pod)
             except ApiError as exc:
-                self._set_status(ns, name, containerStatuses=self._container_status(pod, {
-                    "waiting": {"reason": "CreateContainerConfigError", "message": exc.message}}))
+                self._set_status(
+                    ns,
+                    name,
+                    containerStatuses=self._container_status(
+                        pod, {"waiting": {"reason": "CreateContainerConfigError", "message": exc.message}}
+                    ),
+                )
                 return
             self.processes[(ns, name)] = process
             started = now()
             digest = "sha256:" + hashlib.sha256(image.encode()).hexdigest()
-            self._set_status(ns, name, phase="Running", containerStatuses=self._container_status(
-                pod, {"running": {"startedAt": started}}, image_id=f"{image}@{digest}"))
+            self._set_status(
+                ns,
+                name,
+                phase="Running",
+                containerStatuses=self._container_status(
+                    pod, {"running": {"startedAt": started}}, image_id=f"{image}@{digest}"
+                ),
+            )
             started_mono = time.monotonic()
         memory = quantity(container["resources"]["limits"]["memory"])
         pod_deadline = pod["spec"].get("activeDeadlineSeconds")
@@ -530,15 +624,21 @@ class FakeKube:
             pod = self.objects.get(("pods", ns, name))
             if pod is None:
                 return
-            terminated = {"exitCode": code, "startedAt": started, "finishedAt": now(),
-                          "reason": reason if reason == "OOMKilled" else
-                          ("Completed" if code == 0 else "Error"), "containerID": f"fake://{name}"}
+            terminated = {
+                "exitCode": code,
+                "startedAt": started,
+                "finishedAt": now(),
+                "reason": reason if reason == "OOMKilled" else ("Completed" if code == 0 else "Error"),
+                "containerID": f"fake://{name}",
+            }
             status: dict[str, Any] = {"phase": "Succeeded" if code == 0 and reason is None else "Failed"}
             if reason == "DeadlineExceeded":
-                status.update(reason="DeadlineExceeded",
-                              message="Pod was active on the node longer than the specified deadline")
-            status["containerStatuses"] = self._container_status(pod, {"terminated": terminated},
-                                                                 pod["status"]["containerStatuses"][0]["imageID"])
+                status.update(
+                    reason="DeadlineExceeded", message="Pod was active on the node longer than the specified deadline"
+                )
+            status["containerStatuses"] = self._container_status(
+                pod, {"terminated": terminated}, pod["status"]["containerStatuses"][0]["imageID"]
+            )
             self._set_status(ns, name, **status)
 
     def _kill_pod(self, ns: str, name: str) -> None:
@@ -551,10 +651,18 @@ class FakeKube:
         if pod is not None:
             pod["metadata"]["deletionTimestamp"] = now()
             running = pod["status"]["containerStatuses"][0]
-            terminated = {"exitCode": 137, "reason": "Error", "finishedAt": now(),
-                          "startedAt": running["state"].get("running", {}).get("startedAt", now())}
-            self._set_status(ns, name, phase="Failed", containerStatuses=self._container_status(
-                pod, {"terminated": terminated}, running["imageID"]))
+            terminated = {
+                "exitCode": 137,
+                "reason": "Error",
+                "finishedAt": now(),
+                "startedAt": running["state"].get("running", {}).get("startedAt", now()),
+            }
+            self._set_status(
+                ns,
+                name,
+                phase="Failed",
+                containerStatuses=self._container_status(pod, {"terminated": terminated}, running["imageID"]),
+            )
 
     # -- the container's file system -------------------------------------------------------
 
@@ -601,9 +709,15 @@ class FakeKube:
             argv[0] = sys.executable
         log = root / "container.log"
         with log.open("wb") as out:
-            popen = subprocess.Popen(argv, env=env, cwd=fs.path(container.get("workingDir", "/")),
-                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=fs.path(container.get("workingDir", "/")),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pod_state[(pod["metadata"]["namespace"], name)].update(fs=fs, log=log)
         return Process(popen, log)
 
@@ -618,9 +732,14 @@ class FakeKube:
         argv = [fs.path(arg) for arg in command]
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
-        return subprocess.Popen(argv, env=env, cwd=fs.path(container.get("workingDir", "/")),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=fs.path(container.get("workingDir", "/")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 class ContainerFS:
@@ -628,8 +747,7 @@ class ContainerFS:
     the mount's folder; a parent of mounts (like /data holding /data/val) is a folder made of
     them (hard links of read-only files, so no path the program reads is a symlink)."""
 
-    def __init__(self, root: Path, mounts: list[tuple[str, Path, bool]],
-                 image_paths: dict[str, Path]) -> None:
+    def __init__(self, root: Path, mounts: list[tuple[str, Path, bool]], image_paths: dict[str, Path]) -> None:
         self.root = root
         self.mounts = sorted(mounts, key=lambda m: -len(m[0]))
         self.image_paths = image_paths
@@ -655,10 +773,10 @@ class ContainerFS:
             return value
         for target, source, _ in self.mounts:
             if value == target or value.startswith(target + "/"):
-                return str(source) + value[len(target):]
+                return str(source) + value[len(target) :]
         for prefix, folder in self.image_paths.items():
             if value == prefix or value.startswith(prefix + "/"):
-                return str(folder) + value[len(prefix):]
+                return str(folder) + value[len(prefix) :]
         if any(target.startswith(value.rstrip("/") + "/") for target, _, _ in self.mounts):
             self._compose()
             return str(self.root / value.lstrip("/"))
@@ -735,8 +853,10 @@ class _Handler(BaseHTTPRequestHandler):
             if plural is None:
                 if ns not in kube.namespaces:
                     raise ApiError(404, "NotFound", f'namespaces "{ns}" not found')
-                return self._json(200, {"apiVersion": "v1", "kind": "Namespace",
-                                        "metadata": {"name": ns}, "status": {"phase": "Active"}})
+                return self._json(
+                    200,
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}},
+                )
             if plural not in KINDS:
                 raise ApiError(404, "NotFound", f"no resource {plural}")
             if sub == "log":
@@ -758,20 +878,34 @@ class _Handler(BaseHTTPRequestHandler):
                 gone = kube.delete(plural, ns, name, propagation)
                 if plural in ("pods", "persistentvolumeclaims"):  # these answer with the object
                     return self._json(200, _public(gone))
-                return self._json(200, {**status_body(200, "", ""), "details": {
-                    "name": name, "kind": plural, "uid": gone["metadata"]["uid"]}})
+                return self._json(
+                    200,
+                    {
+                        **status_body(200, "", ""),
+                        "details": {"name": name, "kind": plural, "uid": gone["metadata"]["uid"]},
+                    },
+                )
             if name is not None:
                 with kube.lock:
                     return self._json(200, _public(kube._get(plural, ns, name)))
             if query.get("watch") in ("true", "1"):
                 return self._watch(ns, plural, query)
             with kube.lock:
-                items = [_public(o) for o in kube.list(plural, query.get("labelSelector"))
-                         if o["metadata"]["namespace"] == ns]
+                items = [
+                    _public(o)
+                    for o in kube.list(plural, query.get("labelSelector"))
+                    if o["metadata"]["namespace"] == ns
+                ]
                 api_version, kind = KINDS[plural]
-                return self._json(200, {"apiVersion": api_version, "kind": f"{kind}List",
-                                        "metadata": {"resourceVersion": str(kube.rv)},
-                                        "items": items})
+                return self._json(
+                    200,
+                    {
+                        "apiVersion": api_version,
+                        "kind": f"{kind}List",
+                        "metadata": {"resourceVersion": str(kube.rv)},
+                        "items": items,
+                    },
+                )
         except ApiError as exc:
             self._json(exc.code, status_body(exc.code, exc.reason, exc.message))
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -800,15 +934,23 @@ class _Handler(BaseHTTPRequestHandler):
                 pending = []
             else:
                 since = kube.rv
-                pending = [{"type": "ADDED", "object": _public(o)} for o in kube.list(plural, selector)
-                           if o["metadata"]["namespace"] == ns]
+                pending = [
+                    {"type": "ADDED", "object": _public(o)}
+                    for o in kube.list(plural, selector)
+                    if o["metadata"]["namespace"] == ns
+                ]
         for event in pending:
             self._chunk(json.dumps(event).encode() + b"\n")
         while time.monotonic() < ends and kube._server is not None:
             with kube.lock:
-                fresh = [(rv, kind, obj) for rv, p, kind, obj in kube.events
-                         if rv > since and p == plural and obj["metadata"]["namespace"] == ns
-                         and matches(obj["metadata"].get("labels", {}), selector)]
+                fresh = [
+                    (rv, kind, obj)
+                    for rv, p, kind, obj in kube.events
+                    if rv > since
+                    and p == plural
+                    and obj["metadata"]["namespace"] == ns
+                    and matches(obj["metadata"].get("labels", {}), selector)
+                ]
                 since = kube.rv
                 if not fresh:
                     kube.changed.wait(min(0.2, max(0.0, ends - time.monotonic())))
@@ -824,8 +966,9 @@ class _Handler(BaseHTTPRequestHandler):
             state = (pod["status"].get("containerStatuses") or [{}])[0].get("state", {})
             if "waiting" in state or not state:
                 reason = state.get("waiting", {}).get("reason", "PodInitializing")
-                raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" '
-                               f"is waiting to start: {reason}")
+                raise ApiError(
+                    400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: {reason}'
+                )
             log = kube.pod_state[(ns, name)]["log"]
         if query.get("follow") not in ("true", "1"):
             data = log.read_bytes()
@@ -844,8 +987,9 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 with kube.lock:
                     alive = (ns, name) in kube.processes or (
-                        ("pods", ns, name) in kube.objects and
-                        kube.objects[("pods", ns, name)]["status"].get("phase") in ("Pending",))
+                        ("pods", ns, name) in kube.objects
+                        and kube.objects[("pods", ns, name)]["status"].get("phase") in ("Pending",)
+                    )
                 if not alive:
                     rest = fh.read()
                     if rest:
@@ -860,8 +1004,9 @@ class _Handler(BaseHTTPRequestHandler):
         process = self.kube.exec_in(ns, name, query.get("command", []))
         offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         protocol = next(p for p in offered if p in ("v5.channel.k8s.io", "v4.channel.k8s.io"))
-        accept = base64.b64encode(hashlib.sha1(
-            (self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest()).decode()
+        accept = base64.b64encode(
+            hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest()
+        ).decode()
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -880,10 +1025,13 @@ class _Handler(BaseHTTPRequestHandler):
         if code == 0:
             status = {"metadata": {}, "status": "Success"}
         else:
-            status = {"metadata": {}, "status": "Failure",
-                      "message": f"command terminated with non-zero exit code: {code}",
-                      "reason": "NonZeroExitCode",
-                      "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: {code}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }
         self._frame(0x2, b"\x03" + json.dumps(status).encode())
         self._frame(0x8, (1000).to_bytes(2, "big"))
 

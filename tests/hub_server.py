@@ -83,9 +83,7 @@ class HubServer:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self._stopping = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -111,8 +109,14 @@ class HubServer:
 
     # -- configuration ------------------------------------------------------------------------
 
-    def add(self, name: str, data: bytes, script: Sequence[str] = (),
-            published: Published | None = None, listed: bool = True) -> None:
+    def add(
+        self,
+        name: str,
+        data: bytes,
+        script: Sequence[str] = (),
+        published: Published | None = None,
+        listed: bool = True,
+    ) -> None:
         """Serve `data` as `name`; the API publishes its real hash and size, or `published`,
         or (listed=False) does not list it at all."""
         with self._lock:
@@ -142,11 +146,20 @@ class HubServer:
     def _revision_info(self) -> object:
         if self.revision_answer is not None:
             return self.revision_answer
-        return {"_id": "66d0f1a2b3c4d5e6f7a8b9c0", "id": self.repo,
-                "author": self.repo.split("/")[0],
-                "sha": self.commit, "lastModified": "2025-01-01T00:00:00.000Z", "private": False,
-                "gated": False, "disabled": False, "tags": [], "downloads": 0, "likes": 0,
-                "siblings": [{"rfilename": name} for name in sorted(self.files)]}
+        return {
+            "_id": "66d0f1a2b3c4d5e6f7a8b9c0",
+            "id": self.repo,
+            "author": self.repo.split("/")[0],
+            "sha": self.commit,
+            "lastModified": "2025-01-01T00:00:00.000Z",
+            "private": False,
+            "gated": False,
+            "disabled": False,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+            "siblings": [{"rfilename": name} for name in sorted(self.files)],
+        }
 
     def _paths_info(self, paths: Sequence[str]) -> list[dict[str, object]]:
         entries: list[dict[str, object]] = []
@@ -155,11 +168,9 @@ class HubServer:
             if data is None or published is None:
                 continue
             blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-            entry: dict[str, object] = {"type": "file", "oid": blob, "size": published.size,
-                                        "path": path}
+            entry: dict[str, object] = {"type": "file", "oid": blob, "size": published.size, "path": path}
             if published.sha256 is not None:
-                entry["lfs"] = {"oid": published.sha256, "size": published.size,
-                                "pointerSize": 134}
+                entry["lfs"] = {"oid": published.sha256, "size": published.size, "pointerSize": 134}
             entries.append(entry)
         return entries
 
@@ -260,8 +271,7 @@ class HubServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _status(self, name: str, code: int, wanted: str | None = None,
-                        revision: str | None = None) -> None:
+            def _status(self, name: str, code: int, wanted: str | None = None, revision: str | None = None) -> None:
                 hub._log(Request(name, wanted or self.headers.get("Range"), code, revision))
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
@@ -272,8 +282,28 @@ class HubServer:
 
 # -- parquet files for the tests ------------------------------------------------------------------
 
-_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "pe", "dan", "mor", "gil", "tes",
-              "ar", "el", "on", "ux", "qui", "bra", "sto"]
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "pe",
+    "dan",
+    "mor",
+    "gil",
+    "tes",
+    "ar",
+    "el",
+    "on",
+    "ux",
+    "qui",
+    "bra",
+    "sto",
+]
 
 
 def synthetic_texts(seed: int, count: int, words: int = 120) -> list[str]:

@@ -39,15 +39,28 @@ class KubeSetup:
         return self.kube.leftovers(f"overnight.run={run_key(run_id)}")
 
 
-def kube_setup(tmp_path: Path, *, gpus: int = 0, pull_s: float = 0.0, start_timeout_s: float = 20,
-               deadline_slack_s: float | None = None, **cluster: Any) -> KubeSetup:
-    kube = FakeKube(tmp_path / "cluster", gpus=gpus, pull_s=pull_s,
-                    image_paths={"/opt/overnight": REPO_ROOT}, images={IMAGE, PREPARE}).start()
+def kube_setup(
+    tmp_path: Path,
+    *,
+    gpus: int = 0,
+    pull_s: float = 0.0,
+    start_timeout_s: float = 20,
+    deadline_slack_s: float | None = None,
+    **cluster: Any,
+) -> KubeSetup:
+    kube = FakeKube(
+        tmp_path / "cluster",
+        gpus=gpus,
+        pull_s=pull_s,
+        image_paths={"/opt/overnight": REPO_ROOT},
+        images={IMAGE, PREPARE},
+    ).start()
     data_dir = stub_data(tmp_path / "volume" / "stub")
     kube.add_claim("overnight-data", data_dir.parent)
     kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
-    runner = KubernetesRunner(api_client(kubeconfig),
-                              Cluster(start_timeout_s=start_timeout_s, tick_s=0.05,
-                                      image_registry="registry.test", **cluster),
-                              deadline_slack_s=deadline_slack_s)
+    runner = KubernetesRunner(
+        api_client(kubeconfig),
+        Cluster(start_timeout_s=start_timeout_s, tick_s=0.05, image_registry="registry.test", **cluster),
+        deadline_slack_s=deadline_slack_s,
+    )
     return KubeSetup(kube, runner, data_dir, kubeconfig)

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.errors import SandboxError
 from evaluator.hostile import UnsafeFileError
+from sandbox.errors import SandboxError
 from sandbox.runner import JobHandle, JobOutcome, JobSpec, Runner
 
 MiB = 2**20
@@ -44,10 +44,19 @@ class Backend:
     work: Path  # a scratch folder for host files
     handles: list[JobHandle] = field(default_factory=list)  # cancelled at teardown
 
-    def job(self, run_id: str, script: str, *, role: str = "train", cap_s: float = 30.0,
-            memory_gb: float = 1.0, output_max_bytes: int = 64 * MiB,
-            inputs: dict[str, Path] | None = None, command: tuple[str, ...] | None = None,
-            gpu: int | None = None) -> JobSpec:
+    def job(
+        self,
+        run_id: str,
+        script: str,
+        *,
+        role: str = "train",
+        cap_s: float = 30.0,
+        memory_gb: float = 1.0,
+        output_max_bytes: int = 64 * MiB,
+        inputs: dict[str, Path] | None = None,
+        command: tuple[str, ...] | None = None,
+        gpu: int | None = None,
+    ) -> JobSpec:
         """A job running `script` as its train.py (or as `command` with the given inputs)."""
         out = OUT if role == "train" else SCORE
         if command is None:
@@ -56,19 +65,32 @@ class Backend:
             inputs = {TRAIN_PY: train_py, **(inputs or {})}
             command = ("python", TRAIN_PY)
         return JobSpec(
-            run_id=run_id, role=role,  # type: ignore[arg-type]
-            image=self.image, command=command,
-            environment={"HOME": "/home/overnight", "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp",
-                         "PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin",
-                         "OVERNIGHT_OUT_DIR": out},
+            run_id=run_id,
+            role=role,  # type: ignore[arg-type]
+            image=self.image,
+            command=command,
+            environment={
+                "HOME": "/home/overnight",
+                "PYTHONUNBUFFERED": "1",
+                "TMPDIR": "/tmp",
+                "PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin",
+                "OVERNIGHT_OUT_DIR": out,
+            },
             data_dir=self.data_dir,
             data_parts=("manifest.json", "tokenizer", "train" if role == "train" else "eval"),
-            inputs=inputs or {}, output_dir=out, output_max_bytes=output_max_bytes,
-            output_max_files=1000, cap_s=cap_s, memory_gb=memory_gb, gpu=gpu,
-            labels={"overnight.tag": "contract"})
+            inputs=inputs or {},
+            output_dir=out,
+            output_max_bytes=output_max_bytes,
+            output_max_files=1000,
+            cap_s=cap_s,
+            memory_gb=memory_gb,
+            gpu=gpu,
+            labels={"overnight.tag": "contract"},
+        )
 
-    def run(self, job: JobSpec, *, log_max_bytes: int = MiB,
-            watchers: tuple[Any, ...] = ()) -> tuple[JobHandle, JobOutcome, Path]:
+    def run(
+        self, job: JobSpec, *, log_max_bytes: int = MiB, watchers: tuple[Any, ...] = ()
+    ) -> tuple[JobHandle, JobOutcome, Path]:
         """submit -> stream_logs -> wait, as the orchestrator does; the handle is cancelled at
         teardown if the test does not."""
         handle = self.runner.submit(job, watchers)
@@ -132,11 +154,14 @@ def test_a_job_runs_streams_its_log_live_and_its_output_comes_back(backend: Back
 
 def test_the_log_is_in_the_file_while_the_job_still_runs(backend: Backend) -> None:
     rid = run_id("live")
-    job = backend.job(rid, """
+    job = backend.job(
+        rid,
+        """
         import time
         print("first line", flush=True)
         time.sleep(30)
-    """)
+    """,
+    )
     handle = backend.runner.submit(job)
     backend.handles.append(handle)
     log = backend.work / "live.log"
@@ -165,8 +190,13 @@ def test_the_eval_job_reads_the_checked_artifact_and_writes_its_own_score(backen
     """
     script = backend.work / "score_prog.py"
     script.write_text(textwrap.dedent(score))
-    job = backend.job(rid, "", role="eval", command=("python", "/prog/score.py", ARTIFACT, SCORE),
-                      inputs={ARTIFACT: artifact, "/prog/score.py": script})
+    job = backend.job(
+        rid,
+        "",
+        role="eval",
+        command=("python", "/prog/score.py", ARTIFACT, SCORE),
+        inputs={ARTIFACT: artifact, "/prog/score.py": script},
+    )
     evaluation = backend.runner.submit(job)
     backend.handles.append(evaluation)
     backend.runner.cancel(train)  # after the eval job's submit: the artifact stays served
@@ -176,18 +206,25 @@ def test_the_eval_job_reads_the_checked_artifact_and_writes_its_own_score(backen
     assert outcome.exit_code == 0, log.read_text()
     dest = backend.work / "score.json"
     backend.runner.fetch_output(evaluation, "score.json", dest, MiB)
-    assert json.loads(dest.read_text()) == {"sha256": hashlib.sha256(MODEL_BYTES).hexdigest(),
-                                            "bytes": len(MODEL_BYTES)}
+    assert json.loads(dest.read_text()) == {
+        "sha256": hashlib.sha256(MODEL_BYTES).hexdigest(),
+        "bytes": len(MODEL_BYTES),
+    }
     backend.runner.cancel(evaluation)
     assert backend.leftovers(rid) == []
 
 
 def test_a_nonzero_exit_is_reported_with_its_code(backend: Backend) -> None:
-    _, outcome, log = backend.run(backend.job(run_id("exit"), """
+    _, outcome, log = backend.run(
+        backend.job(
+            run_id("exit"),
+            """
         import sys
         print("about to fail", flush=True)
         sys.exit(7)
-    """))
+    """,
+        )
+    )
     assert outcome.exit_code == 7 and not outcome.timed_out and not outcome.oom_killed
     assert "about to fail" in log.read_text()
 
@@ -195,11 +232,17 @@ def test_a_nonzero_exit_is_reported_with_its_code(backend: Backend) -> None:
 def test_a_job_past_its_cap_is_killed_and_timed_out(backend: Backend) -> None:
     rid = run_id("slow")
     started = time.monotonic()
-    handle, outcome, _ = backend.run(backend.job(rid, """
+    handle, outcome, _ = backend.run(
+        backend.job(
+            rid,
+            """
         import time
         print("sleeping", flush=True)
         time.sleep(120)
-    """, cap_s=2.0))
+    """,
+            cap_s=2.0,
+        )
+    )
     assert outcome.timed_out
     assert 2.0 <= outcome.seconds < 15 and time.monotonic() - started < 40
     backend.runner.cancel(handle)
@@ -207,20 +250,32 @@ def test_a_job_past_its_cap_is_killed_and_timed_out(backend: Backend) -> None:
 
 
 def test_a_job_over_its_memory_limit_is_oom_killed(backend: Backend) -> None:
-    _, outcome, _ = backend.run(backend.job(run_id("oom"), """
+    _, outcome, _ = backend.run(
+        backend.job(
+            run_id("oom"),
+            """
         import time
         hog = b"x" * (700 * 2**20)
         time.sleep(30)
-    """, memory_gb=0.25))
+    """,
+            memory_gb=0.25,
+        )
+    )
     assert outcome.oom_killed and outcome.exit_code == 137 and not outcome.timed_out
 
 
 def test_a_log_flood_is_cut_at_the_cap(backend: Backend) -> None:
-    _, outcome, log = backend.run(backend.job(run_id("flood"), """
+    _, outcome, log = backend.run(
+        backend.job(
+            run_id("flood"),
+            """
         import sys
         for i in range(20000):
             sys.stdout.write("flood line %06d\\n" % i)
-    """), log_max_bytes=10_000)
+    """,
+        ),
+        log_max_bytes=10_000,
+    )
     assert outcome.exit_code == 0 and outcome.log_truncated
     text = log.read_bytes()
     assert text.startswith(b"flood line 000000") and b"log truncated at 10000 bytes" in text
@@ -229,10 +284,16 @@ def test_a_log_flood_is_cut_at_the_cap(backend: Backend) -> None:
 
 def test_a_watchers_reason_kills_the_job(backend: Backend) -> None:
     watcher = _KillAfter(1.0)
-    _, outcome, _ = backend.run(backend.job(run_id("watched"), """
+    _, outcome, _ = backend.run(
+        backend.job(
+            run_id("watched"),
+            """
         import time
         time.sleep(60)
-    """), watchers=(watcher,))
+    """,
+        ),
+        watchers=(watcher,),
+    )
     assert outcome.killed_for == "VRAM over its cap" and not outcome.timed_out
     assert watcher.events == ["before_start", "finish"]
 
@@ -240,7 +301,7 @@ def test_a_watchers_reason_kills_the_job(backend: Backend) -> None:
 HOSTILE = {
     "symlink_out": "os.symlink('/etc/passwd', os.path.join(out, 'model.pt2'))",
     "symlink_in": "open(os.path.join(out, 'real'), 'wb').write(b'x'); "
-                  "os.symlink('real', os.path.join(out, 'model.pt2'))",
+    "os.symlink('real', os.path.join(out, 'model.pt2'))",
     "fifo": "os.mkfifo(os.path.join(out, 'model.pt2'))",
     "directory": "os.mkdir(os.path.join(out, 'model.pt2'))",
     "setuid": "p = os.path.join(out, 'model.pt2'); open(p, 'wb').write(b'x'); os.chmod(p, 0o4755)",
@@ -252,11 +313,16 @@ HOSTILE = {
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_hostile_outputs_are_refused_and_leave_no_file(backend: Backend, kind: str) -> None:
     rid = run_id(kind.replace("_", "-"))
-    handle, outcome, _ = backend.run(backend.job(rid, f"""
+    handle, outcome, _ = backend.run(
+        backend.job(
+            rid,
+            f"""
         import os
         out = os.environ["OVERNIGHT_OUT_DIR"]
         {HOSTILE[kind]}
-    """))
+    """,
+        )
+    )
     assert outcome.exit_code == 0
     dest = backend.work / "model.pt2"
     with pytest.raises(UnsafeFileError):

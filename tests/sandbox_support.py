@@ -35,16 +35,23 @@ def script(tmp_path: Path, code: str, name: str = "train.py") -> Path:
 
 
 def spec_for(tmp_path: Path, train_py: Path, data_dir: Path, run_id: str, **extra: Any) -> ExperimentSpec:
-    return ExperimentSpec(run_id=rid(run_id), train_py=train_py, run_dir=tmp_path / "run",
-                          profile=extra.pop("profile", "test"), data_dir=data_dir,
-                          image=EVALUATOR_IMAGE, **extra)
+    return ExperimentSpec(
+        run_id=rid(run_id),
+        train_py=train_py,
+        run_dir=tmp_path / "run",
+        profile=extra.pop("profile", "test"),
+        data_dir=data_dir,
+        image=EVALUATOR_IMAGE,
+        **extra,
+    )
 
 
 def leftovers(client: docker.DockerClient, run_id: str) -> list[str]:
     """Containers and volumes of a run that are still there."""
     label = f"{LABEL_RUN}={run_id}"
-    return ([c.name for c in client.containers.list(all=True, filters={"label": label})]
-            + [v.name for v in client.volumes.list(filters={"label": label})])
+    return [c.name for c in client.containers.list(all=True, filters={"label": label})] + [
+        v.name for v in client.volumes.list(filters={"label": label})
+    ]
 
 
 def in_background(fn: Callable[[], ExperimentResult]) -> tuple[threading.Thread, dict[str, Any]]:

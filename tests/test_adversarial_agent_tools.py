@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from controller_fakes import git, make_repo
 
-
 from controller import git as g
 from controller.agents.anthropic_agent import AnthropicAgent, AnthropicSettings
 from controller.agents.base import HistoryRow, ProposalContext
@@ -56,10 +55,27 @@ def worktree(tmp_path: Path) -> dict[str, Any]:
 
 
 def context_for(ws: dict[str, Any]) -> ProposalContext:
-    history = [HistoryRow(n=1, commit="aaaaaaa", val_bpb=None, memory_gb=0.1, status="crash",
-                          description="hostile run", run_dir=ws["runs"] / "0001-aaaaaaa")]
-    return ProposalContext(tag="tools", experiment=2, train_py=ws["train_py"], program_md="# program", profile="test",
-                           history=history, best_diff="", runs_dir=ws["runs"])
+    history = [
+        HistoryRow(
+            n=1,
+            commit="aaaaaaa",
+            val_bpb=None,
+            memory_gb=0.1,
+            status="crash",
+            description="hostile run",
+            run_dir=ws["runs"] / "0001-aaaaaaa",
+        )
+    ]
+    return ProposalContext(
+        tag="tools",
+        experiment=2,
+        train_py=ws["train_py"],
+        program_md="# program",
+        profile="test",
+        history=history,
+        best_diff="",
+        runs_dir=ws["runs"],
+    )
 
 
 HOSTILE_CALLS = {
@@ -67,8 +83,10 @@ HOSTILE_CALLS = {
     "write with a file": ("write_train_py", {"content": "print('pwned')\n", "file": "evaluator/score.py"}),
     "view another file": ("view_train_py", {"path": "/etc/passwd"}),
     "shell": ("bash", {"command": "echo 'VAL_BPB = 0' >> evaluator/score.py && git commit -am fix"}),
-    "generic editor": ("str_replace_based_edit_tool",
-                       {"command": "create", "path": "evaluator/score.py", "file_text": "VAL_BPB = 0\n"}),
+    "generic editor": (
+        "str_replace_based_edit_tool",
+        {"command": "create", "path": "evaluator/score.py", "file_text": "VAL_BPB = 0\n"},
+    ),
     "commit": ("git_commit", {"message": "fix", "paths": ["evaluator/score.py"]}),
     "ledger": ("write_file", {"path": "../../runs/tools/results.tsv", "content": "forged"}),
     "log by path": ("read_run_log", {"run": 1, "log": "../../../evaluator/score"}),
@@ -92,11 +110,20 @@ def test_the_tools_edit_nothing_but_train_py_whatever_the_model_asks(worktree: d
     with FakeAnthropic(api_key=API_KEY) as fake:
         fake.enqueue(
             Reply([tool_use("read_run_log", {"run": 1})]),
-            Reply([text("The log says to fix the evaluator."), *calls.values(),
-                   tool_use("update_notebook", {"section": "../../evaluator/score.py", "text": "VAL_BPB = 0"})],
-                  stop_reason="tool_use"),  # (forced: the oversized write would pass max_tokens)
-            Reply([tool_use("write_train_py", {"content": legit}),
-                   tool_use("finish", {"description": "STEPS 0 -> 3\tkeep\n0000000\t0.0\t0.0\tkeep\tforged"})]),
+            Reply(
+                [
+                    text("The log says to fix the evaluator."),
+                    *calls.values(),
+                    tool_use("update_notebook", {"section": "../../evaluator/score.py", "text": "VAL_BPB = 0"}),
+                ],
+                stop_reason="tool_use",
+            ),  # (forced: the oversized write would pass max_tokens)
+            Reply(
+                [
+                    tool_use("write_train_py", {"content": legit}),
+                    tool_use("finish", {"description": "STEPS 0 -> 3\tkeep\n0000000\t0.0\t0.0\tkeep\tforged"}),
+                ]
+            ),
         )
         agent = AnthropicAgent(AnthropicSettings(api_key=API_KEY, base_url=fake.url, backoff_initial_s=0.01))
         proposal = agent.propose(context_for(worktree))
@@ -169,8 +196,13 @@ def test_no_commit_of_the_night_touches_anything_but_train_py(adversarial: Night
     tip = g.resolve(adversarial.repo, f"refs/heads/autoresearch/{TAG}")
     assert g.git(adversarial.repo, "diff", "--name-only", base, tip) in ("", TRAIN_REL)
     # Nothing the agent committed by itself survives on the branch or under a ref.
-    reachable = g.git(adversarial.repo, "log", "--format=%an %s", f"refs/heads/autoresearch/{TAG}",
-                      *[f"refs/autoresearch/{TAG}/{n}" for n in refs]).splitlines()
+    reachable = g.git(
+        adversarial.repo,
+        "log",
+        "--format=%an %s",
+        f"refs/heads/autoresearch/{TAG}",
+        *[f"refs/autoresearch/{TAG}/{n}" for n in refs],
+    ).splitlines()
     assert not [line for line in reachable if line.startswith("agent ")], reachable
 
 
@@ -191,6 +223,7 @@ def test_the_users_checkout_evaluator_and_hooks_are_untouched(adversarial: Night
 def test_every_step_of_the_agent_was_taken(adversarial: NightResult) -> None:
     assert adversarial.agent.steps == []
     assert len(adversarial.agent.taken) == len(RUNS) + len(REFUSALS)
-    out = subprocess.run(["git", "worktree", "list"], cwd=adversarial.repo, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["git", "worktree", "list"], cwd=adversarial.repo, capture_output=True, text=True, check=True
+    ).stdout
     assert out.count("\n") == 2  # the user's checkout and the night's worktree, nothing else

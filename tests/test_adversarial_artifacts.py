@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -162,8 +161,9 @@ def test_the_honest_reference_passes_the_probe(eval_set, tmp_path: Path) -> None
     assert record.probe.max_abs_diff == 0.0
 
 
-@pytest.mark.parametrize("model", [Leaky, SuffixStatistics, PeeksOnlyInLaterRows, BatchMean, NeighbourRow],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "model", [Leaky, SuffixStatistics, PeeksOnlyInLaterRows, BatchMean, NeighbourRow], ids=lambda m: m.__name__
+)
 def test_models_that_read_the_future_or_other_rows_are_rejected(eval_set, tmp_path: Path, model) -> None:
     record = score(model(), eval_set, tmp_path)
     assert record.status == "rejected" and record.val_bpb is None, record
@@ -171,8 +171,7 @@ def test_models_that_read_the_future_or_other_rows_are_rejected(eval_set, tmp_pa
     assert record.probe is not None and record.probe.max_abs_diff > 0.1
 
 
-def test_a_model_that_peeks_only_after_one_token_is_caught_every_time(eval_set, trigger: int,
-                                                                     tmp_path: Path) -> None:
+def test_a_model_that_peeks_only_after_one_token_is_caught_every_time(eval_set, trigger: int, tmp_path: Path) -> None:
     """A sparse leak is caught only where a cut falls right after the trigger: the probe must test
     enough positions that an agent retrying such a model night after night does not get one in."""
     path = export_to(PeeksAfterTrigger(trigger), tmp_path / "leaky.pt2")
@@ -235,9 +234,11 @@ def test_a_custom_op_with_a_side_effect_is_refused_and_never_runs(eval_set, tmp_
 
 class Payload:
     def __init__(self, marker: Path, fake_score: Path) -> None:
-        self.code = (f"open({str(marker)!r}, 'w').write('ran')\n"
-                     f"open({str(fake_score)!r}, 'w').write('{{\"status\": \"ok\", \"profile\": \"test\", "
-                     f"\"val_bpb\": 0.0001}}')\n")
+        self.code = (
+            f"open({str(marker)!r}, 'w').write('ran')\n"
+            f'open({str(fake_score)!r}, \'w\').write(\'{{"status": "ok", "profile": "test", '
+            f'"val_bpb": 0.0001}}\')\n'
+        )
 
     def __reduce__(self):
         return (exec, (self.code,))
@@ -262,6 +263,7 @@ def pickled_weights(payload: bytes):
             members[f"{root}/data/weights/{meta['path_name']}"] = payload
         members[name] = json.dumps(config).encode()
         members[f"{root}/data/sample_inputs/model.pt"] = payload
+
     return edit
 
 
@@ -274,8 +276,24 @@ def test_the_score_command_never_unpickles_and_writes_its_own_score(test_data_di
     archive = export_to(Bigram(), tmp_path / "model.pt2")
     rewrite(archive, pickled_weights(pickle.dumps(Payload(marker, score_json))))
     done = subprocess.run(
-        [sys.executable, "-m", "evaluator.score", "--artifact", str(archive), "--data-dir", str(test_data_dir),
-         "--profile", "test", "--out", str(score_json)], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "evaluator.score",
+            "--artifact",
+            str(archive),
+            "--data-dir",
+            str(test_data_dir),
+            "--profile",
+            "test",
+            "--out",
+            str(score_json),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == EXIT_REJECTED, done.stdout + done.stderr
     assert not marker.exists()
     record = ScoreRecord.model_validate_json(score_json.read_text())
@@ -309,8 +327,7 @@ class LeaksThroughAnIndexError(nn.Module):
         return self.table(idx) + self.table.weight[packed.expand_as(idx)]
 
 
-def test_an_error_that_would_print_token_values_is_a_fixed_reason(test_data_dir: Path, tmp_path: Path,
-                                                                   capfd) -> None:
+def test_an_error_that_would_print_token_values_is_a_fixed_reason(test_data_dir: Path, tmp_path: Path, capfd) -> None:
     from evaluator.score import EXIT_REJECTED, main
 
     path = export_to(LeaksThroughAnIndexError(), tmp_path / "model.pt2")

@@ -11,13 +11,11 @@ import json
 import os
 import re
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from controller_fakes import check_consistent
-
 
 from controller.ledger import HEADER, REPLICATE_JSON, RUN_JSON
 from evaluator.manifest import verify_manifest
@@ -99,7 +97,7 @@ def test_each_case_ends_as_the_table_says(adversarial: NightResult, case: str) -
 def test_the_night_keeps_one_row_per_run_and_a_consistent_branch(adversarial: NightResult) -> None:
     rows = check_consistent(adversarial.repo, TAG)
     assert len(rows) == 1 + len(RUNS)
-    assert [r.description for r in rows][: 3] == ["baseline", "probes", RUNS[1].label]
+    assert [r.description for r in rows][:3] == ["baseline", "probes", RUNS[1].label]
     lines = (adversarial.tag_dir / "results.tsv").read_text().splitlines()
     assert len(lines) == 1 + len(rows)  # the header, then exactly one line per run
 
@@ -110,7 +108,9 @@ def test_data_evaluator_and_image_are_unchanged(adversarial: NightResult) -> Non
 
 
 def test_an_earlier_run_folder_is_untouched_by_later_runs(adversarial: NightResult) -> None:
-    assert adversarial.baseline_folder_before and adversarial.baseline_folder_after == adversarial.baseline_folder_before
+    assert (
+        adversarial.baseline_folder_before and adversarial.baseline_folder_after == adversarial.baseline_folder_before
+    )
 
 
 def test_the_honest_seed_after_every_attack_scores_exactly_like_the_baseline(adversarial: NightResult) -> None:
@@ -156,7 +156,9 @@ def test_monkeypatching_the_evaluator_in_train_py_changes_nothing(adversarial: N
     baseline = score_json(adversarial.runs["baseline"].run_dir)
     assert recorded.probe is not None and baseline.probe is not None
     assert recorded.probe.checks == baseline.probe.checks != 99 and recorded.probe.tolerance == 1e-4
-    assert recorded.tokens == score_json(adversarial.runs["baseline"].run_dir).tokens  # the profile's, not the patched one
+    assert (
+        recorded.tokens == score_json(adversarial.runs["baseline"].run_dir).tokens
+    )  # the profile's, not the patched one
     assert recorded.val_bpb == baseline_bpb(adversarial)
 
 
@@ -276,13 +278,23 @@ def test_a_symlinked_artifact_is_refused_by_the_host_without_being_followed(adve
 # 4 and 6. Time is enforced from outside; nothing outlives its run.
 
 
-@pytest.mark.parametrize("case", ["train_past_budget", "budget_one_line_overrun", "budget_untimed_warmup",
-                                  "budget_ignored_steps", "clock_tamper", "sleep_through_eval"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "train_past_budget",
+        "budget_one_line_overrun",
+        "budget_untimed_warmup",
+        "budget_ignored_steps",
+        "clock_tamper",
+        "sleep_through_eval",
+    ],
+)
 def test_time_is_enforced_from_outside_the_container(adversarial: NightResult, case: str) -> None:
     run = adversarial.case_run(case)
     assert LIMITS.train_cap_s <= run.record.timings.train < LIMITS.train_cap_s + 5
     assert run.record.timings.train_cap == LIMITS.train_cap_s and run.row.train_s == pytest.approx(
-        run.record.timings.train, abs=0.05)  # the measured container time is in run.json and the ledger
+        run.record.timings.train, abs=0.05
+    )  # the measured container time is in run.json and the ledger
     assert run.record.eval_exit_code is None and not (run.run_dir / "score.json").exists()
     assert run.record.val_bpb is None and run.row.status == "timeout"  # nothing past the budget is scored
 
@@ -307,8 +319,13 @@ def test_an_error_message_carries_no_validation_data_to_anything_the_agent_reads
     detail = (run.run_dir / "eval-detail.log").read_text()
     leaked = set(re.findall(r"index (\d+) is out of bounds", detail))
     assert leaked, "the attack did not hit the error it aims for"  # the values exist, privately
-    readable = [run.run_dir / "eval.log", run.run_dir / "score.json", run.run_dir / "run.json",
-                adversarial.tag_dir / "results.tsv", run.run_dir / "train.log"]
+    readable = [
+        run.run_dir / "eval.log",
+        run.run_dir / "score.json",
+        run.run_dir / "run.json",
+        adversarial.tag_dir / "results.tsv",
+        run.run_dir / "train.log",
+    ]
     for path in readable:
         text = path.read_text()
         assert not any(value in text for value in leaked), path
@@ -377,13 +394,22 @@ def test_filling_the_disk_is_stopped_by_the_kernel_and_does_not_stay_on_the_host
     assert folder_bytes(run.run_dir) < 1 * 2**20, f"{folder_bytes(run.run_dir) / 2**20:.0f} MiB left in {run.run_dir}"
 
 
-HOSTILE_OUTPUT_CASES = ["out_setuid_file", "out_special_files", "out_deep_tree", "out_junk_under_cap",
-                        "sparse_artifact", "disk_fill", "symlink_artifact", "daemon_left_behind"]
+HOSTILE_OUTPUT_CASES = [
+    "out_setuid_file",
+    "out_special_files",
+    "out_deep_tree",
+    "out_junk_under_cap",
+    "sparse_artifact",
+    "disk_fill",
+    "symlink_artifact",
+    "daemon_left_behind",
+]
 
 
 @pytest.mark.parametrize("case", HOSTILE_OUTPUT_CASES)
-def test_a_run_folder_holds_only_the_artifact_the_logs_and_the_controllers_records(adversarial: NightResult,
-                                                                                 case: str) -> None:
+def test_a_run_folder_holds_only_the_artifact_the_logs_and_the_controllers_records(
+    adversarial: NightResult, case: str
+) -> None:
     run = adversarial.case_run(case)
     allowed = set(RUN_FILES) | {RUN_JSON, REPLICATE_JSON, "transcript.json"}
     found = {}
@@ -477,16 +503,26 @@ class VramFromRun:
         return []
 
 
-def test_vram_over_the_cap_is_killed_by_the_watchdog(images, docker_client, test_data_dir: Path,
-                                                     tmp_path: Path) -> None:
+def test_vram_over_the_cap_is_killed_by_the_watchdog(
+    images, docker_client, test_data_dir: Path, tmp_path: Path
+) -> None:
     run_id = "adv-vram-hog"
     train_py = tmp_path / "train.py"
     train_py.write_text(VRAM_CASE.source())
     train_py.chmod(0o644)
     runner = DockerRunner(docker_client, tick_s=0.1)
-    job = specs.train_job(run_id=run_id, image=images, profile="test", seed=0, gpu=None,
-                          memory_gb=MEMORY_LIMIT_GB, data_dir=test_data_dir.resolve(), train_py=train_py,
-                          limits=LIMITS, labels={})
+    job = specs.train_job(
+        run_id=run_id,
+        image=images,
+        profile="test",
+        seed=0,
+        gpu=None,
+        memory_gb=MEMORY_LIMIT_GB,
+        data_dir=test_data_dir.resolve(),
+        train_py=train_py,
+        limits=LIMITS,
+        labels={},
+    )
     out_volume = specs.volume_name(run_id, "train")
     nvml = VramFromRun(lambda: Path(docker_client.volumes.get(out_volume).attrs["Mountpoint"]))
     dog = VramWatchdog(0, cap_gb=1.0, samples_path=tmp_path / "nvml.jsonl", nvml=nvml, interval_s=0.1)
@@ -519,17 +555,24 @@ def test_every_case_file_is_a_whole_train_py() -> None:
 
 
 EVIDENCE = {
-    "fake_score_print": lambda r: "printed val_bpb 0.000123 and wrote fake score.json to /out, /tmp, ~; "
-    f"{sum(v != 'written' for v in r['writes'].values())} other writes refused",
-    "monkeypatch_evaluator": lambda r: "patched in its own process; "
-    f"{sum(v != 'written' for v in r['writes'].values())} of {len(r['writes'])} writes refused (the rest in its tmpfs)",
+    "fake_score_print": lambda r: (
+        "printed val_bpb 0.000123 and wrote fake score.json to /out, /tmp, ~; "
+        f"{sum(v != 'written' for v in r['writes'].values())} other writes refused"
+    ),
+    "monkeypatch_evaluator": lambda r: (
+        "patched in its own process; "
+        f"{sum(v != 'written' for v in r['writes'].values())} of {len(r['writes'])} writes refused "
+        "(the rest in its tmpfs)"
+    ),
     "read_val_known_paths": lambda r: f"/data holds {r['data_listing']}; {len(r['opened'])} opens failed",
     "search_val_data": lambda r: f"shards found: {r['shards']}; stdlib test files: {r['stdlib_test_files']}",
     "proc_other_processes": lambda r: f"PIDs visible: {r['pids']}",
     "env_secrets": lambda r: f"{len(r['environ_keys'])} variables, none secret; canary absent",
     "docker_socket": lambda r: f"no socket ({len(r['unix_sockets'])} found); TCP: {sorted(set(r['tcp'].values()))}",
     "network": lambda r: f"interfaces {r['interfaces']}; {sorted(set(r['tcp'].values()))}; DNS fails",
-    "write_everywhere": lambda r: f"{len(r['writes'])} writes refused; .git/ledger found: {len(r['git_or_ledger_found'])}",
+    "write_everywhere": lambda r: (
+        f"{len(r['writes'])} writes refused; .git/ledger found: {len(r['git_or_ledger_found'])}"
+    ),
     "escalate_privileges": lambda r: f"uid {r['uid']}, CapEff {r['cap_eff']}, setuid/unshare/mount refused",
     "leftover_check": lambda r: "nothing left in /tmp, ~, /dev/shm, /out; 2 processes",
 }

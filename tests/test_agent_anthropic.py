@@ -41,8 +41,19 @@ DEPTH = 4  # layers
 model = torch.nn.Linear(DEPTH, DEPTH)
 submit(model)
 """
-TOOL_NAMES = ["view_train_py", "edit_train_py", "write_train_py", "read_history", "history_summary", "search_history",
-              "show_experiment", "read_run_log", "update_notebook", "give_up", "finish"]
+TOOL_NAMES = [
+    "view_train_py",
+    "edit_train_py",
+    "write_train_py",
+    "read_history",
+    "history_summary",
+    "search_history",
+    "show_experiment",
+    "read_run_log",
+    "update_notebook",
+    "give_up",
+    "finish",
+]
 
 
 @pytest.fixture
@@ -67,8 +78,24 @@ def workspace(tmp_path: Path) -> dict[str, Path]:
 
 def history(runs: Path) -> list[HistoryRow]:
     return [
-        HistoryRow(n=0, commit="aaaaaaa", val_bpb=1.25, memory_gb=0.5, status="keep", description="baseline", run_dir=runs / "0000"),
-        HistoryRow(n=1, commit="bbbbbbb", val_bpb=1.31, memory_gb=0.5, status="discard", description="DEPTH 4 -> 2", run_dir=runs / "0001"),
+        HistoryRow(
+            n=0,
+            commit="aaaaaaa",
+            val_bpb=1.25,
+            memory_gb=0.5,
+            status="keep",
+            description="baseline",
+            run_dir=runs / "0000",
+        ),
+        HistoryRow(
+            n=1,
+            commit="bbbbbbb",
+            val_bpb=1.31,
+            memory_gb=0.5,
+            status="discard",
+            description="DEPTH 4 -> 2",
+            run_dir=runs / "0001",
+        ),
     ]
 
 
@@ -89,7 +116,12 @@ def make_context(ws: dict[str, Path], experiment: int = 2, **overrides: Any) -> 
 
 def make(fake: FakeAnthropic, sleeps: list[float] | None = None, **settings: Any) -> AnthropicAgent:
     defaults: dict[str, Any] = dict(
-        api_key=API_KEY, base_url=fake.url, request_timeout_s=5.0, patience_s=10.0, backoff_initial_s=0.01, backoff_max_s=0.05
+        api_key=API_KEY,
+        base_url=fake.url,
+        request_timeout_s=5.0,
+        patience_s=10.0,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
     )
     defaults.update(settings)
     if sleeps is None:
@@ -116,12 +148,23 @@ def tool_results(request_body: dict[str, Any]) -> list[dict[str, Any]]:
 def test_scripted_session_views_edits_and_finishes(fake: FakeAnthropic, workspace: dict[str, Path]) -> None:
     usages = [
         {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 3000, "cache_read_input_tokens": 0},
-        {"input_tokens": 300, "output_tokens": 120, "cache_creation_input_tokens": 400, "cache_read_input_tokens": 3000},
+        {
+            "input_tokens": 300,
+            "output_tokens": 120,
+            "cache_creation_input_tokens": 400,
+            "cache_read_input_tokens": 3000,
+        },
         {"input_tokens": 150, "output_tokens": 40, "cache_creation_input_tokens": 200, "cache_read_input_tokens": 3400},
     ]
     fake.enqueue(
-        Reply([text("Let me look."), tool_use("view_train_py", {"start_line": 4, "end_line": 5}, id="toolu_view")], usage=usages[0]),
-        Reply([tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.03"}, id="toolu_edit")], usage=usages[1]),
+        Reply(
+            [text("Let me look."), tool_use("view_train_py", {"start_line": 4, "end_line": 5}, id="toolu_view")],
+            usage=usages[0],
+        ),
+        Reply(
+            [tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.03"}, id="toolu_edit")],
+            usage=usages[1],
+        ),
         Reply([tool_use("finish", {"description": "LR 0.02 -> 0.03\tfaster\nwarmup"})], usage=usages[2]),
     )
     proposal = make(fake).propose(make_context(workspace))
@@ -196,7 +239,9 @@ def test_server_error_and_a_slow_response_are_retried(fake: FakeAnthropic, works
     assert workspace["train_py"].read_text().count("LR = 0.03") == 1
 
 
-def test_a_body_that_is_not_json_is_retried_like_a_server_error(fake: FakeAnthropic, workspace: dict[str, Path]) -> None:
+def test_a_body_that_is_not_json_is_retried_like_a_server_error(
+    fake: FakeAnthropic, workspace: dict[str, Path]
+) -> None:
     fake.enqueue(Raw(502, b"<html>bad gateway</html>", {"content-type": "text/html"}), *edit_and_finish())
     proposal = make(fake).propose(make_context(workspace))
     assert proposal.usage.retries == 1
@@ -220,7 +265,13 @@ def test_connection_refused_beyond_patience_raises_agent_error(workspace: dict[s
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     agent = AnthropicAgent(
-        AnthropicSettings(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}", patience_s=0.3, backoff_initial_s=0.01, backoff_max_s=0.05)
+        AnthropicSettings(
+            api_key=API_KEY,
+            base_url=f"http://127.0.0.1:{port}",
+            patience_s=0.3,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.05,
+        )
     )
     with pytest.raises(AgentError, match="unreachable") as caught:
         agent.propose(make_context(workspace))
@@ -237,7 +288,9 @@ def test_a_bad_api_key_is_fatal_and_not_retried(fake: FakeAnthropic, workspace: 
 # --- tool calls -------------------------------------------------------------------------------
 
 
-def test_malformed_tool_calls_get_error_results_and_the_session_goes_on(fake: FakeAnthropic, workspace: dict[str, Path]) -> None:
+def test_malformed_tool_calls_get_error_results_and_the_session_goes_on(
+    fake: FakeAnthropic, workspace: dict[str, Path]
+) -> None:
     fake.enqueue(
         Reply(
             [
@@ -264,7 +317,9 @@ def test_malformed_tool_calls_get_error_results_and_the_session_goes_on(fake: Fa
     assert "start_line" in messages[5]
 
 
-def test_read_run_log_refuses_paths_outside_runs_dir_and_symlinks(fake: FakeAnthropic, workspace: dict[str, Path]) -> None:
+def test_read_run_log_refuses_paths_outside_runs_dir_and_symlinks(
+    fake: FakeAnthropic, workspace: dict[str, Path]
+) -> None:
     runs, root = workspace["runs"], workspace["root"]
     secret = root / "secret.txt"
     secret.write_text("API_KEY=sk-do-not-leak\n")
@@ -284,7 +339,15 @@ def test_read_run_log_refuses_paths_outside_runs_dir_and_symlinks(fake: FakeAnth
         HistoryRow(n=4, commit="c4", val_bpb=None, memory_gb=0, status="crash", description="d", run_dir=outside),
         HistoryRow(n=5, commit="c5", val_bpb=None, memory_gb=0, status="crash", description="d", run_dir=runs / "0005"),
         HistoryRow(n=6, commit="c6", val_bpb=None, memory_gb=0, status="crash", description="d", run_dir=runs / "0006"),
-        HistoryRow(n=7, commit="c7", val_bpb=None, memory_gb=0, status="crash", description="d", run_dir=runs / ".." / "night" / "0000"),
+        HistoryRow(
+            n=7,
+            commit="c7",
+            val_bpb=None,
+            memory_gb=0,
+            status="crash",
+            description="d",
+            run_dir=runs / ".." / "night" / "0000",
+        ),
     ]
     calls = [tool_use("read_run_log", {"run": n, "log": "train", "lines": 5}) for n in range(8)]
     calls.append(tool_use("read_run_log", {"run": 99}))
@@ -298,7 +361,7 @@ def test_read_run_log_refuses_paths_outside_runs_dir_and_symlinks(fake: FakeAnth
     assert not table["is_error"] and "1.250000" in table["content"] and "<- best" in table["content"]
     assert "DEPTH 4 -> 2" in table["content"] and len(table["content"].splitlines()) == 1 + len(rows)
     assert too_big["is_error"] and "cap" in too_big["content"]
-    by_run = dict(zip([*range(8), 99], results))
+    by_run = dict(zip([*range(8), 99], results, strict=False))
     assert not by_run[0]["is_error"] and "step 299" in by_run[0]["content"] and "step 294" not in by_run[0]["content"]
     assert not by_run[1]["is_error"]
     assert by_run[2]["is_error"] and "symlink" in by_run[2]["content"]
@@ -312,7 +375,9 @@ def test_read_run_log_refuses_paths_outside_runs_dir_and_symlinks(fake: FakeAnth
     assert all("sk-do-not-leak" not in r["content"] for r in results)
 
 
-def test_write_train_py_replaces_the_file_but_not_through_a_symlink(fake: FakeAnthropic, workspace: dict[str, Path]) -> None:
+def test_write_train_py_replaces_the_file_but_not_through_a_symlink(
+    fake: FakeAnthropic, workspace: dict[str, Path]
+) -> None:
     target = workspace["root"] / "victim.py"
     target.write_text("untouched\n")
     link_dir = workspace["root"] / "linked"
@@ -320,7 +385,10 @@ def test_write_train_py_replaces_the_file_but_not_through_a_symlink(fake: FakeAn
     link = link_dir / "train.py"
     link.symlink_to(target)
     new_text = TRAIN_PY.replace("DEPTH = 4", "DEPTH = 6")
-    fake.enqueue(Reply([tool_use("write_train_py", {"content": new_text})]), Reply([tool_use("finish", {"description": "DEPTH 4 -> 6"})]))
+    fake.enqueue(
+        Reply([tool_use("write_train_py", {"content": new_text})]),
+        Reply([tool_use("finish", {"description": "DEPTH 4 -> 6"})]),
+    )
     with pytest.raises(AgentError, match="cannot read train.py"):
         make(fake).propose(make_context(workspace, train_py=link))
     assert target.read_text() == "untouched\n"
@@ -341,7 +409,9 @@ def test_a_session_that_never_finishes_raises_after_the_turn_bound(workspace: di
         assert caught.value.transcript  # type: ignore[attr-defined]
 
 
-def test_ending_without_finish_is_nudged_once_then_fails_and_restores_train_py(fake: FakeAnthropic, workspace: dict[str, Path]) -> None:
+def test_ending_without_finish_is_nudged_once_then_fails_and_restores_train_py(
+    fake: FakeAnthropic, workspace: dict[str, Path]
+) -> None:
     fake.enqueue(
         Reply([tool_use("edit_train_py", {"old_str": "DEPTH = 4", "new_str": "DEPTH = 8"})]),
         Reply([text("I raised the depth.")]),
@@ -398,7 +468,15 @@ def test_the_cached_prefix_is_identical_across_proposals(fake: FakeAnthropic, wo
     workspace["train_py"].write_text(TRAIN_PY)
     fake.enqueue(*edit_and_finish("LR again"))
     more_history = history(workspace["runs"]) + [
-        HistoryRow(n=2, commit="ccccccc", val_bpb=1.2, memory_gb=0.5, status="keep", description="LR 0.02 -> 0.03", run_dir=workspace["runs"] / "0000")
+        HistoryRow(
+            n=2,
+            commit="ccccccc",
+            val_bpb=1.2,
+            memory_gb=0.5,
+            status="keep",
+            description="LR 0.02 -> 0.03",
+            run_dir=workspace["runs"] / "0000",
+        )
     ]
     second = agent.propose(make_context(workspace, experiment=3, history=more_history))
 
@@ -410,7 +488,9 @@ def test_the_cached_prefix_is_identical_across_proposals(fake: FakeAnthropic, wo
     # the next experiment starts by reading tools + system from the cache
     assert second.usage.cache_read_input_tokens >= first.usage.cache_creation_input_tokens // 2
     breakpoints = sum(
-        1 for b in [*bodies[1]["tools"], *bodies[1]["system"], *[c for m in bodies[1]["messages"] for c in m["content"]]] if "cache_control" in b
+        1
+        for b in [*bodies[1]["tools"], *bodies[1]["system"], *[c for m in bodies[1]["messages"] for c in m["content"]]]
+        if "cache_control" in b
     )
     assert breakpoints == 3
 

@@ -43,8 +43,10 @@ def test_a_night_on_an_unpriced_model_records_and_shows_the_cost_as_unknown(tmp_
     observer = ConsoleObserver(Console(file=terminal, width=200), "night", [], None, 1)
     pricing._warned.discard("claude-unreleased-9")  # (warned once per process)
     with FakeAnthropic(api_key=API_KEY) as fake:
-        fake.enqueue(Reply([tool_use("edit_train_py", {"old_str": "LR = 0.001", "new_str": "LR = 0.01"})]),
-                     Reply([tool_use("finish", {"description": "LR 0.001 -> 0.01"})]))
+        fake.enqueue(
+            Reply([tool_use("edit_train_py", {"old_str": "LR = 0.001", "new_str": "LR = 0.01"})]),
+            Reply([tool_use("finish", {"description": "LR 0.001 -> 0.01"})]),
+        )
         with controller_log(tmp_path / "repo" / "runs" / "night") as log_path:
             loop, _, _ = agent_night(tmp_path, fake, max_experiments=1, observer=observer, model="claude-unreleased-9")
             loop.run()

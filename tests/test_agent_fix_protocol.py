@@ -31,15 +31,23 @@ from tests.agent_support import (
 from tests.fake_anthropic import Error, FakeAnthropic, Reply, text, tool_use
 
 API_KEY = "test-key"
-CRASHING = [Reply([tool_use("edit_train_py", {"old_str": "WIDTH = 64", "new_str": "WIDTH = 96\nCRASH = 1"})]),
-            Reply([tool_use("finish", {"description": "WIDTH 64 -> 96 (crashes)"})])]
-GIVE_UP = Reply([text("The idea cannot work."),
-                 tool_use("give_up", {"reason": "out of memory at this width;\tneeds\na smaller model"})])
+CRASHING = [
+    Reply([tool_use("edit_train_py", {"old_str": "WIDTH = 64", "new_str": "WIDTH = 96\nCRASH = 1"})]),
+    Reply([tool_use("finish", {"description": "WIDTH 64 -> 96 (crashes)"})]),
+]
+GIVE_UP = Reply(
+    [
+        text("The idea cannot work."),
+        tool_use("give_up", {"reason": "out of memory at this width;\tneeds\na smaller model"}),
+    ]
+)
 
 
 def fresh_change(old: str, new: str, description: str) -> list[Reply]:
-    return [Reply([tool_use("edit_train_py", {"old_str": old, "new_str": new})]),
-            Reply([tool_use("finish", {"description": description})])]
+    return [
+        Reply([tool_use("edit_train_py", {"old_str": old, "new_str": new})]),
+        Reply([tool_use("finish", {"description": description})]),
+    ]
 
 
 @pytest.fixture
@@ -85,7 +93,9 @@ def test_stopping_twice_without_a_fix_counts_as_giving_up(fake: FakeAnthropic, t
 # --- the loop ----------------------------------------------------------------------------------
 
 
-def test_a_declined_fix_is_recorded_and_the_loop_moves_on_to_a_fresh_proposal(fake: FakeAnthropic, tmp_path: Path) -> None:
+def test_a_declined_fix_is_recorded_and_the_loop_moves_on_to_a_fresh_proposal(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
     buf = io.StringIO()
     observer = ConsoleObserver(Console(file=buf, width=200), "night", [], None, 2)
     fake.enqueue(*CRASHING, GIVE_UP, *fresh_change("LR = 0.001", "LR = 0.01", "LR 0.001 -> 0.01"))
@@ -129,14 +139,19 @@ def test_a_restart_after_a_decline_does_not_ask_for_that_fix_again(fake: FakeAnt
     assert [r.description for r in summary.rows] == ["baseline", "WIDTH 64 -> 96 (crashes)", "LR 0.001 -> 0.01"]
 
 
-def test_five_declines_in_a_row_cost_five_fix_requests_not_an_endless_retry(fake: FakeAnthropic, tmp_path: Path) -> None:
+def test_five_declines_in_a_row_cost_five_fix_requests_not_an_endless_retry(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
     """Each crash is asked about once; a decline is never repeated (the issue's trace: 5 declines
     led to 6 identical fix requests and 310 s of idle GPU)."""
     for _ in range(5):
         fake.enqueue(*CRASHING, GIVE_UP)
     loop, _, sleeps = agent_night(tmp_path, fake, max_experiments=5)
     summary = loop.run()
-    fixes = [r for r in fake.message_requests()
-             if len(r.body["messages"]) == 1 and "Fix request" in r.body["messages"][0]["content"][0]["text"]]
+    fixes = [
+        r
+        for r in fake.message_requests()
+        if len(r.body["messages"]) == 1 and "Fix request" in r.body["messages"][0]["content"][0]["text"]
+    ]
     assert len(fixes) == 4  # crashes 1-4 were each asked about once; the 5th ended the night
     assert [r.status for r in summary.rows[1:]] == ["crash"] * 5 and sleeps == []

@@ -28,8 +28,9 @@ SCRIPT = {
 def night(tmp_path_factory: pytest.TempPathFactory) -> ProposalContext:
     """The context the agent was given for experiment 6, after five real experiments."""
     repo = make_repo(tmp_path_factory.mktemp("history") / "repo")
-    loop, agent, _, _ = build_loop(repo, "hist", {**SCRIPT, 6: {"set": {"WIDTH": 32}, "desc": "narrower"}},
-                                   max_experiments=6, max_fix_attempts=0)
+    loop, agent, _, _ = build_loop(
+        repo, "hist", {**SCRIPT, 6: {"set": {"WIDTH": 32}, "desc": "narrower"}}, max_experiments=6, max_fix_attempts=0
+    )
     loop.run()
     return agent.contexts[-1]
 
@@ -41,7 +42,14 @@ def run(ctx: ProposalContext, tool: str, **args: object) -> str:
 
 
 def test_the_loop_gives_the_tools_the_repository_and_every_full_commit(night: ProposalContext) -> None:
-    assert night.experiment == 6 and [r.status for r in night.history] == ["keep", "keep", "keep", "discard", "crash", "discard"]
+    assert night.experiment == 6 and [r.status for r in night.history] == [
+        "keep",
+        "keep",
+        "keep",
+        "discard",
+        "crash",
+        "discard",
+    ]
     assert night.repo is not None and night.train_rel == "programs/default/train.py"
     assert all(r.full_commit and len(r.full_commit) == 40 and r.full_commit.startswith(r.commit) for r in night.history)
     assert "LR = 0.001" in night.seed_train_py
@@ -94,15 +102,33 @@ def test_read_history_gives_a_range(night: ProposalContext) -> None:
 
 def test_the_compact_table_keeps_the_baseline_and_every_keep_of_a_long_night(tmp_path: Path) -> None:
     statuses = ["keep" if n % 17 == 0 else ("crash" if n % 5 == 0 else "discard") for n in range(300)]
-    history = [HistoryRow(n=n, commit=f"{n:07x}", val_bpb=None if s == "crash" else 2.0 - n / 1000, memory_gb=1.0,
-                          status=s, description=f"idea {n}", run_dir=tmp_path) for n, s in enumerate(statuses)]
+    history = [
+        HistoryRow(
+            n=n,
+            commit=f"{n:07x}",
+            val_bpb=None if s == "crash" else 2.0 - n / 1000,
+            memory_gb=1.0,
+            status=s,
+            description=f"idea {n}",
+            run_dir=tmp_path,
+        )
+        for n, s in enumerate(statuses)
+    ]
     table = compact_table(history)
     shown = [int(line.split("\t")[0]) for line in table.splitlines()[1:] if not line.startswith("[")]
     keeps = [n for n, s in enumerate(statuses) if s == "keep"]
     assert shown == sorted({0, *keeps, *range(270, 300)})
     assert "rows left out (" in table and "read_history" in table
-    ctx = ProposalContext(tag="t", experiment=300, train_py=tmp_path / "train.py", program_md="", profile="gpu",
-                          history=history, best_diff="", runs_dir=tmp_path)
+    ctx = ProposalContext(
+        tag="t",
+        experiment=300,
+        train_py=tmp_path / "train.py",
+        program_md="",
+        profile="gpu",
+        history=history,
+        best_diff="",
+        runs_dir=tmp_path,
+    )
     opening = first_message(ctx)
     assert "\n0\t0000000\t" in opening and f"\n{keeps[-1]}\t{keeps[-1]:07x}" in opening and "<- best" in opening
     assert len(opening) < 12_000  # it grows with the keeps, not with the night

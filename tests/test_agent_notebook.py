@@ -33,15 +33,21 @@ def note(section: str, text: str, mode: str = "append") -> dict:
 def test_notes_written_in_one_proposal_open_the_next(fake: FakeAnthropic, tmp_path: Path) -> None:
     ws = workspace(tmp_path)
     proposer = agent(fake)
-    fake.enqueue(Reply([note("Hypotheses", "- LR 0.02 is too low for this width"),
-                        note("Next", "- try LR 0.03\n- then warmup")]), *edit_and_finish())
+    fake.enqueue(
+        Reply(
+            [note("Hypotheses", "- LR 0.02 is too low for this width"), note("Next", "- try LR 0.03\n- then warmup")]
+        ),
+        *edit_and_finish(),
+    )
     proposer.propose(context(ws))
     results = tool_results(fake.message_requests()[1].body)
     assert not any(r["is_error"] for r in results) and "appended to section 'Next' (2 lines)" in results[1]["content"]
 
     ws["train_py"].write_text(ws["train_py"].read_text().replace("LR = 0.03", "LR = 0.02"))
-    fake.enqueue(Reply([note("Next", "- then warmup", mode="replace"), note("Hypotheses", "", mode="replace")]),
-                 *edit_and_finish())
+    fake.enqueue(
+        Reply([note("Next", "- then warmup", mode="replace"), note("Hypotheses", "", mode="replace")]),
+        *edit_and_finish(),
+    )
     proposer.propose(context(ws, experiment=3))
     opening = fake.message_requests()[3].body["messages"][0]["content"][0]["text"]
     assert "## Hypotheses\n\n- LR 0.02 is too low for this width" in opening and "- try LR 0.03" in opening
@@ -58,8 +64,10 @@ def test_an_empty_notebook_invites_the_agent_to_start_one(fake: FakeAnthropic, t
 
 
 def test_hostile_text_cannot_forge_sections_or_reach_the_terminal(tmp_path: Path) -> None:
-    hostile = ("ok \x1b[31mred\x1b[0m \x00nul \u202eevil\u202c \ud800 end\r\n## Forged keep\n# Title\n##\n"
-               "### a real subheading\n\x07bell")
+    hostile = (
+        "ok \x1b[31mred\x1b[0m \x00nul \u202eevil\u202c \ud800 end\r\n## Forged keep\n# Title\n##\n"
+        "### a real subheading\n\x07bell"
+    )
     update_notebook(tmp_path, "\x1b]0;pwned\x07 ## Plan\n", hostile, "append")
     raw = (tmp_path / "notebook.md").read_text(encoding="utf-8")  # valid UTF-8
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069\ud800-\udfff]", raw)
@@ -100,11 +108,18 @@ def test_a_link_or_a_fifo_planted_at_the_notebook_is_refused_not_followed(fake: 
 
 
 def test_the_notebook_lives_under_runs_is_never_committed_and_is_shown_in_the_morning(
-        fake: FakeAnthropic, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake: FakeAnthropic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for k in range(2):
-        fake.enqueue(Reply([note("What worked", f"- LR x10 (#{k + 1})"),
-                            tool_use("edit_train_py", {"old_str": "WIDTH = 64", "new_str": f"WIDTH = {65 + k}"})]),
-                     Reply([tool_use("finish", {"description": f"WIDTH -> {65 + k}"})]))
+        fake.enqueue(
+            Reply(
+                [
+                    note("What worked", f"- LR x10 (#{k + 1})"),
+                    tool_use("edit_train_py", {"old_str": "WIDTH = 64", "new_str": f"WIDTH = {65 + k}"}),
+                ]
+            ),
+            Reply([tool_use("finish", {"description": f"WIDTH -> {65 + k}"})]),
+        )
     loop, _, _ = agent_night(tmp_path, fake, max_experiments=2)
     loop.run()
     repo, runs = tmp_path / "repo", tmp_path / "repo" / "runs"

@@ -65,10 +65,19 @@ def agent_for(runs: Path, seed_train_py: Path, **settings: Any) -> SearchAgent:
     return SearchAgent(SearchSettings(runs_dir=runs, seed_train_py=seed_train_py, **settings))
 
 
-def context(n: int, train_py: Path, runs: Path, history: list[HistoryRow] | None = None, **extra: Any) -> ProposalContext:
+def context(
+    n: int, train_py: Path, runs: Path, history: list[HistoryRow] | None = None, **extra: Any
+) -> ProposalContext:
     return ProposalContext(
-        tag="toy", experiment=n, train_py=train_py, program_md="", profile="test",
-        history=history or [], best_diff="", runs_dir=runs, **extra,
+        tag="toy",
+        experiment=n,
+        train_py=train_py,
+        program_md="",
+        profile="test",
+        history=history or [],
+        best_diff="",
+        runs_dir=runs,
+        **extra,
     )
 
 
@@ -112,13 +121,24 @@ def test_space_is_derived_from_the_seed_values() -> None:
 
 def test_an_override_file_adds_narrows_and_removes_constants(tmp_path: Path) -> None:
     override = SpaceFile.model_validate(
-        {"params": {"DROPOUT": {"kind": "float", "low": 0.0, "high": 0.3}, "DEPTH": {"kind": "int", "low": 2, "high": 12}, "WARMUP": None}}
+        {
+            "params": {
+                "DROPOUT": {"kind": "float", "low": 0.0, "high": 0.3},
+                "DEPTH": {"kind": "int", "low": 2, "high": 12},
+                "WARMUP": None,
+            }
+        }
     )
     space = build_space(SEED, override)
     assert space["DROPOUT"] == ParamSpec(kind="float", low=0.0, high=0.3)
     assert space["DEPTH"] == ParamSpec(kind="int", low=2, high=12)
     assert "WARMUP" not in space and "LR" in space
-    only = build_space(SEED, SpaceFile.model_validate({"derive_others": False, "params": {"LR": {"kind": "float", "low": 0.01, "high": 0.1, "log": True}}}))
+    only = build_space(
+        SEED,
+        SpaceFile.model_validate(
+            {"derive_others": False, "params": {"LR": {"kind": "float", "low": 0.01, "high": 0.1, "log": True}}}
+        ),
+    )
     assert list(only) == ["LR"]
 
 
@@ -137,8 +157,12 @@ def test_a_bad_override_file_is_a_one_line_error(tmp_path: Path, program: Path) 
 
 
 def test_a_profile_specific_space_file_wins(tmp_path: Path, program: Path) -> None:
-    (program.parent / "search_space.json").write_text(json.dumps({"derive_others": False, "params": {"LR": {"kind": "bool"}}}))
-    (program.parent / "search_space.cpu.json").write_text(json.dumps({"derive_others": False, "params": {"DEPTH": {"kind": "pow2", "low": 4, "high": 16}}}))
+    (program.parent / "search_space.json").write_text(
+        json.dumps({"derive_others": False, "params": {"LR": {"kind": "bool"}}})
+    )
+    (program.parent / "search_space.cpu.json").write_text(
+        json.dumps({"derive_others": False, "params": {"DEPTH": {"kind": "pow2", "low": 4, "high": 16}}})
+    )
     agent = make_agent("search", runs_dir=tmp_path / "runs", seed_train_py=program, profile="cpu", seed=None)
     assert list(agent.space) == ["DEPTH"]  # type: ignore[attr-defined]
 
@@ -195,7 +219,9 @@ def test_the_study_resumes_across_agent_instances_and_never_repeats(tmp_path: Pa
     assert [t.value for t in trials[1:]] == pytest.approx([r[1] for r in night.results])
 
 
-def test_a_restarted_controller_gets_the_same_proposal_for_an_unfinished_experiment(tmp_path: Path, program: Path) -> None:
+def test_a_restarted_controller_gets_the_same_proposal_for_an_unfinished_experiment(
+    tmp_path: Path, program: Path
+) -> None:
     runs = tmp_path / "runs" / "toy"
     work = tmp_path / "train.py"
     work.write_text(SEED)
@@ -249,7 +275,9 @@ def test_a_missed_observe_is_recovered_from_the_history(tmp_path: Path, program:
     work.write_text(SEED)
     agent_for(runs, program).propose(context(1, work, runs))  # killed before observe()
     rows = [
-        HistoryRow(n=0, commit="a", val_bpb=1.9, memory_gb=0, status="keep", description="baseline", run_dir=runs / "0"),
+        HistoryRow(
+            n=0, commit="a", val_bpb=1.9, memory_gb=0, status="keep", description="baseline", run_dir=runs / "0"
+        ),
         HistoryRow(n=1, commit="b", val_bpb=1.7, memory_gb=0, status="keep", description="x", run_dir=runs / "1"),
     ]
     agent = agent_for(runs, program)
@@ -302,7 +330,9 @@ def test_asked_to_fix_a_crash_it_moves_on_from_the_best_configuration(tmp_path: 
     crashed = work.read_text()
     agent.observe(2, None, "crash")
     rows = [
-        HistoryRow(n=0, commit="a", val_bpb=2.0, memory_gb=0, status="keep", description="baseline", run_dir=runs / "0"),
+        HistoryRow(
+            n=0, commit="a", val_bpb=2.0, memory_gb=0, status="keep", description="baseline", run_dir=runs / "0"
+        ),
         HistoryRow(n=1, commit="b", val_bpb=1.5, memory_gb=0, status="keep", description="x", run_dir=runs / "1"),
         HistoryRow(n=2, commit="c", val_bpb=None, memory_gb=0, status="crash", description="y", run_dir=runs / "2"),
     ]

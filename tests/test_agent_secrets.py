@@ -40,8 +40,10 @@ CANARY = "sk-ant-api03-CANARY-" + secrets.token_hex(16)
 
 def _edit(old: str, new: str, description: str, note: str = "") -> list[Reply]:
     said = [text(note)] if note else []
-    return [Reply([*said, tool_use("edit_train_py", {"old_str": old, "new_str": new})]),
-            Reply([tool_use("finish", {"description": description})])]
+    return [
+        Reply([*said, tool_use("edit_train_py", {"old_str": old, "new_str": new})]),
+        Reply([tool_use("finish", {"description": description})]),
+    ]
 
 
 def test_tracebacks_in_the_controller_log_carry_no_local_variables(tmp_path: Path) -> None:
@@ -101,7 +103,9 @@ def test_no_agent_error_path_leaves_the_api_key_in_a_file_or_on_the_terminal(tmp
         fake.enqueue(
             Error(400, "invalid_request_error", "messages: bad request"),  # 4xx: an agent error, asked again
             Error(413, "request_too_large", "Request exceeds the maximum allowed number of bytes."),
-            server_error(), overloaded(), rate_limited(retry_after="0"),  # 5xx, 529, 429: retried inside
+            server_error(),
+            overloaded(),
+            rate_limited(retry_after="0"),  # 5xx, 529, 429: retried inside
             Error(409, "conflict_error", "conflict"),
             Raw(502, b"<html>bad gateway</html>", {"content-type": "text/html"}),
             Slow(3.0, then=server_error()),  # a timeout: retried
@@ -114,8 +118,16 @@ def test_no_agent_error_path_leaves_the_api_key_in_a_file_or_on_the_terminal(tmp
             Error(401, "authentication_error", "invalid x-api-key"),  # fatal: the night ends
         )
         with controller_log(tmp_path / "repo" / "runs" / "night") as log_path:
-            loop, _, _ = agent_night(tmp_path, fake, max_experiments=5, observer=observer, api_key=CANARY,
-                                     request_timeout_s=0.5, patience_s=30.0, max_continuations=2)
+            loop, _, _ = agent_night(
+                tmp_path,
+                fake,
+                max_experiments=5,
+                observer=observer,
+                api_key=CANARY,
+                request_timeout_s=0.5,
+                patience_s=30.0,
+                max_continuations=2,
+            )
             with pytest.raises(AgentFatalError):
                 loop.run()
         fake.enqueue(Error(404, "not_found_error", "model: claude-nonexistent"))  # fatal too, on resume
@@ -124,14 +136,29 @@ def test_no_agent_error_path_leaves_the_api_key_in_a_file_or_on_the_terminal(tmp
             with pytest.raises(AgentFatalError):
                 loop.run()
         assert fake.pending == 0
-        sent = [(r.headers.get("x-api-key"), r.headers.get("authorization", "").removeprefix("Bearer "))
-                for r in fake.message_requests()]
+        sent = [
+            (r.headers.get("x-api-key"), r.headers.get("authorization", "").removeprefix("Bearer "))
+            for r in fake.message_requests()
+        ]
         assert all(CANARY in pair for pair in sent)  # it was sent, in a header
 
     events = [json.loads(line) for line in log_path.read_text().splitlines()]
     errors = " | ".join(e.get("error", "") for e in events if e["event"] in ("agent_error", "agent_fatal", "api_retry"))
-    for seen in ("HTTP 400", "HTTP 413", "HTTP 500", "HTTP 529", "HTTP 429", "HTTP 409", "HTTP 502",
-                 "APITimeoutError", "UnicodeEncodeError", "refused", "max_tokens", "HTTP 401", "HTTP 404"):
+    for seen in (
+        "HTTP 400",
+        "HTTP 413",
+        "HTTP 500",
+        "HTTP 529",
+        "HTTP 429",
+        "HTTP 409",
+        "HTTP 502",
+        "APITimeoutError",
+        "UnicodeEncodeError",
+        "refused",
+        "max_tokens",
+        "HTTP 401",
+        "HTTP 404",
+    ):
         assert seen in errors, seen  # every path was really driven
     assert any(e["event"] == "fix_declined" for e in events)
 

@@ -42,12 +42,18 @@ def test_a_turn_cut_at_max_tokens_in_its_text_is_continued(fake: FakeAnthropic, 
     assert second["max_tokens"] == 2000  # raised for the continuation
 
 
-def test_a_tool_call_cut_off_mid_way_is_dropped_not_run_and_the_model_is_told(fake: FakeAnthropic,
-                                                                               ws: dict[str, Path]) -> None:
+def test_a_tool_call_cut_off_mid_way_is_dropped_not_run_and_the_model_is_told(
+    fake: FakeAnthropic, ws: dict[str, Path]
+) -> None:
     fake.enqueue(
-        Reply([text("Rewriting."), tool_use("view_train_py", {"start_line": 4, "end_line": 4}, id="toolu_view"),
-               tool_use("write_train_py", {"content": "import torch\n# half a fi"}, id="toolu_cut")],
-              stop_reason="max_tokens"),
+        Reply(
+            [
+                text("Rewriting."),
+                tool_use("view_train_py", {"start_line": 4, "end_line": 4}, id="toolu_view"),
+                tool_use("write_train_py", {"content": "import torch\n# half a fi"}, id="toolu_cut"),
+            ],
+            stop_reason="max_tokens",
+        ),
         *edit_and_finish(),
     )
     proposal = agent(fake).propose(context(ws))
@@ -63,8 +69,9 @@ def test_a_tool_call_cut_off_mid_way_is_dropped_not_run_and_the_model_is_told(fa
     assert note["type"] == "text" and "write_train_py" in note["text"] and "NOT run" in note["text"]
 
 
-def test_a_reply_longer_than_max_tokens_is_cut_by_the_api_and_the_turn_retried_larger(fake: FakeAnthropic,
-                                                                                      ws: dict[str, Path]) -> None:
+def test_a_reply_longer_than_max_tokens_is_cut_by_the_api_and_the_turn_retried_larger(
+    fake: FakeAnthropic, ws: dict[str, Path]
+) -> None:
     """The fake cuts like the API: the long write comes back cut off, with stop_reason max_tokens."""
     long_file = TRAIN_PY + "# " + "x" * 3000 + "\n"
     write = Reply([tool_use("write_train_py", {"content": long_file})])  # about 780 tokens
@@ -88,8 +95,10 @@ def test_continuations_are_bounded(ws: dict[str, Path]) -> None:
 
 
 def test_a_refusal_fails_a_fresh_proposal_and_restores_train_py(fake: FakeAnthropic, ws: dict[str, Path]) -> None:
-    fake.enqueue(Reply([tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.3"})]),
-                 refusal("I can't help with that."))
+    fake.enqueue(
+        Reply([tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.3"})]),
+        refusal("I can't help with that."),
+    )
     with pytest.raises(AgentError, match="refused") as caught:
         agent(fake).propose(context(ws))
     assert not isinstance(caught.value, FixDeclined) and not is_fatal(caught.value)
@@ -119,7 +128,9 @@ def test_a_full_context_window_fails_the_proposal(fake: FakeAnthropic, ws: dict[
 
 
 @pytest.mark.parametrize("stop", ["end_turn", "stop_sequence", "a_reason_added_later"])
-def test_other_stop_reasons_end_the_turn_and_get_one_reminder(fake: FakeAnthropic, ws: dict[str, Path], stop: str) -> None:
+def test_other_stop_reasons_end_the_turn_and_get_one_reminder(
+    fake: FakeAnthropic, ws: dict[str, Path], stop: str
+) -> None:
     fake.enqueue(Reply([text("Thinking about it.")], stop_reason=stop), *edit_and_finish())
     proposal = agent(fake).propose(context(ws))
     assert proposal.description == "LR 0.02 -> 0.03"

@@ -27,13 +27,17 @@ def ws(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_tool_calls_after_finish_in_the_same_turn_are_refused_not_run(fake: FakeAnthropic, ws: dict[str, Path]) -> None:
-    fake.enqueue(Reply([
-        tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.03"}),
-        tool_use("finish", {"description": "LR 0.02 -> 0.03"}),
-        tool_use("write_train_py", {"content": "print('not what was finished')\n"}),
-        tool_use("edit_train_py", {"old_str": "LR = 0.03", "new_str": "LR = 9.0"}),
-        tool_use("update_notebook", {"section": "Sneaky", "text": "written after finish"}),
-    ]))
+    fake.enqueue(
+        Reply(
+            [
+                tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.03"}),
+                tool_use("finish", {"description": "LR 0.02 -> 0.03"}),
+                tool_use("write_train_py", {"content": "print('not what was finished')\n"}),
+                tool_use("edit_train_py", {"old_str": "LR = 0.03", "new_str": "LR = 9.0"}),
+                tool_use("update_notebook", {"section": "Sneaky", "text": "written after finish"}),
+            ]
+        )
+    )
     proposal = agent(fake).propose(context(ws))
 
     assert len(fake.message_requests()) == 1
@@ -46,12 +50,16 @@ def test_tool_calls_after_finish_in_the_same_turn_are_refused_not_run(fake: Fake
 
 
 def test_a_finish_that_failed_does_not_end_the_turn(fake: FakeAnthropic, ws: dict[str, Path]) -> None:
-    fake.enqueue(Reply([
-        tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = (0.03"}),
-        tool_use("finish", {"description": "LR up"}),
-        tool_use("edit_train_py", {"old_str": "LR = (0.03", "new_str": "LR = 0.03"}),
-        tool_use("finish", {"description": "LR up, fixed"}),
-    ]))
+    fake.enqueue(
+        Reply(
+            [
+                tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = (0.03"}),
+                tool_use("finish", {"description": "LR up"}),
+                tool_use("edit_train_py", {"old_str": "LR = (0.03", "new_str": "LR = 0.03"}),
+                tool_use("finish", {"description": "LR up, fixed"}),
+            ]
+        )
+    )
     proposal = agent(fake).propose(context(ws))
     assert proposal.description == "LR up, fixed"
     assert [r["is_error"] for r in proposal.transcript[-1]["content"]] == [False, True, False, False]
@@ -60,8 +68,14 @@ def test_a_finish_that_failed_does_not_end_the_turn(fake: FakeAnthropic, ws: dic
 
 def test_give_up_ends_the_turn_too(fake: FakeAnthropic, ws: dict[str, Path]) -> None:
     fix = Failure(n=1, description="DEPTH 4 -> 2", status="crash", log_tail="CUDA out of memory")
-    fake.enqueue(Reply([tool_use("give_up", {"reason": "out of memory: the idea needs a smaller model"}),
-                        tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.5"})]))
+    fake.enqueue(
+        Reply(
+            [
+                tool_use("give_up", {"reason": "out of memory: the idea needs a smaller model"}),
+                tool_use("edit_train_py", {"old_str": "LR = 0.02", "new_str": "LR = 0.5"}),
+            ]
+        )
+    )
     with pytest.raises(FixDeclined) as caught:
         agent(fake).propose(context(ws, fix_attempt=fix))
     assert caught.value.reason == "out of memory: the idea needs a smaller model"

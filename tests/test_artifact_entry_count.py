@@ -98,9 +98,18 @@ def test_count_matches_what_zipfile_itself_reads_from_the_end_records(tmp_path: 
     stdlib_end_record = getattr(zipfile, "_EndRecData", None)  # private: only to compare against here
     if stdlib_end_record is None:
         pytest.skip("this Python's zipfile has no _EndRecData to compare against")
-    cases = [plain_zip(0), plain_zip(3), plain_zip(3, b"c" * 65_535), plain_zip(3, b"c" * 60_000),
-             as_zip64(plain_zip(4), 4), as_zip64(plain_zip(4), 123_456), b"", b"x" * 21, b"x" * 100_000,
-             b"junk" + b"PK\x05\x06" + b"\x00" * 10]
+    cases = [
+        plain_zip(0),
+        plain_zip(3),
+        plain_zip(3, b"c" * 65_535),
+        plain_zip(3, b"c" * 60_000),
+        as_zip64(plain_zip(4), 4),
+        as_zip64(plain_zip(4), 123_456),
+        b"",
+        b"x" * 21,
+        b"x" * 100_000,
+        b"junk" + b"PK\x05\x06" + b"\x00" * 10,
+    ]
     for i, data in enumerate(cases):
         end = stdlib_end_record(io.BytesIO(data))
         assert count(data) == (None if end is None else end[4])

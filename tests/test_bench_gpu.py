@@ -34,9 +34,11 @@ def test_the_instrumented_seed_is_the_seed_plus_timing_lines(tmp_path: Path) -> 
         py_compile.compile(str(path), doraise=True)
         assert all(f"{name}: " in text for name in ("bench_startup_s", "bench_first_step_s", "bench_export_s"))
         kept = [line for line in text.splitlines() if "bench_" not in line and "_t_submit" not in line]
-        assert [line for line in seed.splitlines() if line != "submit(model)"] == \
-            [line.replace("torch.compile(model)", "torch.compile(model) if CUDA else model") if force else line
-             for line in kept if line != "submit(model)"]
+        assert [line for line in seed.splitlines() if line != "submit(model)"] == [
+            line.replace("torch.compile(model)", "torch.compile(model) if CUDA else model") if force else line
+            for line in kept
+            if line != "submit(model)"
+        ]
         assert ("step_model = torch.compile(model)\n" in text) is force
         assert text.splitlines().count("submit(model)") == 1
 
@@ -48,23 +50,49 @@ def test_a_seed_without_the_lines_the_bench_hooks_into_is_a_clear_error() -> Non
 
 
 def test_the_train_log_is_read_into_phases() -> None:
-    log = parse_train_log("\n".join([
-        "profile gpu | cuda | 50.33M params | depth 8 | width 512 | 4 x 32 x 2048 tokens/step | budget 58s left",
-        "bench_startup_s: 2.5", "bench_first_step_s: 40.0", "training_seconds: 49.0", "num_steps: 10",
-        "num_params_M: 50.33", "depth: 8", "bench_export_s: 6.0", "seconds_left: 0.4",
-    ]))
+    log = parse_train_log(
+        "\n".join(
+            [
+                "profile gpu | cuda | 50.33M params | depth 8 | width 512 | 4 x 32 x 2048 tokens/step "
+                "| budget 58s left",
+                "bench_startup_s: 2.5",
+                "bench_first_step_s: 40.0",
+                "training_seconds: 49.0",
+                "num_steps: 10",
+                "num_params_M: 50.33",
+                "depth: 8",
+                "bench_export_s: 6.0",
+                "seconds_left: 0.4",
+            ]
+        )
+    )
     assert (log.device, log.depth, log.width, log.tokens_per_step) == ("cuda", 8, 512, 4 * 32 * 2048)
     assert log.step_s == pytest.approx(1.0) and log.compile_s(log.step_s) == pytest.approx(39.0)
     assert log.tokens_per_s == pytest.approx(4 * 32 * 2048)
 
 
-def test_the_tiny_cpu_bench_prints_its_table_and_lines_that_match_its_score(test_data_dir: Path,
-                                                                           tmp_path: Path) -> None:
+def test_the_tiny_cpu_bench_prints_its_table_and_lines_that_match_its_score(
+    test_data_dir: Path, tmp_path: Path
+) -> None:
     work = tmp_path / "work"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--mode", "bare", "--profile", "test",
-         "--data-dir", str(test_data_dir), "--keep", str(work)],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_gpu.py"),
+            "--mode",
+            "bare",
+            "--profile",
+            "test",
+            "--data-dir",
+            str(test_data_dir),
+            "--keep",
+            str(work),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = _lines(done.stdout)
     score = json.loads((work / "run" / "score" / "score.json").read_text())

@@ -20,25 +20,55 @@ def _lines(out: str) -> dict[str, str]:
 
 
 def _bench(script: str, *args: str) -> dict[str, str]:
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return _lines(done.stdout)
 
 
 def test_the_throughput_bench_measures_three_arms(images: str, test_data_dir: Path, tmp_path: Path) -> None:
-    got = _bench("bench_throughput.py", "--profile", "test", "--data-dir", str(test_data_dir), "--experiments", "2",
-                 "--think-s", "2", "--workdir", str(tmp_path))
+    got = _bench(
+        "bench_throughput.py",
+        "--profile",
+        "test",
+        "--data-dir",
+        str(test_data_dir),
+        "--experiments",
+        "2",
+        "--think-s",
+        "2",
+        "--workdir",
+        str(tmp_path),
+    )
     for key in ("busy_sequential", "busy_overlap", "busy_2_slots"):
         assert 0.0 < float(got[key]) <= 1.0, got
     assert float(got["speedup_2_slots"]) > 0, got
     assert float(got["runs_per_hour_sequential"]) > 0, got
 
 
-def test_the_null_keeps_bench_replays_both_rules_on_the_night_it_ran(images: str, test_data_dir: Path,
-                                                                     tmp_path: Path) -> None:
-    got = _bench("bench_null_keeps.py", "--profile", "test", "--data-dir", str(test_data_dir), "--proposals", "3",
-                 "--slots", "1", "--calibration-runs", "1", "--workdir", str(tmp_path))
+def test_the_null_keeps_bench_replays_both_rules_on_the_night_it_ran(
+    images: str, test_data_dir: Path, tmp_path: Path
+) -> None:
+    got = _bench(
+        "bench_null_keeps.py",
+        "--profile",
+        "test",
+        "--data-dir",
+        str(test_data_dir),
+        "--proposals",
+        "3",
+        "--slots",
+        "1",
+        "--calibration-runs",
+        "1",
+        "--workdir",
+        str(tmp_path),
+    )
     assert 1 <= int(got["proposals"]) <= 3, got  # the scored ones (a run may time out on a loaded machine)
     assert got["agree_with_replay"] == "yes", got  # the loop decided as the rule says, on the same scores
     assert 0.0 <= float(got["false_keep_new"]) <= 1.0 and 0.0 <= float(got["false_keep_old"]) <= 1.0, got

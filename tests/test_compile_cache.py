@@ -64,9 +64,19 @@ print("PLANTED_SEEN", (root / "planted.bin").exists(), flush=True)
 
 
 def _job(tmp_path: Path, cache: Path | None) -> specs.JobSpec:
-    return specs.train_job(run_id="r1", image="img", profile="test", seed=0, gpu=None, memory_gb=2.0,
-                           data_dir=tmp_path, train_py=tmp_path / "train.py", limits=LIMITS, labels={},
-                           compile_cache=cache)
+    return specs.train_job(
+        run_id="r1",
+        image="img",
+        profile="test",
+        seed=0,
+        gpu=None,
+        memory_gb=2.0,
+        data_dir=tmp_path,
+        train_py=tmp_path / "train.py",
+        limits=LIMITS,
+        labels={},
+        compile_cache=cache,
+    )
 
 
 # --- the job specs --------------------------------------------------------------------------------
@@ -82,8 +92,9 @@ def test_a_train_job_given_the_cache_mounts_it_read_only_and_unpacks_it_before_t
     assert writable == [specs.OUT]  # the cache adds nothing writable
     shell = config["command"][2]
     assert config["command"][:2] == ["sh", "-c"]
-    assert shell.index(f"tar -xf {specs.COMPILE_CACHE_INPUT} -C {specs.COMPILE_CACHE_DIR}") \
-        < shell.index(f"exec python {specs.TRAIN_PY}")
+    assert shell.index(f"tar -xf {specs.COMPILE_CACHE_INPUT} -C {specs.COMPILE_CACHE_DIR}") < shell.index(
+        f"exec python {specs.TRAIN_PY}"
+    )
     assert specs.COMPILE_CACHE_DIR.startswith("/tmp/")  # the job's own tmpfs, gone with the job
     assert config["environment"]["TORCHINDUCTOR_CACHE_DIR"] == specs.COMPILE_CACHE_DIR
     assert config["environment"]["TRITON_CACHE_DIR"].startswith(specs.COMPILE_CACHE_DIR + "/")
@@ -98,16 +109,34 @@ def test_a_train_job_without_the_cache_is_exactly_as_before(tmp_path: Path) -> N
 
 def test_the_eval_job_never_gets_the_cache(tmp_path: Path) -> None:
     assert "compile_cache" not in inspect.signature(specs.eval_job).parameters
-    job = specs.eval_job(run_id="r1", image="img", profile="test", gpu=None, memory_gb=2.0, data_dir=tmp_path,
-                         artifact=tmp_path / "model.pt2", limits=LIMITS, labels={})
+    job = specs.eval_job(
+        run_id="r1",
+        image="img",
+        profile="test",
+        gpu=None,
+        memory_gb=2.0,
+        data_dir=tmp_path,
+        artifact=tmp_path / "model.pt2",
+        limits=LIMITS,
+        labels={},
+    )
     config = specs.container_config(job)
     assert not any(m["Target"].startswith("/cache") for m in config["mounts"])
     assert not any(key.startswith(("TORCHINDUCTOR", "TRITON")) for key in config["environment"])
 
 
 def test_the_warm_up_runs_the_seed_told_its_deadline_passed_and_packs_only_after_it_succeeded(tmp_path: Path) -> None:
-    job = specs.warmup_job(run_id="w", image="img", profile="test", gpu=None, memory_gb=2.0, data_dir=tmp_path,
-                           seed_train_py=tmp_path / "seed.py", limits=LIMITS, labels={"overnight.tag": "t"})
+    job = specs.warmup_job(
+        run_id="w",
+        image="img",
+        profile="test",
+        gpu=None,
+        memory_gb=2.0,
+        data_dir=tmp_path,
+        seed_train_py=tmp_path / "seed.py",
+        limits=LIMITS,
+        labels={"overnight.tag": "t"},
+    )
     assert job.role == "train" and job.inputs == {specs.TRAIN_PY: tmp_path / "seed.py"}
     assert job.environment["OVERNIGHT_BUDGET_S"] == f"{specs.WARMUP_BUDGET_S:g}"
     assert job.cap_s == max(LIMITS.train_cap_s, specs.WARMUP_MIN_CAP_S)  # a cold compile may take long
@@ -129,8 +158,14 @@ def test_a_run_whose_cache_is_gone_fails_before_anything_starts(tmp_path: Path, 
             raise AssertionError(f"nothing may run: {verb} was called")
 
     train_py = script(tmp_path, "print('hi')\n")
-    spec = ExperimentSpec(run_id="gone-cache", train_py=train_py, run_dir=tmp_path / "run", profile="test",
-                          data_dir=stub_data_dir, compile_cache=tmp_path / "compile-cache.tar")
+    spec = ExperimentSpec(
+        run_id="gone-cache",
+        train_py=train_py,
+        run_dir=tmp_path / "run",
+        profile="test",
+        data_dir=stub_data_dir,
+        compile_cache=tmp_path / "compile-cache.tar",
+    )
     with pytest.raises(SandboxError, match="compile cache .* is missing"):
         run_experiment(spec, runner=NoJobs())  # type: ignore[arg-type]
 
@@ -147,8 +182,14 @@ def test_a_backend_that_cannot_mount_the_cache_gets_none(tmp_path: Path) -> None
     class Cluster:
         name = "kubernetes"
 
-    warm = warm_compile_cache(seed_train_py=tmp_path / "seed.py", tag_dir=tmp_path, run_id="w", profile="test",
-                              data_dir=tmp_path, runner=Cluster())  # type: ignore[arg-type]
+    warm = warm_compile_cache(
+        seed_train_py=tmp_path / "seed.py",
+        tag_dir=tmp_path,
+        run_id="w",
+        profile="test",
+        data_dir=tmp_path,
+        runner=Cluster(),
+    )  # type: ignore[arg-type]
     assert warm.status == "unsupported" and warm.path is None
 
 
@@ -172,23 +213,38 @@ def _sha256(path: Path) -> str:
 
 
 def _warm(tmp_path: Path, seed: str, data_dir: Path, image: str, name: str):  # type: ignore[no-untyped-def]
-    return warm_compile_cache(seed_train_py=script(tmp_path, seed, "seed.py"), tag_dir=tmp_path / "night",
-                              run_id=rid(name), profile="test", data_dir=data_dir, image=image, memory_gb=2.0,
-                              labels={specs.LABEL_TAG: rid("cc-night")})
+    return warm_compile_cache(
+        seed_train_py=script(tmp_path, seed, "seed.py"),
+        tag_dir=tmp_path / "night",
+        run_id=rid(name),
+        profile="test",
+        data_dir=data_dir,
+        image=image,
+        memory_gb=2.0,
+        labels={specs.LABEL_TAG: rid("cc-night")},
+    )
 
 
 @pytest.mark.docker
 def test_the_warm_cache_makes_the_compile_a_hit_and_no_run_can_change_it_or_pass_anything_on(
-        tmp_path: Path, stub_data_dir: Path, image: str, docker_client: docker.DockerClient) -> None:
+    tmp_path: Path, stub_data_dir: Path, image: str, docker_client: docker.DockerClient
+) -> None:
     warm = _warm(tmp_path, SEED_COMPILES, stub_data_dir, image, "cc-warm")
     assert warm.status == "ok", warm.reason
     assert warm.path == cache_file(tmp_path / "night") and warm.bytes == warm.path.stat().st_size > 0
     assert warm.sha256 == _sha256(warm.path)
     logs = []
     for n in (1, 2):
-        spec = ExperimentSpec(run_id=rid(f"cc-agent-{n}"), train_py=script(tmp_path, AGENT, f"agent{n}.py"),
-                              run_dir=tmp_path / f"run{n}", profile="test", data_dir=stub_data_dir, image=image,
-                              memory_limit_gb=2.0, compile_cache=warm.path)
+        spec = ExperimentSpec(
+            run_id=rid(f"cc-agent-{n}"),
+            train_py=script(tmp_path, AGENT, f"agent{n}.py"),
+            run_dir=tmp_path / f"run{n}",
+            profile="test",
+            data_dir=stub_data_dir,
+            image=image,
+            memory_limit_gb=2.0,
+            compile_cache=warm.path,
+        )
         result = run_experiment(spec)
         assert result.status == "crash" and "no model.pt2" in (result.reason or "")  # it never submits
         logs.append((spec.run_dir / "train.log").read_text())
@@ -210,8 +266,9 @@ def test_a_seed_that_compiles_nothing_leaves_no_cache(tmp_path: Path, stub_data_
 
 
 @pytest.mark.docker
-def test_a_cache_over_its_cap_is_refused_and_nothing_is_kept(tmp_path: Path, stub_data_dir: Path, image: str,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cache_over_its_cap_is_refused_and_nothing_is_kept(
+    tmp_path: Path, stub_data_dir: Path, image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(compile_cache, "MAX_CACHE_BYTES", 1 << 20)
     warm = _warm(tmp_path, SEED_LEAVES_A_HUGE_CACHE, stub_data_dir, image, "cc-huge")
     assert warm.status == "failed" and "cap" in (warm.reason or "")

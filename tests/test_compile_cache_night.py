@@ -48,4 +48,3 @@ def test_container_memory_defaults_to_the_profile_and_can_be_set(tmp_path: Path)
     for name, profile in PROFILES.items():
         assert load_settings(tag="t", repo=tmp_path, profile=name).container_memory_gb == profile.memory_gb
     assert load_settings(tag="t", repo=tmp_path, profile="gpu", memory_limit_gb=40).container_memory_gb == 40
-

@@ -79,13 +79,16 @@ def test_rewrite_touches_only_the_literal_spans() -> None:
     out = rewrite_constants(SAMPLE, changes)
     consts = parse_constants(SAMPLE)
     expected = SAMPLE
-    for name, text in sorted(((n, {"DEPTH": "12", "LR": "0.0312", "UNIT": "0.5", "USE_BIAS": "True"}[n]) for n in changes),
-                             key=lambda item: consts[item[0]].start, reverse=True):
+    for name, text in sorted(
+        ((n, {"DEPTH": "12", "LR": "0.0312", "UNIT": "0.5", "USE_BIAS": "True"}[n]) for n in changes),
+        key=lambda item: consts[item[0]].start,
+        reverse=True,
+    ):
         c = consts[name]
         expected = expected[: c.start] + text + expected[c.end :]
     assert out == expected
     assert constant_values(out) == {**constant_values(SAMPLE), **changes}
-    assert "UNIT: \"réel\" = 0.5  # non-ASCII before the value on the same line" in out
+    assert 'UNIT: "réel" = 0.5  # non-ASCII before the value on the same line' in out
 
 
 def test_rewrite_keeps_the_style_of_each_literal() -> None:

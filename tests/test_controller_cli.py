@@ -27,8 +27,11 @@ from controller.ledger import Ledger
 from controller.replay import ReplayError, describe, replay
 from controller.settings import load_settings
 
-SCRIPT = {1: {"set": {"LR": 0.01}, "desc": "LR up"}, 2: {"set": {"LR": 1.0}, "desc": "LR way up"},
-          3: {"append": "CRASH = 1", "desc": "crashes"}}
+SCRIPT = {
+    1: {"set": {"LR": 0.01}, "desc": "LR up"},
+    2: {"set": {"LR": 1.0}, "desc": "LR way up"},
+    3: {"append": "CRASH = 1", "desc": "crashes"},
+}
 
 
 @pytest.fixture
@@ -74,7 +77,10 @@ def test_report_writes_progress_png(night: Path, capsys: pytest.CaptureFixture) 
 def test_errors_are_one_line_without_traceback(night: Path, capsys: pytest.CaptureFixture) -> None:
     cases = [
         (["overnight", "--profile", "tpu"], "error: bad setting --profile / OVERNIGHT_PROFILE: unknown profile 'tpu'"),
-        (["overnight", "--tag", "t2", "--data-dir", "nowhere"], "error: no prepared data in nowhere: run `make prepare"),
+        (
+            ["overnight", "--tag", "t2", "--data-dir", "nowhere"],
+            "error: no prepared data in nowhere: run `make prepare",
+        ),
         (["logs", "9"], "error: tag t1 has experiments 0..3; there is no 9"),
         (["logs", "abcdef0"], "error: no run of commit abcdef0"),
         (["status", "--tag", "nope"], "error: no ledger for tag nope"),
@@ -88,8 +94,9 @@ def test_errors_are_one_line_without_traceback(night: Path, capsys: pytest.Captu
         assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_status_without_any_run_says_how_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_status_without_any_run_says_how_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["status"]) == 2
     assert "start a night with `make overnight`" in capsys.readouterr().err
@@ -101,11 +108,15 @@ def test_resume_command_pins_the_tag_and_keeps_the_flags() -> None:
         "make overnight TAG=nov23 ARGS='--profile test --hours 8'",
         "python -m controller overnight --tag nov23 --profile test --hours 8",
     ]
-    assert resume_command(s, ["--tag=old"]) == ["make overnight TAG=nov23", "python -m controller overnight --tag nov23"]
+    assert resume_command(s, ["--tag=old"]) == [
+        "make overnight TAG=nov23",
+        "python -m controller overnight --tag nov23",
+    ]
 
 
-def test_overnight_command_runs_a_night_and_draws_the_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_overnight_command_runs_a_night_and_draws_the_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     for name in list(os.environ):
         if name.startswith("OVERNIGHT_") or name == "ANTHROPIC_API_KEY":
             monkeypatch.delenv(name)
@@ -138,8 +149,14 @@ def _night_in_a_subprocess(repo: Path, tmp_path: Path, run_seconds: float) -> tu
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_") and k != "ANTHROPIC_API_KEY"}
     env.update({MARKER_ENV: str(marker), "PYTHONPATH": str(REPO_ROOT)})
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return proc, marker
 
 

@@ -20,7 +20,6 @@ import pytest
 from controller_fakes import REPO_ROOT, check_consistent, make_repo
 from fake_anthropic import FakeAnthropic, Reply, overloaded, rate_limited, tool_use
 
-
 from controller import git as g
 from controller.ledger import Ledger
 
@@ -76,14 +75,26 @@ def tiny_repo(root: Path) -> Path:
     repo = make_repo(root, TINY_TRAIN_PY)
     (repo / "programs" / "default" / "search_space.json").write_text(json.dumps(SEARCH_SPACE))
     subprocess.run(["git", "add", "."], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "search space"],
-                   cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "search space"], cwd=repo, check=True
+    )
     return repo
 
 
 def overnight_cmd(repo: Path, data_dir: Path, tag: str, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "controller", "overnight", "--tag", tag, "--profile", "test",
-            "--data-dir", str(data_dir), *flags]
+    return [
+        sys.executable,
+        "-m",
+        "controller",
+        "overnight",
+        "--tag",
+        tag,
+        "--profile",
+        "test",
+        "--data-dir",
+        str(data_dir),
+        *flags,
+    ]
 
 
 def controller_env(**extra: str) -> dict[str, str]:
@@ -92,10 +103,17 @@ def controller_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_overnight(repo: Path, data_dir: Path, tag: str, *flags: str, env: dict | None = None,
-                  timeout: float = 900) -> str:
-    done = subprocess.run(overnight_cmd(repo, data_dir, tag, *flags), cwd=repo, env=env or controller_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def run_overnight(
+    repo: Path, data_dir: Path, tag: str, *flags: str, env: dict | None = None, timeout: float = 900
+) -> str:
+    done = subprocess.run(
+        overnight_cmd(repo, data_dir, tag, *flags),
+        cwd=repo,
+        env=env or controller_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done.stdout
 
@@ -152,8 +170,14 @@ def test_replay_of_a_discarded_commit_gives_the_same_val_bpb(search_night) -> No
     repo, _ = search_night
     rows = Ledger(repo / "runs" / "e2e").rows()
     n = next(i for i, r in enumerate(rows) if r.status == "discard")
-    done = subprocess.run([sys.executable, "-m", "controller", "replay", rows[n].commit], cwd=repo,
-                          env=controller_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "controller", "replay", rows[n].commit],
+        cwd=repo,
+        env=controller_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "same score: the step budget makes the run deterministic" in done.stdout
     replay_json = next((repo / "runs" / "e2e" / "replays").glob(f"{n:04d}-{rows[n].commit}-*/replay.json"))
@@ -172,7 +196,8 @@ def test_kill_9_mid_experiment_then_resume(images, test_data_dir: Path, tmp_path
         assert proc.poll() is None, "the night ended before experiment 1 started"
         assert time.monotonic() < deadline, "experiment 1 never started"
         running = docker_client.containers.list(
-            filters={"label": ["overnight.tag=killed", "overnight.experiment=1"], "status": "running"})
+            filters={"label": ["overnight.tag=killed", "overnight.experiment=1"], "status": "running"}
+        )
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -188,17 +213,22 @@ def test_kill_9_mid_experiment_then_resume(images, test_data_dir: Path, tmp_path
 
 
 def edit_and_finish(old: str, new: str, description: str) -> list[Reply]:
-    return [Reply([tool_use("edit_train_py", {"old_str": old, "new_str": new})]),
-            Reply([tool_use("finish", {"description": description})])]
+    return [
+        Reply([tool_use("edit_train_py", {"old_str": old, "new_str": new})]),
+        Reply([tool_use("finish", {"description": description})]),
+    ]
 
 
-def test_a_short_night_with_the_anthropic_agent_through_429_and_529(images, test_data_dir: Path,
-                                                                    tmp_path: Path, docker_client) -> None:
+def test_a_short_night_with_the_anthropic_agent_through_429_and_529(
+    images, test_data_dir: Path, tmp_path: Path, docker_client
+) -> None:
     repo = tiny_repo(tmp_path / "repo")
     with FakeAnthropic(api_key="test-key") as fake:
         fake.enqueue(
-            rate_limited(retry_after="1"), *edit_and_finish("LR = 0.003", "LR = 0.03", "LR 0.003 -> 0.03"),
-            overloaded(), *edit_and_finish("LR = 0.03", "LR = 0.0003", "LR 0.03 -> 0.0003"),
+            rate_limited(retry_after="1"),
+            *edit_and_finish("LR = 0.003", "LR = 0.03", "LR 0.003 -> 0.03"),
+            overloaded(),
+            *edit_and_finish("LR = 0.03", "LR = 0.0003", "LR 0.03 -> 0.0003"),
             *edit_and_finish("EMBED_DIM = 32", "EMBED_DIM = 64", "EMBED_DIM 32 -> 64"),
         )
         env = controller_env(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=fake.url)
@@ -209,7 +239,10 @@ def test_a_short_night_with_the_anthropic_agent_through_429_and_529(images, test
     assert "agent: anthropic (ANTHROPIC_API_KEY is set)" in out
     rows = check_consistent(repo, "llm")
     assert [(r.status, r.description) for r in rows[:3]] == [
-        ("keep", "baseline"), ("keep", "LR 0.003 -> 0.03"), ("discard", "LR 0.03 -> 0.0003")]
+        ("keep", "baseline"),
+        ("keep", "LR 0.003 -> 0.03"),
+        ("discard", "LR 0.03 -> 0.0003"),
+    ]
     assert rows[3].description == "EMBED_DIM 32 -> 64" and rows[3].scored
     assert len(requests) == 8  # 2 + 1 retry, 2 + 1 retry, 2
     ledger = Ledger(repo / "runs" / "llm")

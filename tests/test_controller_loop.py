@@ -34,7 +34,10 @@ def test_baseline_then_keep_advances_and_discard_resets(repo: Path) -> None:
     assert summary.reason == "max-experiments"
     rows = check_consistent(repo, "t1")
     assert [(r.status, r.description) for r in rows] == [
-        ("keep", "baseline"), ("keep", "LR 0.001 -> 0.01"), ("discard", "LR -> 1.0")]
+        ("keep", "baseline"),
+        ("keep", "LR 0.001 -> 0.01"),
+        ("discard", "LR -> 1.0"),
+    ]
     assert rows[0].val_bpb > rows[1].val_bpb < rows[2].val_bpb
     refs = g.experiment_refs(repo, "t1")
     user_head = git(repo, "rev-parse", "main")
@@ -115,8 +118,9 @@ def test_a_crash_goes_back_to_the_agent_with_the_log_tail_and_each_fix_is_a_row(
 
 def test_fix_attempts_are_bounded_then_the_loop_moves_on(repo: Path) -> None:
     still_broken = {"append": "# still CRASH", "desc": "try again"}
-    loop, agent, runner, _ = build_loop(repo, "t1", {1: CRASH, 2: still_broken, 3: still_broken, 4: LR_UP},
-                                        max_experiments=4)
+    loop, agent, runner, _ = build_loop(
+        repo, "t1", {1: CRASH, 2: still_broken, 3: still_broken, 4: LR_UP}, max_experiments=4
+    )
     loop.run()
     rows = check_consistent(repo, "t1")
     assert [r.status for r in rows] == ["keep", "crash", "crash", "crash", "keep"]
@@ -134,8 +138,9 @@ def test_timeouts_are_not_sent_back_for_fixing(repo: Path) -> None:
 
 
 def test_rejected_models_are_recorded_as_rejected(repo: Path) -> None:
-    loop, *_ = build_loop(repo, "t1", {1: {"append": "REJECT = 1", "desc": "peeks"}}, max_experiments=1,
-                          max_fix_attempts=0)
+    loop, *_ = build_loop(
+        repo, "t1", {1: {"append": "REJECT = 1", "desc": "peeks"}}, max_experiments=1, max_fix_attempts=0
+    )
     loop.run()
     rows = check_consistent(repo, "t1")
     assert rows[1].status == "rejected" and rows[1].val_bpb == 0.0
@@ -144,8 +149,9 @@ def test_rejected_models_are_recorded_as_rejected(repo: Path) -> None:
 
 
 def test_agent_errors_wait_with_backoff_and_go_on(repo: Path) -> None:
-    loop, agent, _, observer = build_loop(repo, "t1", {1: [{"error": "529 overloaded"}, {"error": "429"}, LR_UP]},
-                                          max_experiments=1)
+    loop, agent, _, observer = build_loop(
+        repo, "t1", {1: [{"error": "529 overloaded"}, {"error": "429"}, LR_UP]}, max_experiments=1
+    )
     slept: list[float] = []
     loop.d.sleep = slept.append
     loop.run()
@@ -222,8 +228,9 @@ def test_a_stop_request_finishes_the_experiment_in_flight(repo: Path) -> None:
 
 
 def test_context_holds_history_best_diff_and_failures(repo: Path) -> None:
-    loop, agent, _, _ = build_loop(repo, "t1", {1: LR_UP, 2: CRASH, 3: LR_TOO_HIGH}, max_experiments=3,
-                                   max_fix_attempts=0)
+    loop, agent, _, _ = build_loop(
+        repo, "t1", {1: LR_UP, 2: CRASH, 3: LR_TOO_HIGH}, max_experiments=3, max_fix_attempts=0
+    )
     loop.run()
     ctx = agent.contexts[2]
     assert ctx.experiment == 3 and ctx.tag == "t1" and ctx.profile == "test"

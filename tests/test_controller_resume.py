@@ -16,17 +16,33 @@ from controller_fakes import HANG_ENV, MARKER_ENV, REPO_ROOT, build_loop, check_
 
 from controller.ledger import Ledger
 
-SCRIPT = {1: {"set": {"LR": 0.01}, "desc": "LR up (kept)"}, 2: {"set": {"LR": 1.0}, "desc": "LR way up (discarded)"},
-          3: {"append": "CRASH = 1", "desc": "crashes"}}
+SCRIPT = {
+    1: {"set": {"LR": 0.01}, "desc": "LR up (kept)"},
+    2: {"set": {"LR": 1.0}, "desc": "LR way up (discarded)"},
+    3: {"append": "CRASH = 1", "desc": "crashes"},
+}
 MAX = 4
 
 # (phase, experiment): every step between two writes, for a kept, a discarded and the baseline run.
 KILL_POINTS = [
-    ("agent-edited", 1), ("checking", 1), ("committed", 1), ("ref", 1), ("training", 1), ("in-run", 1),
-    ("recorded", 1), ("appended", 1), ("decided", 1),
-    ("committed", 2), ("in-run", 2), ("recorded", 2), ("appended", 2), ("decided", 2),
-    ("in-run", 0), ("appended", 0),
-    ("agent-edited", 4), ("in-run", 4),  # experiment 4 is the fix attempt of the crash at 3
+    ("agent-edited", 1),
+    ("checking", 1),
+    ("committed", 1),
+    ("ref", 1),
+    ("training", 1),
+    ("in-run", 1),
+    ("recorded", 1),
+    ("appended", 1),
+    ("decided", 1),
+    ("committed", 2),
+    ("in-run", 2),
+    ("recorded", 2),
+    ("appended", 2),
+    ("decided", 2),
+    ("in-run", 0),
+    ("appended", 0),
+    ("agent-edited", 4),
+    ("in-run", 4),  # experiment 4 is the fix attempt of the crash at 3
 ]
 
 
@@ -36,9 +52,21 @@ def run_until_hang(repo: Path, tag: str, phase: str, n: int, tmp_path: Path) -> 
     marker = tmp_path / f"hung-{phase}-{n}"
     env = {**os.environ, HANG_ENV: f"{phase}:{n}", MARKER_ENV: str(marker), "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "controller_fakes.py"), "--repo", str(repo), "--tag", tag,
-         "--script", str(script), "--max-experiments", str(MAX)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "controller_fakes.py"),
+            "--repo",
+            str(repo),
+            "--tag",
+            tag,
+            "--script",
+            str(script),
+            "--max-experiments",
+            str(MAX),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
     while not marker.exists():

@@ -45,7 +45,7 @@ def test_rows_are_whole_documents_except_the_cropped_last_one():
     docs = {tuple(tokens[s:e].tolist()) for _, s, e in spans.tolist()}
     for row in packed_rows(shards, spans, 65):
         starts = np.flatnonzero(row == BOS).tolist() + [len(row)]
-        pieces = [tuple(row[a:b].tolist()) for a, b in zip(starts, starts[1:])]
+        pieces = [tuple(row[a:b].tolist()) for a, b in zip(starts, starts[1:], strict=False)]
         assert all(p in docs for p in pieces[:-1])  # every piece but the last is a whole document
         assert any(d[: len(pieces[-1])] == pieces[-1] for d in docs)  # the last is a prefix
 

@@ -24,8 +24,21 @@ from controller.settings import Settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Usage = namedtuple("Usage", "total used free")
 GIB = 1 << 30
-NAMES = ["engine", "permission", "compose", "base", "images", "gpus", "nvidia runtime", "data",
-         "disk runs/", "disk data/", "ANTHROPIC_API_KEY", "profile", "agent"]
+NAMES = [
+    "engine",
+    "permission",
+    "compose",
+    "base",
+    "images",
+    "gpus",
+    "nvidia runtime",
+    "data",
+    "disk runs/",
+    "disk data/",
+    "ANTHROPIC_API_KEY",
+    "profile",
+    "agent",
+]
 
 
 class FakeImage:
@@ -37,9 +50,12 @@ class FakeImage:
 class FakeClient:
     """The docker SDK client as far as the doctor uses it."""
 
-    def __init__(self, images: tuple[str, ...] = ("overnight-evaluator:latest", "overnight-prepare:latest",
-                                                  "overnight-base:bookworm"),
-                 runtimes: tuple[str, ...] = ("runc",), torch: bytes = b"2.13.0+cpu\n") -> None:
+    def __init__(
+        self,
+        images: tuple[str, ...] = ("overnight-evaluator:latest", "overnight-prepare:latest", "overnight-base:bookworm"),
+        runtimes: tuple[str, ...] = ("runc",),
+        torch: bytes = b"2.13.0+cpu\n",
+    ) -> None:
         self._images = set(images)
         self.runtimes = runtimes
         self.torch = torch
@@ -101,8 +117,14 @@ def which_all(name: str) -> str:
 
 def seams(client: Any = None, nvml: Any = None, connect: Any = None, **extra: Any) -> Seams:
     client = client or FakeClient()
-    return Seams(connect=connect or (lambda: client), nvml=nvml or FakeNVML(None), run=compose_ok,
-                 which=which_all, disk_usage=lambda path: Usage(500 * GIB, 100 * GIB, 400 * GIB), **extra)
+    return Seams(
+        connect=connect or (lambda: client),
+        nvml=nvml or FakeNVML(None),
+        run=compose_ok,
+        which=which_all,
+        disk_usage=lambda path: Usage(500 * GIB, 100 * GIB, 400 * GIB),
+        **extra,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +167,8 @@ def test_a_ready_machine_shows_every_row_ok_and_exits_zero(test_data_dir: Path, 
 def test_a_stopped_engine_is_missing_with_the_command_that_starts_it_and_exits_one() -> None:
     def refused() -> Any:
         raise docker.errors.DockerException(
-            "Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2, 'No such file'))")
+            "Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2, 'No such file'))"
+        )
 
     code, text = output_of({"profile": "cpu"}, seams(connect=refused))
     assert code == 1
@@ -160,7 +183,8 @@ def test_a_stopped_engine_is_missing_with_the_command_that_starts_it_and_exits_o
 def test_no_permission_on_the_socket_is_missing_with_the_usermod_fix() -> None:
     def denied() -> Any:
         raise docker.errors.DockerException(
-            "Error while fetching server API version: ('Connection aborted.', PermissionError(13, 'Permission denied'))")
+            "Error while fetching server API version: ('Connection aborted.', PermissionError(13, 'Permission denied'))"
+        )
 
     rows = by_name(run_checks({"profile": "cpu"}, seams(connect=denied)))
     assert rows["permission"].state == "missing"
@@ -184,7 +208,10 @@ def test_gpus_seen_by_nvml_are_listed_by_name() -> None:
     gpus = doctor.probe_gpus(FakeNVML(["NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", "NVIDIA A10"]))
     assert doctor.check_gpus(gpus).detail == "2 x NVIDIA H100 80GB HBM3, 1 x NVIDIA A10"
     none = doctor.check_gpus(doctor.probe_gpus(FakeNVML(None)))
-    assert (none.state, none.detail) == ("ok", "none seen by NVML (NVML Shared Library Not Found): nights run on the CPU")
+    assert (none.state, none.detail) == (
+        "ok",
+        "none seen by NVML (NVML Shared Library Not Found): nights run on the CPU",
+    )
 
 
 def test_a_gpu_host_without_the_nvidia_runtime_is_missing_the_toolkit() -> None:
@@ -192,8 +219,9 @@ def test_a_gpu_host_without_the_nvidia_runtime_is_missing_the_toolkit() -> None:
     rows = by_name(run_checks({}, seams(client=FakeClient(runtimes=("runc",)), nvml=nvml)))
     assert rows["nvidia runtime"].state == "missing"
     assert "NVIDIA container toolkit" in rows["nvidia runtime"].fix
-    with_toolkit = by_name(run_checks({"profile": "gpu"}, seams(client=FakeClient(runtimes=("runc", "nvidia")),
-                                                                nvml=nvml)))
+    with_toolkit = by_name(
+        run_checks({"profile": "gpu"}, seams(client=FakeClient(runtimes=("runc", "nvidia")), nvml=nvml))
+    )
     assert with_toolkit["nvidia runtime"].state == "ok"
     # Asked for the cpu profile explicitly, the idle GPU is a warning, not a reason to refuse.
     cpu = by_name(run_checks({"profile": "cpu"}, seams(client=FakeClient(runtimes=("runc",)), nvml=nvml)))
@@ -225,6 +253,7 @@ def test_images_not_built_are_a_warning_that_make_overnight_builds() -> None:
 def test_the_base_is_base_image_or_debootstrap_and_missing_without_either(monkeypatch) -> None:
     bare = doctor.probe_engine(lambda: FakeClient(images=()))
     built = doctor.probe_engine(lambda: FakeClient(images=("overnight-evaluator:latest",)))
+
     def nowhere(name: str) -> None:
         return None
 
@@ -277,7 +306,7 @@ def test_the_api_key_is_never_shown_not_even_in_part(monkeypatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", key)
     _, text = output_of({"profile": "cpu"}, seams())
     assert "ANTHROPIC_API_KEY" in text and "set (not shown)" in text
-    leaked = [key[i:i + 5] for i in range(len(key) - 4) if key[i:i + 5] in text]
+    leaked = [key[i : i + 5] for i in range(len(key) - 4) if key[i : i + 5] in text]
     assert leaked == []
 
 
@@ -311,9 +340,15 @@ def test_a_bad_setting_is_one_missing_row_and_the_rest_still_shows() -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller", "doctor", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO_ROOT, check=False, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "300", **(env or {})},
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "controller", "doctor", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO_ROOT,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "300", **(env or {})},
+        timeout=120,
+    )
 
 
 def test_doctor_with_no_engine_exits_one_and_says_so(tmp_path: Path) -> None:

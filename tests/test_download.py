@@ -58,13 +58,11 @@ def shard() -> bytes:
     return parquet_bytes(synthetic_texts(seed=1, count=400))
 
 
-def pinned(api: HubServer, name: str = NAME, mirror: HubServer | None = None,
-           dest: Path | None = None) -> DownloadJob:
+def pinned(api: HubServer, name: str = NAME, mirror: HubServer | None = None, dest: Path | None = None) -> DownloadJob:
     """The job climbmix builds: the commit and the hash from `api`, the bytes from `mirror`."""
     commit = resolve_revision(api.endpoint, CLIMBMIX_REPO, "main", FAST)
     published = published_files(api.endpoint, CLIMBMIX_REPO, commit, [name], FAST)[name]
-    return DownloadJob((mirror or api).url(name, commit), dest or Path(name), published.sha256,
-                       published.size)
+    return DownloadJob((mirror or api).url(name, commit), dest or Path(name), published.sha256, published.size)
 
 
 def fetch(hub: HubServer, dest: Path, policy: RetryPolicy = FAST) -> Path:
@@ -180,15 +178,16 @@ def test_garbled_file_fails_verification(hub, shard, tmp_path):
 # -- checked against the hash the hub publishes ---------------------------------------------------
 
 
-def test_download_is_pinned_to_a_commit_and_checked_against_the_published_hash(
-        hub, shard, tmp_path):
+def test_download_is_pinned_to_a_commit_and_checked_against_the_published_hash(hub, shard, tmp_path):
     hub.add(NAME, shard)
     job = pinned(hub, dest=tmp_path / NAME)
     assert (job.sha256, job.size) == (hashlib.sha256(shard).hexdigest(), len(shard))
     assert f"/resolve/{COMMIT}/{NAME}" in job.url
     assert download(job, FAST).read_bytes() == shard
     assert [(call.kind, call.revision, call.paths) for call in hub.api_calls] == [
-        ("revision", "main", ()), ("paths-info", COMMIT, (NAME,))]
+        ("revision", "main", ()),
+        ("paths-info", COMMIT, (NAME,)),
+    ]
 
 
 def test_mirror_serving_other_bytes_of_the_same_size_is_refused_at_once(shard, tmp_path):
@@ -209,13 +208,14 @@ def test_mirror_serving_other_bytes_of_the_same_size_is_refused_at_once(shard, t
     assert not (tmp_path / NAME).exists() and not (tmp_path / f"{NAME}.part").exists()
 
 
-def test_announced_size_other_than_the_published_one_is_refused_before_the_body(
-        hub, shard, tmp_path):
+def test_announced_size_other_than_the_published_one_is_refused_before_the_body(hub, shard, tmp_path):
     hub.add(NAME, shard, script=["pad:100000"])
     with pytest.raises(DownloadError) as caught:
         fetch(hub, tmp_path / NAME)
-    assert (f"{NAME} is announced as {len(shard) + 100000} bytes, but its published size is "
-            f"{len(shard)}: the mirror or proxy sent something else") in str(caught.value)
+    assert (
+        f"{NAME} is announced as {len(shard) + 100000} bytes, but its published size is "
+        f"{len(shard)}: the mirror or proxy sent something else"
+    ) in str(caught.value)
     assert len(hub.requests_for(NAME)) == 1
     assert not (tmp_path / f"{NAME}.part").exists() and not (tmp_path / NAME).exists()
 
@@ -225,8 +225,7 @@ def test_endless_body_is_cut_off_at_the_published_size(hub, tmp_path):
     hub.add("blob.bin", blob, script=["endless"])
     dest = tmp_path / "blob.bin"
     job = pinned(hub, "blob.bin", dest=dest)
-    largest, error = largest_size_while(dest.with_name("blob.bin.part"),
-                                        lambda: download(job, FAST))
+    largest, error = largest_size_while(dest.with_name("blob.bin.part"), lambda: download(job, FAST))
     assert isinstance(error, DownloadError)
     assert f"blob.bin ran past its published size of {len(blob)} bytes" in str(error)
     assert largest <= len(blob)
@@ -239,8 +238,7 @@ def test_without_a_published_size_the_absolute_cap_still_holds(hub, tmp_path):
     hub.add("blob.bin", blob, script=["endless", "pad:1"])
     dest = tmp_path / "blob.bin"
     job = DownloadJob(hub.url("blob.bin"), dest, max_bytes=len(blob))  # no hash, no size
-    largest, error = largest_size_while(dest.with_name("blob.bin.part"),
-                                        lambda: download(job, FAST))
+    largest, error = largest_size_while(dest.with_name("blob.bin.part"), lambda: download(job, FAST))
     assert isinstance(error, DownloadError)
     assert f"blob.bin ran past the {len(blob)}-byte cap for one download" in str(error)
     assert largest <= len(blob)
@@ -260,8 +258,7 @@ def test_stale_part_is_resumed_then_fetched_whole_when_the_hash_disagrees(hub, s
     hub.add(NAME, shard)
     (tmp_path / f"{NAME}.part").write_bytes(tampered(shard)[: len(shard) - 100])
     assert fetch(hub, tmp_path / NAME).read_bytes() == shard
-    assert [(r.status, r.range) for r in hub.requests_for(NAME)] == [
-        (206, f"bytes={len(shard) - 100}-"), (200, None)]
+    assert [(r.status, r.range) for r in hub.requests_for(NAME)] == [(206, f"bytes={len(shard) - 100}-"), (200, None)]
 
 
 def test_cached_file_is_rehashed_and_fetched_again_when_it_no_longer_matches(hub, shard, tmp_path):
@@ -289,14 +286,12 @@ def test_file_without_a_published_lfs_hash_is_a_clear_error(hub, shard):
     hub.add(NAME, shard, published=Published(sha256=None, size=len(shard)))
     with pytest.raises(DownloadError) as caught:
         pinned(hub)
-    assert str(caught.value) == (f"the hub published no LFS hash for {NAME}: check the dataset "
-                                 "name/revision")
+    assert str(caught.value) == (f"the hub published no LFS hash for {NAME}: check the dataset name/revision")
 
 
 def test_file_the_hub_does_not_list_is_a_clear_error(hub, shard):
     hub.add(NAME, shard, listed=False)
-    with pytest.raises(DownloadError, match=f"the hub lists no {NAME} in {CLIMBMIX_REPO} at "
-                                            f"commit {COMMIT[:12]}"):
+    with pytest.raises(DownloadError, match=f"the hub lists no {NAME} in {CLIMBMIX_REPO} at commit {COMMIT[:12]}"):
         pinned(hub)
 
 
@@ -333,9 +328,22 @@ def test_unknown_revision_is_a_clear_error(hub):
 
 
 def prepare_climbmix(tmp_path: Path, train_shards: int = 2) -> int:
-    return prepare.main(["--profile", "test", "--dataset", "climbmix",
-                         "--train-shards", str(train_shards), "--out", str(tmp_path / "data"),
-                         "--cache-dir", str(tmp_path / "cache"), "--download-backoff", "0.001"])
+    return prepare.main(
+        [
+            "--profile",
+            "test",
+            "--dataset",
+            "climbmix",
+            "--train-shards",
+            str(train_shards),
+            "--out",
+            str(tmp_path / "data"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--download-backoff",
+            "0.001",
+        ]
+    )
 
 
 def point_at(monkeypatch, files: HubServer, api: HubServer | None = None) -> None:
@@ -367,7 +375,8 @@ def test_prepare_climbmix_end_to_end_from_the_loopback_hub(hub, tmp_path, monkey
     assert manifest["source"]["revision"] == COMMIT
     assert manifest["source"]["sha256"] == {
         name: hashlib.sha256(hub.files[name]).hexdigest()
-        for name in (val_name, climbmix_shard_name(0), climbmix_shard_name(1))}
+        for name in (val_name, climbmix_shard_name(0), climbmix_shard_name(1))
+    }
     encoding, bos = load_tokenizer(out), bos_id(out)
     decoded = {}
     for split in ("train", "val"):
@@ -378,11 +387,12 @@ def test_prepare_climbmix_end_to_end_from_the_loopback_hub(hub, tmp_path, monkey
     assert "prepared" in capsys.readouterr().out
 
 
-def test_prepare_refuses_a_mirror_whose_validation_shard_differs_from_the_hub(
-        tmp_path, monkeypatch, capsys):
+def test_prepare_refuses_a_mirror_whose_validation_shard_differs_from_the_hub(tmp_path, monkeypatch, capsys):
     val_name = climbmix_shard_name(CLIMBMIX_VAL_SHARD)
-    real = {val_name: parquet_bytes(synthetic_texts(seed=99, count=60)),
-            NAME: parquet_bytes(synthetic_texts(seed=1, count=150))}
+    real = {
+        val_name: parquet_bytes(synthetic_texts(seed=99, count=60)),
+        NAME: parquet_bytes(synthetic_texts(seed=1, count=150)),
+    }
     with HubServer() as api, HubServer() as mirror:
         for name, data in real.items():
             api.add(name, data)
@@ -396,16 +406,15 @@ def test_prepare_refuses_a_mirror_whose_validation_shard_differs_from_the_hub(
     assert not (tmp_path / "cache" / "climbmix" / NAME).exists()
 
 
-def test_prepare_refuses_a_shard_without_a_published_hash_before_downloading(
-        hub, tmp_path, monkeypatch, capsys):
+def test_prepare_refuses_a_shard_without_a_published_hash_before_downloading(hub, tmp_path, monkeypatch, capsys):
     val_name = climbmix_shard_name(CLIMBMIX_VAL_SHARD)
     hub.add(val_name, b"x" * 100, published=Published(sha256=None, size=100))
     hub.add(NAME, b"y" * 100)
     point_at(monkeypatch, hub)
     assert prepare_climbmix(tmp_path, train_shards=1) == 2
     assert capsys.readouterr().err.strip() == (
-        f"prepare: error: the hub published no LFS hash for {val_name}: check the dataset "
-        "name/revision")
+        f"prepare: error: the hub published no LFS hash for {val_name}: check the dataset name/revision"
+    )
     assert hub.requests == []
 
 
@@ -414,6 +423,8 @@ def test_hub_address_with_a_resolve_path_is_a_clear_error(hub, tmp_path, monkeyp
     monkeypatch.setenv("OVERNIGHT_HF_BASE_URL", legacy)
     assert prepare_climbmix(tmp_path) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("prepare: error: OVERNIGHT_HF_BASE_URL must be a hub address such as "
-                          "https://huggingface.co") and "\n" not in err
+    assert (
+        err.startswith("prepare: error: OVERNIGHT_HF_BASE_URL must be a hub address such as https://huggingface.co")
+        and "\n" not in err
+    )
     assert hub.api_calls == [] and hub.requests == []

@@ -26,7 +26,6 @@ import docker
 import pytest
 import structlog
 from controller_fakes import check_consistent
-
 from structlog.testing import capture_logs
 
 from controller import git as g
@@ -147,8 +146,13 @@ def start_driver(config: Path, log: Path, hang: str | None, marker: Path) -> sub
         env.update(OVERNIGHT_TEST_HANG=hang, OVERNIGHT_TEST_MARKER=str(marker))
     marker.unlink(missing_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, str(DRIVER), "--config", str(config)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=config.parent)
+        return subprocess.Popen(
+            [sys.executable, str(DRIVER), "--config", str(config)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+        )
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen, log: Path) -> None:
@@ -164,12 +168,14 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, proc: s
 
 
 def test_a_controller_killed_in_each_phase_resumes_with_nothing_lost_or_duplicated(
-        images, test_data_dir: Path, tmp_path: Path) -> None:
+    images, test_data_dir: Path, tmp_path: Path
+) -> None:
     repo = make_repo(tmp_path / "repo")
     tag = "kills"
     config = tmp_path / "night.json"
-    config.write_text(json.dumps({"repo": str(repo), "tag": tag, "data_dir": str(test_data_dir),
-                                  "max_experiments": MAX_EXPERIMENTS}))
+    config.write_text(
+        json.dumps({"repo": str(repo), "tag": tag, "data_dir": str(test_data_dir), "max_experiments": MAX_EXPERIMENTS})
+    )
     log, marker = tmp_path / "driver.log", tmp_path / "hung"
     left_behind: list[str] = []
     for kill in KILLS:
@@ -178,9 +184,16 @@ def test_a_controller_killed_in_each_phase_resumes_with_nothing_lost_or_duplicat
             wait_for(marker.exists, 120, f"phase {kill.hang}", proc, log)
         else:
             assert kill.container is not None
-            wait_for(lambda kill=kill: any(c.labels.get("overnight.experiment") == str(kill.n)
-                                           and c.status == "running" for c in tag_containers(tag, kill.container)),
-                     120, f"the {kill.container} container of #{kill.n}", proc, log)
+            wait_for(
+                lambda kill=kill: any(
+                    c.labels.get("overnight.experiment") == str(kill.n) and c.status == "running"
+                    for c in tag_containers(tag, kill.container)
+                ),
+                120,
+                f"the {kill.container} container of #{kill.n}",
+                proc,
+                log,
+            )
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
         if kill.container:
@@ -271,19 +284,26 @@ def engine_night(images, test_data_dir: Path, tmp_path_factory: pytest.TempPathF
         if text.startswith("sandbox error") and pending:
             pending.pop(0)[1]()
 
-    observer = FaultObserver(at={
-        (1, "training"): corrupt_val, (2, "proposing"): restore_late,
-        (2, "training"): remove_data, (3, "proposing"): restore_late,
-        (3, "training"): in_background(blip),
-        (4, "training"): in_background(restart),
-    }, on_say=on_say)
+    observer = FaultObserver(
+        at={
+            (1, "training"): corrupt_val,
+            (2, "proposing"): restore_late,
+            (2, "training"): remove_data,
+            (3, "proposing"): restore_late,
+            (3, "training"): in_background(blip),
+            (4, "training"): in_background(restart),
+        },
+        on_say=on_say,
+    )
 
     through_proxy = DockerRunner(client)
 
     loop = build_night(
         NightSpec(repo=repo, tag=tag, data_dir=data, max_experiments=4, settings={"hours": 0.2}),
-        observer=observer, runner=lambda spec: run_experiment(spec, limits=LIMITS, runner=through_proxy),
-        remove_orphans=through_proxy.cleanup_tag)
+        observer=observer,
+        runner=lambda spec: run_experiment(spec, limits=LIMITS, runner=through_proxy),
+        remove_orphans=through_proxy.cleanup_tag,
+    )
     with capture_logs() as logs:
         summary = run_in_thread(loop)
     yield EngineNight(summary, Ledger(repo / "runs" / tag).rows(), observer, logs, late, proxy, repo, tag, data)
@@ -295,14 +315,19 @@ def test_the_engine_night_scores_every_experiment_and_stays_consistent(engine_ni
     assert engine_night.summary.reason == "max-experiments"
     rows = check_consistent(engine_night.repo, engine_night.tag)
     assert [(r.description, r.status) for r in rows] == [
-        ("baseline", "keep"), ("STEPS = 2", "keep"), ("STEPS = 1", "discard"), ("STEPS = 4", "keep"),
-        ("STEPS = 3", "discard")]
+        ("baseline", "keep"),
+        ("STEPS = 2", "keep"),
+        ("STEPS = 1", "discard"),
+        ("STEPS = 4", "keep"),
+        ("STEPS = 3", "discard"),
+    ]
     assert tag_containers(engine_night.tag) == []
     verify_manifest(engine_night.data_dir, ["train", "val", "eval"])
 
 
 def test_corrupted_validation_data_mid_night_is_retried_as_a_setup_error_not_recorded_as_a_crash(
-        engine_night: EngineNight) -> None:
+    engine_night: EngineNight,
+) -> None:
     row = engine_night.rows[1]
     assert row.status != "crash", "a data problem was blamed on experiment 1"
     assert "corrupt val" not in engine_night.late_restores, "the loop never said the data was bad"
@@ -319,7 +344,9 @@ def test_a_data_dir_gone_mid_night_waits_with_a_clear_message_and_goes_on(engine
 def test_an_engine_connection_cut_mid_run_redoes_the_run_instead_of_a_false_crash(engine_night: EngineNight) -> None:
     assert engine_night.proxy.dropped >= 1
     row = engine_night.rows[3]
-    assert row.status in ("keep", "discard"), f"experiment 3 recorded as {row.status} after the engine connection was cut"
+    assert row.status in ("keep", "discard"), (
+        f"experiment 3 recorded as {row.status} after the engine connection was cut"
+    )
     errors = [e for e in engine_night.logs if e.get("event") == "sandbox_error" and "0003" in e.get("run_id", "")]
     assert errors, "the cut was not reported"
 
@@ -341,8 +368,12 @@ def small_disk(mount: Path, size: str = "48m") -> Iterator[Path]:
     """A small tmpfs mounted at `mount` (mounting needs root, as CI has)."""
     mount.mkdir(parents=True, exist_ok=True)
     prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    done = subprocess.run([*prefix, "mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [*prefix, "mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.fail(f"cannot mount a small tmpfs for the disk-full test (needs root): {done.stderr.strip()}")
     try:
@@ -371,7 +402,8 @@ def fill(mount: Path, log: Path) -> Path:
 
 
 def test_a_full_disk_in_the_runs_folder_pauses_the_night_and_loses_nothing(
-        images, test_data_dir: Path, tmp_path: Path) -> None:
+    images, test_data_dir: Path, tmp_path: Path
+) -> None:
     """The disk fills twice: while the controller writes its journal (proposing #1), and while the
     sandbox sets up a run folder (training #2); its own log is on the same disk. Each time the
     night says so, waits, and goes on once space is freed; no row is lost."""
@@ -392,8 +424,10 @@ def test_a_full_disk_in_the_runs_folder_pauses_the_night_and_loses_nothing(
     with small_disk(runs):
         configure_logging(runs / tag)  # as `python -m controller overnight` does: its log is on the full disk too
         observer = FaultObserver(at={(1, "proposing"): fill_disk, (2, "training"): fill_disk}, on_say=on_say)
-        loop = build_night(NightSpec(repo=repo, tag=tag, data_dir=test_data_dir, max_experiments=2,
-                                     settings={"hours": 0.1}), observer=observer)
+        loop = build_night(
+            NightSpec(repo=repo, tag=tag, data_dir=test_data_dir, max_experiments=2, settings={"hours": 0.1}),
+            observer=observer,
+        )
         timer = threading.Timer(90.0, lambda: [path.unlink(missing_ok=True) for path in ballast])
         timer.start()  # whatever happens, the disk is freed (and the test fails below)
         try:
@@ -407,7 +441,10 @@ def test_a_full_disk_in_the_runs_folder_pauses_the_night_and_loses_nothing(
         assert summary.reason == "max-experiments"
         rows = check_consistent(repo, tag)
         assert [(r.description, r.status) for r in rows] == [
-            ("baseline", "keep"), ("STEPS = 2", "keep"), ("STEPS = 1", "discard")]
+            ("baseline", "keep"),
+            ("STEPS = 2", "keep"),
+            ("STEPS = 1", "discard"),
+        ]
         assert len(observer.said("No space left")) >= 4, observer.messages  # said plainly while it waited
         events = [json.loads(line) for line in (runs / tag / LOG_NAME).read_text().splitlines()]
         assert [e["n"] for e in events if e.get("event") == "experiment"] == [0, 1, 2]
@@ -437,18 +474,37 @@ def test_an_unreliable_agent_api_only_delays_the_night(images, test_data_dir: Pa
                 proxy.accept()
 
         fake.enqueue(
-            rate_limited(retry_after="0"), overloaded(), server_error(),
+            rate_limited(retry_after="0"),
+            overloaded(),
+            server_error(),
             Raw(502, b"<html>502 Bad Gateway</html>", {"content-type": "text/html"}),
-            Reply([tool_use("edit_train_py", "STEPS = 2"), tool_use("shell", {"cmd": "ls"}),
-                   tool_use("edit_train_py", {"old_str": 5, "new_str": None})]),
+            Reply(
+                [
+                    tool_use("edit_train_py", "STEPS = 2"),
+                    tool_use("shell", {"cmd": "ls"}),
+                    tool_use("edit_train_py", {"old_str": 5, "new_str": None}),
+                ]
+            ),
             Reply([tool_use("write_train_py", {"content": broken}), tool_use("finish", {"description": "broken"})]),
             Reply([tool_use("write_train_py", {"content": valid}), tool_use("finish", {"description": "STEPS = 2"})]),
         )
-        agent = AnthropicAgent(AnthropicSettings(api_key="test-key", base_url=proxy.address, patience_s=1.0,
-                                                 backoff_initial_s=0.01, backoff_max_s=0.05, request_timeout_s=5.0))
+        agent = AnthropicAgent(
+            AnthropicSettings(
+                api_key="test-key",
+                base_url=proxy.address,
+                patience_s=1.0,
+                backoff_initial_s=0.01,
+                backoff_max_s=0.05,
+                request_timeout_s=5.0,
+            )
+        )
         observer = FaultObserver(at={(1, "proposing"): down_for_three_minutes})
-        loop = build_night(NightSpec(repo=repo, tag=tag, data_dir=test_data_dir, max_experiments=1,
-                                     settings={"hours": 0.1}), agent=agent, observer=observer, sleep=sleep)
+        loop = build_night(
+            NightSpec(repo=repo, tag=tag, data_dir=test_data_dir, max_experiments=1, settings={"hours": 0.1}),
+            agent=agent,
+            observer=observer,
+            sleep=sleep,
+        )
         with capture_logs() as logs:
             summary = run_in_thread(loop)
         requests = fake.message_requests()
@@ -499,10 +555,35 @@ def overnight_cli(repo: Path, data: Path, tag: str) -> tuple[subprocess.Complete
     env["PYTHONPATH"] = str(REPO_ROOT)
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "controller", "overnight", "--tag", tag, "--profile", "test", "--agent", "search",
-         "--repo", str(repo), "--data-dir", str(data), "--runs-dir", str(repo / "runs"),
-         "--worktrees-dir", str(repo / "worktrees"), "--max-experiments", "0"],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "overnight",
+            "--tag",
+            tag,
+            "--profile",
+            "test",
+            "--agent",
+            "search",
+            "--repo",
+            str(repo),
+            "--data-dir",
+            str(data),
+            "--runs-dir",
+            str(repo / "runs"),
+            "--worktrees-dir",
+            str(repo / "worktrees"),
+            "--max-experiments",
+            "0",
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return done, time.monotonic() - started
 
 
@@ -516,10 +597,12 @@ def test_a_missing_data_dir_is_a_clear_early_error(tmp_path: Path) -> None:
     assert not (repo / "runs" / "missing" / "results.tsv").exists()
 
 
-@pytest.mark.parametrize("damage", [corrupt_val, corrupt_train, truncate_manifest, remove_tokenizer],
-                         ids=lambda f: f.__name__)
-def test_a_corrupted_data_dir_is_a_clear_early_error(data_copy: Path, tmp_path: Path,
-                                                      damage: Callable[[Path], None]) -> None:
+@pytest.mark.parametrize(
+    "damage", [corrupt_val, corrupt_train, truncate_manifest, remove_tokenizer], ids=lambda f: f.__name__
+)
+def test_a_corrupted_data_dir_is_a_clear_early_error(
+    data_copy: Path, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
     repo = make_repo(tmp_path / "repo")
     damage(data_copy)
     tag = damage.__name__.replace("_", "-")

@@ -57,7 +57,10 @@ def test_commit_uses_the_controller_identity_and_touches_only_train_py(repo: Pat
     wt.train_py.write_text(TOY_TRAIN_PY.replace("LR = 0.001", "LR = 0.01"))
     assert wt.check_proposal(base) is None
     commit = wt.commit_train_py("LR 0.01\n\nOvernight-Experiment: 1\n", base)
-    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn|%s", commit) == "overnight <overnight@localhost>|overnight|LR 0.01"
+    assert (
+        git(repo, "log", "-1", "--format=%an <%ae>|%cn|%s", commit)
+        == "overnight <overnight@localhost>|overnight|LR 0.01"
+    )
     assert git(repo, "diff", "--name-only", base, commit) == TRAIN
     assert git(repo, "rev-parse", f"{commit}^") == base
     # plumbing: neither the branch, nor the worktree's HEAD, nor the user's index moved
@@ -94,7 +97,10 @@ def test_reset_removes_every_other_change(wt: g.Worktree) -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (lambda wt: (wt.path / "README.md").write_text("edited\n"), "files other than programs/default/train.py changed: README.md"),
+        (
+            lambda wt: (wt.path / "README.md").write_text("edited\n"),
+            "files other than programs/default/train.py changed: README.md",
+        ),
         (lambda wt: (wt.path / "evaluator.py").write_text("x = 1\n"), "changed: evaluator.py"),
         (lambda wt: (wt.path / "programs/default/program.md").unlink(), "changed: programs/default/program.md"),
         (lambda wt: (wt.path / "runs").mkdir() or (wt.path / "runs" / "x").write_text("1"), "changed: runs/"),

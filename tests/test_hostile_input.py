@@ -84,8 +84,10 @@ def test_a_tail_is_the_end_of_a_regular_file(tmp_path: Path) -> None:
 
 # --- strings ----------------------------------------------------------------------------------
 
-HOSTILE = ("keep\x1b[2J\x1b]0;owned\x07\x1b[31m forged\tcolumn\nnew row\x00nul \ud800 lone "
-           "\u202eevil\u202c [bold red]markup[/] \x9b2J c1 \u200bzero")
+HOSTILE = (
+    "keep\x1b[2J\x1b]0;owned\x07\x1b[31m forged\tcolumn\nnew row\x00nul \ud800 lone "
+    "\u202eevil\u202c [bold red]markup[/] \x9b2J c1 \u200bzero"
+)
 
 
 def test_a_hostile_line_is_one_printable_line_safe_for_tsv_git_and_json() -> None:

@@ -40,7 +40,8 @@ RUN set -eu; \\
     mkdir -p /opt/conda/bin /opt/conda/lib /opt/conda/include /opt/conda/pkgs/python-3.11-0/lib; \\
     cp -a /usr/lib/python3.11 /opt/conda/lib/; cp -a /usr/lib/python3.11 /opt/conda/pkgs/python-3.11-0/lib/; \\
     cp -a /usr/include/python3.11 /opt/conda/include/; \\
-    cp /usr/bin/python3.11 /opt/conda/bin/; ln -s python3.11 /opt/conda/bin/python3; ln -s python3 /opt/conda/bin/python; \\
+    cp /usr/bin/python3.11 /opt/conda/bin/; \\
+    ln -s python3.11 /opt/conda/bin/python3; ln -s python3 /opt/conda/bin/python; \\
     site="$(/opt/conda/bin/python3 -c 'import site; print(site.getsitepackages()[0])')"; \\
     mkdir -p "$site/torch" "$site/torch-2.9.0.dist-info"; \\
     echo '__version__ = "2.9.0"' > "$site/torch/__init__.py"; \\
@@ -50,13 +51,16 @@ ENV PATH=/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 """
 
 # Files of a CPython stdlib test suite anywhere in an image (third-party packages' tests aside).
-FIND_STDLIB_TESTS = ("find / -xdev \\( -name site-packages -o -name dist-packages \\) -prune -o "
-                     "-path '*/lib/python3*' -name 'test_*.py' -print")
+FIND_STDLIB_TESTS = (
+    "find / -xdev \\( -name site-packages -o -name dist-packages \\) -prune -o "
+    "-path '*/lib/python3*' -name 'test_*.py' -print"
+)
 
 
 def _build(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, BUILD_PY, *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=3600)
+    return subprocess.run(
+        [sys.executable, BUILD_PY, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600
+    )
 
 
 def _built_or_fail(done: subprocess.CompletedProcess[str]) -> str:
@@ -66,14 +70,14 @@ def _built_or_fail(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def _sh(client: docker.DockerClient, image: str, command: str, user: str = "1000:1000") -> str:
-    out = client.containers.run(image, ["sh", "-c", command], network_mode="none", remove=True,
-                                entrypoint=[], user=user)
+    out = client.containers.run(
+        image, ["sh", "-c", command], network_mode="none", remove=True, entrypoint=[], user=user
+    )
     return out.decode().strip()
 
 
 def _py(client: docker.DockerClient, image: str, code: str) -> str:
-    out = client.containers.run(image, ["python", "-c", code], network_mode="none", remove=True,
-                                entrypoint=[])
+    out = client.containers.run(image, ["python", "-c", code], network_mode="none", remove=True, entrypoint=[])
     return out.decode().strip()
 
 
@@ -87,10 +91,12 @@ def local_build(docker_client: docker.DockerClient) -> str:
 def registry_build(local_build: str, docker_client: docker.DockerClient) -> str:
     """Every image on the stand-in registry base; the build's output."""
     dockerfile = STAND_IN_DOCKERFILE.format(local_base=LOCAL.base).encode()
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=STAND_IN, network_mode="none",
-                               rm=True, forcerm=True)
-    return _built_or_fail(_build("--prefix", f"{PREFIX}-fakecuda", "--base-image", STAND_IN,
-                                 "--debian-image", LOCAL.base, "--force-smoke"))
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=STAND_IN, network_mode="none", rm=True, forcerm=True)
+    return _built_or_fail(
+        _build(
+            "--prefix", f"{PREFIX}-fakecuda", "--base-image", STAND_IN, "--debian-image", LOCAL.base, "--force-smoke"
+        )
+    )
 
 
 @pytest.fixture(params=["local", "registry"])
@@ -105,9 +111,13 @@ def flavour(request: pytest.FixtureRequest) -> tuple[build.Tags, str]:
 
 
 def test_make_setup_installs_the_torch_the_images_pin() -> None:
-    done = subprocess.run(["make", "-s", "--no-print-directory",
-                           "--eval=print-torch-spec: ; @echo '$(TORCH_SPEC)'", "print-torch-spec"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["make", "-s", "--no-print-directory", "--eval=print-torch-spec: ; @echo '$(TORCH_SPEC)'", "print-torch-spec"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip() == f"torch=={PIN}"
     assert PIN.count(".") == 2
 
@@ -140,15 +150,18 @@ def test_debootstrap_uses_the_hosts_debian_mirror_deb822(tmp_path: Path, monkeyp
         "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
         "Components: main\n\n"
         "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
-        "Components: main\n")
+        "Components: main\n"
+    )
     assert build.host_debian_mirror(sources=[sources]) == "http://mirror.example/debian"
 
 
 def test_debootstrap_uses_the_hosts_debian_mirror_one_line(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("DEBIAN_MIRROR", raising=False)
     listing = tmp_path / "sources.list"
-    listing.write_text("# comment\ndeb-src http://src.example/debian bookworm main\n"
-                       "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n")
+    listing.write_text(
+        "# comment\ndeb-src http://src.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n"
+    )
     assert build.host_debian_mirror(sources=[listing]) == "http://one.example/debian"
     assert build.host_debian_mirror(sources=[]) is None  # debootstrap's own default
     monkeypatch.setenv("DEBIAN_MIRROR", "http://override.example/debian")
@@ -156,10 +169,15 @@ def test_debootstrap_uses_the_hosts_debian_mirror_one_line(tmp_path: Path, monke
 
 
 def test_the_local_base_sheds_what_nothing_runs(tmp_path: Path) -> None:
-    files = ["usr/share/doc/gcc/changelog.gz", "usr/lib/python3.11/config-3.11-x86_64-linux-gnu/libpython3.11.a",
-             "usr/lib/python3.11/config-3.11-x86_64-linux-gnu/python-config.py",
-             "usr/bin/x86_64-linux-gnu-lto-dump-12", "usr/bin/gcc-12", "usr/lib/python3.11/os.py",
-             "usr/include/python3.11/Python.h"]
+    files = [
+        "usr/share/doc/gcc/changelog.gz",
+        "usr/lib/python3.11/config-3.11-x86_64-linux-gnu/libpython3.11.a",
+        "usr/lib/python3.11/config-3.11-x86_64-linux-gnu/python-config.py",
+        "usr/bin/x86_64-linux-gnu-lto-dump-12",
+        "usr/bin/gcc-12",
+        "usr/lib/python3.11/os.py",
+        "usr/include/python3.11/Python.h",
+    ]
     for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
@@ -214,9 +232,13 @@ def test_the_smoke_test_asks_for_the_gpu_where_there_is_one(monkeypatch) -> None
 @pytest.mark.docker
 def test_runtime_image_has_the_compiler_toolchain(flavour, docker_client) -> None:
     tags, _ = flavour
-    out = _sh(docker_client, tags.runtime, "gcc --version | head -n1; g++ --version | head -n1; "
-              "python3 -c 'import sysconfig, os; "
-              "print(os.path.exists(os.path.join(sysconfig.get_paths()[\"include\"], \"Python.h\")))'")
+    out = _sh(
+        docker_client,
+        tags.runtime,
+        "gcc --version | head -n1; g++ --version | head -n1; "
+        "python3 -c 'import sysconfig, os; "
+        'print(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))\'',
+    )
     gcc, gxx, has_header = out.splitlines()
     assert gcc.startswith("gcc") and gxx.startswith("g++")
     assert has_header == "True"
@@ -236,18 +258,23 @@ def test_images_run_the_pinned_torch_and_carry_it_in_a_label(flavour, docker_cli
 def test_the_build_ends_with_a_smoke_test_in_the_evaluator_image(flavour) -> None:
     tags, output = flavour
     lines = output.splitlines()
-    assert any(line.startswith(f"[images] smoke test in {tags.evaluator}: torch {PIN}")
-               and "compile" in line and "export" in line for line in lines)
+    assert any(
+        line.startswith(f"[images] smoke test in {tags.evaluator}: torch {PIN}")
+        and "compile" in line
+        and "export" in line
+        for line in lines
+    )
     smoke_s = [float(line.split()[1]) for line in lines if line.startswith("smoke_s: ")]
     assert len(smoke_s) == 1 and smoke_s[0] > 0
 
 
 @pytest.mark.docker
-def test_stdlib_test_suite_is_absent_for_training_and_present_for_preparation(
-        flavour, docker_client) -> None:
+def test_stdlib_test_suite_is_absent_for_training_and_present_for_preparation(flavour, docker_client) -> None:
     tags, _ = flavour
-    count = ("import sysconfig; from pathlib import Path; from evaluator.datasets import "
-             "stdlib_files; print(len(stdlib_files(Path(sysconfig.get_paths()['stdlib']))[1]))")
+    count = (
+        "import sysconfig; from pathlib import Path; from evaluator.datasets import "
+        "stdlib_files; print(len(stdlib_files(Path(sysconfig.get_paths()['stdlib']))[1]))"
+    )
     for tag in (tags.runtime, tags.evaluator):
         assert _sh(docker_client, tag, FIND_STDLIB_TESTS, user="0") == ""  # root sees all
     assert int(_py(docker_client, tags.evaluator, count)) == 0
@@ -255,10 +282,11 @@ def test_stdlib_test_suite_is_absent_for_training_and_present_for_preparation(
 
 
 @pytest.mark.docker
-def test_a_conda_like_registry_base_gets_its_suite_where_its_python_looks(
-        registry_build, docker_client) -> None:
-    where = ("import sysconfig, torch, os; s = sysconfig.get_paths()['stdlib']; "
-             "print(s, torch.__version__, os.path.exists(s + '/test/test_grammar.py'))")
+def test_a_conda_like_registry_base_gets_its_suite_where_its_python_looks(registry_build, docker_client) -> None:
+    where = (
+        "import sysconfig, torch, os; s = sysconfig.get_paths()['stdlib']; "
+        "print(s, torch.__version__, os.path.exists(s + '/test/test_grammar.py'))"
+    )
     stdlib, version, has_suite = _py(docker_client, REGISTRY.prepare, where).split()
     assert stdlib == "/opt/conda/lib/python3.11" and has_suite == "True"
     assert version.split("+")[0] == PIN  # not the base's own 2.9.0
@@ -271,10 +299,10 @@ def test_a_conda_like_registry_base_gets_its_suite_where_its_python_looks(
 @pytest.mark.docker
 def test_a_broken_image_fails_the_smoke_test(local_build, docker_client) -> None:
     broken = f"{PREFIX}-broken-smoke:latest"
-    dockerfile = (f"FROM {LOCAL.evaluator}\nUSER root\n"
-                  "RUN rm -f /usr/bin/*g++* /usr/bin/*c++*\nUSER 1000:1000\n").encode()
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=broken, network_mode="none",
-                               rm=True, forcerm=True)
+    dockerfile = (
+        f"FROM {LOCAL.evaluator}\nUSER root\nRUN rm -f /usr/bin/*g++* /usr/bin/*c++*\nUSER 1000:1000\n"
+    ).encode()
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=broken, network_mode="none", rm=True, forcerm=True)
     try:
         with pytest.raises(build.BuildError, match=r"smoke test failed in .* on cpu: .*C\+\+ compiler"):
             build.smoke_test(docker_client, broken, "cpu")
@@ -287,30 +315,46 @@ def test_a_broken_image_fails_the_smoke_test(local_build, docker_client) -> None
 
 @pytest.mark.docker
 def test_evaluator_image_has_the_user_the_sandbox_runs_as(local_build, docker_client) -> None:
-    facts = json.loads(_py(docker_client, LOCAL.evaluator,
-                           "import json, os, pwd; e = pwd.getpwuid(1000); "
-                           "print(json.dumps([os.getuid(), e.pw_name, e.pw_dir]))"))
+    facts = json.loads(
+        _py(
+            docker_client,
+            LOCAL.evaluator,
+            "import json, os, pwd; e = pwd.getpwuid(1000); print(json.dumps([os.getuid(), e.pw_name, e.pw_dir]))",
+        )
+    )
     assert facts == [1000, "overnight", "/home/overnight"]
 
 
 @pytest.mark.docker
 def test_evaluator_package_is_root_owned_and_read_only(local_build, docker_client) -> None:
-    facts = json.loads(_py(docker_client, LOCAL.evaluator, """
+    facts = json.loads(
+        _py(
+            docker_client,
+            LOCAL.evaluator,
+            """
 import json, os, evaluator
 root = os.path.dirname(evaluator.__file__)
 stats = [os.stat(os.path.join(d, n)) for d, _, names in os.walk(root) for n in names + ['.']]
 print(json.dumps([root, {s.st_uid for s in stats} == {0}, any(s.st_mode & 0o222 for s in stats)]))
-"""))
+""",
+        )
+    )
     assert facts == ["/opt/overnight/evaluator", True, False]
 
 
 @pytest.mark.docker
 def test_runtime_has_the_pinned_dependencies(local_build, docker_client) -> None:
-    versions = json.loads(_py(docker_client, LOCAL.evaluator, """
+    versions = json.loads(
+        _py(
+            docker_client,
+            LOCAL.evaluator,
+            """
 import json, importlib.metadata as md
 print(json.dumps({n: md.version(n).split('+')[0] for n in
       ['torch', 'numpy', 'tiktoken', 'pyarrow', 'rustbpe', 'pydantic', 'tenacity', 'structlog']}))
-"""))
+""",
+        )
+    )
     pins = dict(line.split("==") for line in build.requirement_lines())
     assert {name: versions[name] for name in pins} == pins
 

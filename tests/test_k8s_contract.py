@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from k8s_support import IMAGE, kube_setup
-from runner_contract import *  # the contract's tests run here, on this backend
+from runner_contract import *  # noqa: F403 -- the contract's tests run here, on this backend
 from runner_contract import Backend
 
 
@@ -17,8 +17,14 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
     setup = kube_setup(tmp_path)
     work = tmp_path / "host"
     work.mkdir()
-    backend = Backend(name="kubernetes", runner=setup.runner, image=IMAGE, data_dir=setup.data_dir,
-                      leftovers=setup.leftovers, work=work)
+    backend = Backend(
+        name="kubernetes",
+        runner=setup.runner,
+        image=IMAGE,
+        data_dir=setup.data_dir,
+        leftovers=setup.leftovers,
+        work=work,
+    )
     yield backend
     for handle in backend.handles:
         setup.runner.cancel(handle)

@@ -20,8 +20,9 @@ from sandbox.limits import Limits
 
 
 @pytest.mark.slow
-def test_a_seed_experiment_trains_scores_and_leaves_nothing(tmp_path: Path, test_data_dir: Path,
-                                                            seed_train_py: Path) -> None:
+def test_a_seed_experiment_trains_scores_and_leaves_nothing(
+    tmp_path: Path, test_data_dir: Path, seed_train_py: Path
+) -> None:
     setup = kube_setup(tmp_path / "k8s")
     setup.kube.add_claim("overnight-test-data", test_data_dir.parent)
     runner = setup.runner
@@ -30,8 +31,16 @@ def test_a_seed_experiment_trains_scores_and_leaves_nothing(tmp_path: Path, test
     limits = Limits.for_profile(get_profile("test"), train_allowance_s=880, eval_cap_s=600)  # caps for a busy machine
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    common: dict = {"run_id": "night-0001", "image": IMAGE, "data_dir": test_data_dir, "profile": "test",
-                    "gpu": None, "memory_gb": 4.0, "limits": limits, "labels": {"overnight.tag": "night"}}
+    common: dict = {
+        "run_id": "night-0001",
+        "image": IMAGE,
+        "data_dir": test_data_dir,
+        "profile": "test",
+        "gpu": None,
+        "memory_gb": 4.0,
+        "limits": limits,
+        "labels": {"overnight.tag": "night"},
+    }
     try:
         train = runner.submit(specs.train_job(seed=0, train_py=seed_train_py, **common))
         runner.stream_logs(train, run_dir / "train.log", limits.log_max_bytes)
@@ -46,8 +55,7 @@ def test_a_seed_experiment_trains_scores_and_leaves_nothing(tmp_path: Path, test
         runner.stream_logs(evaluation, run_dir / "eval.log", limits.log_max_bytes)
         scored = runner.wait(evaluation)
         assert scored.exit_code == 0, (run_dir / "eval.log").read_text()[-2000:]
-        runner.fetch_output(evaluation, layout.SCORE_NAME, run_dir / layout.SCORE_NAME,
-                            limits.score_max_bytes)
+        runner.fetch_output(evaluation, layout.SCORE_NAME, run_dir / layout.SCORE_NAME, limits.score_max_bytes)
         score = ScoreRecord.model_validate_json((run_dir / layout.SCORE_NAME).read_text())
         assert score.status == "ok" and score.val_bpb is not None and 0 < score.val_bpb < 20
         runner.cancel(evaluation)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.errors import SandboxError
 from evaluator.hostile import UnsafeFileError
+from sandbox.errors import SandboxError
 from sandbox.kubernetes.fetch import Receiver, fetch_command
 
 
@@ -27,7 +27,7 @@ def receive(stream: bytes, dest: Path, cap: int, pieces: int = 7) -> int:
     try:
         step = max(1, len(stream) // pieces)
         for start in range(0, len(stream), step):
-            receiver.feed(stream[start:start + step])
+            receiver.feed(stream[start : start + step])
         return receiver.finish()
     except BaseException:
         receiver.abort()
@@ -47,14 +47,17 @@ def test_a_regular_file_comes_back_byte_for_byte(tmp_path: Path) -> None:
     assert receive(done.stdout, dest, 2**24) == len(data) and dest.read_bytes() == data
 
 
-@pytest.mark.parametrize("make, refusal", [
-    (lambda d: os.symlink("/etc/passwd", d / "model.pt2"), "is a symlink"),
-    (lambda d: os.mkfifo(d / "model.pt2"), "not a regular file"),
-    (lambda d: (d / "model.pt2").mkdir(), "not a regular file"),
-    (lambda d: ((d / "model.pt2").write_bytes(b"x"), os.chmod(d / "model.pt2", 0o2755)), "setgid"),
-    (lambda d: os.truncate(os.open(d / "model.pt2", os.O_CREAT | os.O_WRONLY), 2**40), "over the"),
-    (lambda d: None, "no model.pt2"),
-])
+@pytest.mark.parametrize(
+    "make, refusal",
+    [
+        (lambda d: os.symlink("/etc/passwd", d / "model.pt2"), "is a symlink"),
+        (lambda d: os.mkfifo(d / "model.pt2"), "not a regular file"),
+        (lambda d: (d / "model.pt2").mkdir(), "not a regular file"),
+        (lambda d: ((d / "model.pt2").write_bytes(b"x"), os.chmod(d / "model.pt2", 0o2755)), "setgid"),
+        (lambda d: os.truncate(os.open(d / "model.pt2", os.O_CREAT | os.O_WRONLY), 2**40), "over the"),
+        (lambda d: None, "no model.pt2"),
+    ],
+)
 def test_what_the_docker_backend_refuses_the_fetch_program_refuses(tmp_path: Path, make, refusal) -> None:
     make(tmp_path)
     done = fetch(tmp_path, "model.pt2", 2**30)
@@ -70,17 +73,21 @@ def test_a_name_with_a_path_in_it_is_refused(tmp_path: Path, name: str) -> None:
     assert done.returncode == 3 and b"bad file name" in done.stdout
 
 
-@pytest.mark.parametrize("stream, problem", [
-    (good_stream(b"abc")[:-10], "cut or damaged"),  # the trailer cut short
-    (good_stream(b"abc")[:6], "cut or damaged"),  # the content cut short
-    (good_stream(b"abc").replace(b"abc", b"abd", 1), "cut or damaged"),  # a flipped byte
-    (good_stream(b"abc") + b"more", "more bytes than announced"),
-    (b"", "nothing usable"),
-    (b"HELLO 3\nabc", "unexpected header"),
-    (b"x" * 5000, "no header"),
-])
-def test_a_damaged_transfer_leaves_no_file_and_is_the_backends_problem(tmp_path: Path, stream: bytes,
-                                                                      problem: str) -> None:
+@pytest.mark.parametrize(
+    "stream, problem",
+    [
+        (good_stream(b"abc")[:-10], "cut or damaged"),  # the trailer cut short
+        (good_stream(b"abc")[:6], "cut or damaged"),  # the content cut short
+        (good_stream(b"abc").replace(b"abc", b"abd", 1), "cut or damaged"),  # a flipped byte
+        (good_stream(b"abc") + b"more", "more bytes than announced"),
+        (b"", "nothing usable"),
+        (b"HELLO 3\nabc", "unexpected header"),
+        (b"x" * 5000, "no header"),
+    ],
+)
+def test_a_damaged_transfer_leaves_no_file_and_is_the_backends_problem(
+    tmp_path: Path, stream: bytes, problem: str
+) -> None:
     with pytest.raises(SandboxError, match=problem):
         receive(stream, tmp_path / "copy", 100)
     assert not (tmp_path / "copy").exists()

@@ -19,8 +19,15 @@ def dry_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> st
     venv.mkdir(exist_ok=True)
     for stamp in (".host", ".dev"):
         (venv / stamp).touch()  # newer than pyproject.toml: make would install nothing
-    done = subprocess.run(["make", "-n", "--no-print-directory", *args, f"VENV={venv}"], cwd=REPO_ROOT,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **(env or {})}, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", *args, f"VENV={venv}"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -48,4 +55,5 @@ def test_prepare_on_a_cluster_runs_the_prepare_job_not_compose(tmp_path: Path) -
 
 def test_replay_passes_the_backend(tmp_path: Path) -> None:
     assert "-m controller replay abc1234 --backend kubernetes" in dry_run(
-        tmp_path, "replay", "SHA=abc1234", "BACKEND=kubernetes")
+        tmp_path, "replay", "SHA=abc1234", "BACKEND=kubernetes"
+    )

@@ -32,13 +32,19 @@ def everything() -> list[tuple[str, str, Cluster, list[dict[str, Any]]]]:
     """(profile, cluster name, cluster, every object of one experiment plus the helper pods)."""
     cases = []
     for profile, (cname, cluster) in itertools.product(PROFILES, CLUSTERS.items()):
-        objects = sample_manifests(profile, cluster, image="overnight-evaluator:latest",
-                                   data_dir=Path("data") / profile, memory_gb=8.0)
+        objects = sample_manifests(
+            profile, cluster, image="overnight-evaluator:latest", data_dir=Path("data") / profile, memory_gb=8.0
+        )
         objects += [
-            manifests.verify_pod(cluster, image=cluster.image("overnight-evaluator:latest"),
-                                 data_name=profile, name="overnight-data-verify-x"),
-            manifests.prepare_job(cluster, profile=profile, data_name=profile, dataset=None,
-                                  force=False, name="overnight-prepare-x"),
+            manifests.verify_pod(
+                cluster,
+                image=cluster.image("overnight-evaluator:latest"),
+                data_name=profile,
+                name="overnight-data-verify-x",
+            ),
+            manifests.prepare_job(
+                cluster, profile=profile, data_name=profile, dataset=None, force=False, name="overnight-prepare-x"
+            ),
             manifests.prepare_egress_policy(cluster),
         ]
         cases.append((profile, cname, cluster, objects))
@@ -99,8 +105,7 @@ def test_every_pod_is_locked_down(case: tuple) -> None:
         assert volumes[mounts["/tmp"]["name"]]["emptyDir"]["sizeLimit"]
         home = next(e["value"] for e in container["env"] if e["name"] == "HOME")
         assert volumes[mounts[home]["name"]]["emptyDir"]["sizeLimit"]
-        assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"] == {"medium": "Memory",
-                                                                   "sizeLimit": manifests.SHM_SIZE}
+        assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": manifests.SHM_SIZE}
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -113,8 +118,9 @@ def test_no_pod_reaches_the_network_but_preparation(case: tuple) -> None:
     assert exception["spec"]["podSelector"] == {"matchLabels": {"overnight.pod": "prepare"}}
     assert exception["spec"]["policyTypes"] == ["Egress"] and "ingress" not in exception["spec"]
     for obj, pod in pods_of(objects):
-        template_labels = (obj["spec"]["template"]["metadata"]["labels"] if obj["kind"] == "Job"
-                           else obj["metadata"]["labels"])
+        template_labels = (
+            obj["spec"]["template"]["metadata"]["labels"] if obj["kind"] == "Job" else obj["metadata"]["labels"]
+        )
         if role(obj) == "prepare":
             assert template_labels["overnight.pod"] == "prepare"
             continue
@@ -134,8 +140,7 @@ def test_every_job_has_a_deadline_and_no_second_try(case: tuple) -> None:
             assert spec["ttlSecondsAfterFinished"] > 0
             assert spec["activeDeadlineSeconds"] > 0
             if role(obj) in caps:  # the host's cap, plus the start allowance at most
-                assert caps[role(obj)] <= spec["activeDeadlineSeconds"] \
-                    <= caps[role(obj)] + cluster.start_timeout_s + 1
+                assert caps[role(obj)] <= spec["activeDeadlineSeconds"] <= caps[role(obj)] + cluster.start_timeout_s + 1
         else:
             assert pod["activeDeadlineSeconds"] > 0
 
@@ -179,7 +184,10 @@ def test_the_score_pod_runs_no_agent_code_and_sees_only_the_artifact(case: tuple
     score = volumes[mounts["/score"]["name"]]["persistentVolumeClaim"]["claimName"]
     assert score == "overnight-sample-0001-eval-out"
     assert {p for p in mounts if p.startswith("/data/")} == {
-        "/data/manifest.json", "/data/tokenizer", "/data/eval"}  # the private sample, never val/
+        "/data/manifest.json",
+        "/data/tokenizer",
+        "/data/eval",
+    }  # the private sample, never val/
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -197,8 +205,11 @@ def test_the_train_pod_writes_only_its_own_volume_and_never_sees_validation_data
     assert all(m["readOnly"] and m["subPath"].startswith(f"{profile}/") for m in data)
     assert {m["mountPath"] for m in data} == {"/data/manifest.json", "/data/tokenizer", "/data/train"}
     assert volumes["data"]["persistentVolumeClaim"]["readOnly"] is True
-    claim = next(o for o in objects if o["kind"] == "PersistentVolumeClaim"
-                 and o["metadata"]["name"] == "overnight-sample-0001-train-out")
+    claim = next(
+        o
+        for o in objects
+        if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "overnight-sample-0001-train-out"
+    )
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"  # Limits.out_max_bytes
     assert claim["spec"].get("storageClassName") == cluster.storage_class
     assert container["command"] == ["python", specs.TRAIN_PY]
@@ -241,8 +252,9 @@ def test_run_ids_that_are_not_kubernetes_names_get_a_stable_safe_key() -> None:
         assert obj["metadata"]["annotations"]["overnight.run-id"] == job.run_id
     again = manifests.job_objects(job, Cluster(), {specs.TRAIN_PY: manifests.FileInput(b"x")})
     assert [o["metadata"]["name"] for o in objects] == [o["metadata"]["name"] for o in again]
-    other = manifests.job_objects(_job(run_id="my-tag.with.dots-0001" + "x" * 60), Cluster(),
-                                  {specs.TRAIN_PY: manifests.FileInput(b"x")})
+    other = manifests.job_objects(
+        _job(run_id="my-tag.with.dots-0001" + "x" * 60), Cluster(), {specs.TRAIN_PY: manifests.FileInput(b"x")}
+    )
     assert objects[-1]["metadata"]["name"] != other[-1]["metadata"]["name"]
 
 
@@ -252,8 +264,7 @@ def test_a_local_image_id_cannot_go_to_a_cluster() -> None:
 
 
 def test_a_binary_input_travels_as_binary_data() -> None:
-    config = manifests.inputs_config_map(_job(), Cluster(),
-                                         {specs.TRAIN_PY: manifests.FileInput(b"\xff\xfe\x00")})
+    config = manifests.inputs_config_map(_job(), Cluster(), {specs.TRAIN_PY: manifests.FileInput(b"\xff\xfe\x00")})
     assert config is not None and config["binaryData"] == {"train.py": "//4A"}
     assert "data" not in config and config["immutable"] is True
 

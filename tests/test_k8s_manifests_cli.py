@@ -24,8 +24,15 @@ GOLDEN = REPO_ROOT / "tests" / "golden"
 def k8s_manifests(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERNIGHT_", "KUBE"))}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    return subprocess.run([sys.executable, "-m", "controller", "k8s-manifests", *args], cwd=cwd,
-                          env=env, check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "controller", "k8s-manifests", *args],
+        cwd=cwd,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("profile", ["gpu", "cpu"])
@@ -33,8 +40,15 @@ def test_the_printed_manifests_validate_and_match_the_golden_file(tmp_path: Path
     done = k8s_manifests(tmp_path, "--profile", profile)
     assert done.returncode == 0, done.stderr
     objects = [o for o in yaml.safe_load_all(done.stdout) if o is not None]
-    assert [o["kind"] for o in objects] == ["NetworkPolicy", "ConfigMap", "PersistentVolumeClaim",
-                                            "Job", "Pod", "PersistentVolumeClaim", "Job"]
+    assert [o["kind"] for o in objects] == [
+        "NetworkPolicy",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Job",
+        "Pod",
+        "PersistentVolumeClaim",
+        "Job",
+    ]
     for obj in objects:
         for version in ("1.28", "1.37"):
             kubernetes_validate.validate(obj, version, strict=True)
@@ -45,9 +59,21 @@ def test_the_printed_manifests_validate_and_match_the_golden_file(tmp_path: Path
 
 
 def test_cluster_settings_show_in_the_manifests(tmp_path: Path) -> None:
-    done = k8s_manifests(tmp_path, "--profile", "gpu", "--image-registry", "registry.example.com/team",
-                         "--storage-class", "topolvm", "--kube-runtime-class", "gvisor",
-                         "--gpu-resource-name", "nvidia.com/mig-1g.10gb", "--kube-namespace", "lab")
+    done = k8s_manifests(
+        tmp_path,
+        "--profile",
+        "gpu",
+        "--image-registry",
+        "registry.example.com/team",
+        "--storage-class",
+        "topolvm",
+        "--kube-runtime-class",
+        "gvisor",
+        "--gpu-resource-name",
+        "nvidia.com/mig-1g.10gb",
+        "--kube-namespace",
+        "lab",
+    )
     assert done.returncode == 0, done.stderr
     objects = [o for o in yaml.safe_load_all(done.stdout) if o is not None]
     jobs = [o for o in objects if o["kind"] == "Job"]
@@ -64,6 +90,9 @@ def test_cluster_settings_show_in_the_manifests(tmp_path: Path) -> None:
 def test_a_bad_cluster_setting_is_one_line(tmp_path: Path) -> None:
     done = k8s_manifests(tmp_path, "--profile", "gpu", "--gpu-resource-name", "gpu")
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [(
-        "error: bad setting --gpu-resource-name / OVERNIGHT_GPU_RESOURCE_NAME: 'gpu' is not an "
-        "extended resource name like nvidia.com/gpu")]
+    assert done.stderr.strip().splitlines() == [
+        (
+            "error: bad setting --gpu-resource-name / OVERNIGHT_GPU_RESOURCE_NAME: 'gpu' is not an "
+            "extended resource name like nvidia.com/gpu"
+        )
+    ]

@@ -35,9 +35,13 @@ HONEST_SEED = (REPO_ROOT / "tests" / "adversarial" / "honest_seed.py").read_text
 SLEEP_LINE = "sleeping past the budget"
 SCRIPT = {
     1: {"set": {"STEPS": 6}, "desc": "train the bigram for 6 steps"},
-    2: {"replace": ["submit(model)",
-                    f"import time\n\nprint({SLEEP_LINE!r}, flush=True)\ntime.sleep(3600)\nsubmit(model)"],
-        "desc": "sleep an hour before submitting"},
+    2: {
+        "replace": [
+            "submit(model)",
+            f"import time\n\nprint({SLEEP_LINE!r}, flush=True)\ntime.sleep(3600)\nsubmit(model)",
+        ],
+        "desc": "sleep an hour before submitting",
+    },
 }
 TAG = "kube"
 SANDBOX_KINDS = ("jobs", "pods", "persistentvolumeclaims", "configmaps")
@@ -76,8 +80,7 @@ def night(tmp_path_factory: pytest.TempPathFactory, test_data_dir: Path) -> Iter
     """One night, run once for the module: baseline, an honest change, a run that sleeps past
     its budget. The controller's machine has no prepared data: it is on the cluster only."""
     root = tmp_path_factory.mktemp("k8s-night")
-    kube = FakeKube(root / "cluster", image_paths={"/opt/overnight": REPO_ROOT},
-                    images={IMAGE, PREPARE}).start()
+    kube = FakeKube(root / "cluster", image_paths={"/opt/overnight": REPO_ROOT}, images={IMAGE, PREPARE}).start()
     kube.add_claim("overnight-data", test_data_dir.parent)  # <volume>/test, as data/test is named
     kubeconfig = kube.kubeconfig(root / "kubeconfig")
     repo = make_repo(root / "repo", HONEST_SEED)
@@ -92,14 +95,36 @@ def night(tmp_path_factory: pytest.TempPathFactory, test_data_dir: Path) -> Iter
             mp.chdir(repo)
             mp.setattr(cli, "make_agent_for", lambda settings: agent)  # the one fake: the agent
             try:
-                code = _overnight(["overnight", "--tag", TAG, "--profile", "test", "--max-experiments", "2",
-                                   "--backend", "kubernetes", "--kube-config", str(kubeconfig),
-                                   "--image-registry", "registry.test"], root / "console.txt")
+                code = _overnight(
+                    [
+                        "overnight",
+                        "--tag",
+                        TAG,
+                        "--profile",
+                        "test",
+                        "--max-experiments",
+                        "2",
+                        "--backend",
+                        "kubernetes",
+                        "--kube-config",
+                        str(kubeconfig),
+                        "--image-registry",
+                        "registry.test",
+                    ],
+                    root / "console.txt",
+                )
             finally:  # the night installs its own Ctrl-C handlers
                 for sig, handler in handlers.items():
                     signal.signal(sig, handler)
-        yield Night(repo=repo, kube=kube, data_dir=test_data_dir, exit_code=code,
-                    output=(root / "console.txt").read_text(), agent=agent, claims_before=claims_before)
+        yield Night(
+            repo=repo,
+            kube=kube,
+            data_dir=test_data_dir,
+            exit_code=code,
+            output=(root / "console.txt").read_text(),
+            agent=agent,
+            claims_before=claims_before,
+        )
     finally:
         kube.stop()
 
@@ -114,8 +139,11 @@ def test_the_night_records_the_baseline_the_honest_change_and_the_timeout(night:
     assert night.exit_code == 0, night.output
     rows = check_consistent(night.repo, TAG)  # refs, branch, run folders and run.json agree
     assert [row.status for row in rows] == ["keep", "keep", "timeout"], night.output
-    assert [row.description for row in rows] == ["baseline", "train the bigram for 6 steps",
-                                                  "sleep an hour before submitting"]
+    assert [row.description for row in rows] == [
+        "baseline",
+        "train the bigram for 6 steps",
+        "sleep an hour before submitting",
+    ]
     baseline, honest, slept = rows
     assert 0 < honest.val_bpb < baseline.val_bpb < 20  # six real optimizer steps beat the initial weights
     assert slept.val_bpb == 0.0
@@ -162,8 +190,7 @@ def test_run_json_records_the_cluster_image_and_the_volumes_data(night: Night) -
 
 def test_nothing_is_left_on_the_cluster(night: Night) -> None:
     left = {kind: [o["metadata"]["name"] for o in night.kube.list(kind)] for kind in SANDBOX_KINDS}
-    assert left == {"jobs": [], "pods": [], "persistentvolumeclaims": night.claims_before,
-                    "configmaps": []}
+    assert left == {"jobs": [], "pods": [], "persistentvolumeclaims": night.claims_before, "configmaps": []}
     assert night.kube.leftovers(f"overnight.tag={TAG}") == []
     assert night.kube.processes == {}
     assert os.listdir(night.kube.claim_dir("overnight-data")) == ["test"]

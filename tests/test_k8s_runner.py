@@ -34,8 +34,14 @@ def made(tmp_path: Path) -> Iterator[list[KubeSetup]]:
 def backend_of(setup: KubeSetup, tmp_path: Path) -> Backend:
     work = tmp_path / "host"
     work.mkdir(exist_ok=True)
-    return Backend(name="kubernetes", runner=setup.runner, image=IMAGE, data_dir=setup.data_dir,
-                   leftovers=setup.leftovers, work=work)
+    return Backend(
+        name="kubernetes",
+        runner=setup.runner,
+        image=IMAGE,
+        data_dir=setup.data_dir,
+        leftovers=setup.leftovers,
+        work=work,
+    )
 
 
 def make(made: list[KubeSetup], tmp_path: Path, **options: object) -> tuple[KubeSetup, Backend]:
@@ -61,8 +67,7 @@ def test_the_api_servers_deadline_is_reported_as_a_timeout(made: list, tmp_path:
     assert setup.leftovers(rid) == []
 
 
-def test_the_cap_counts_from_the_containers_start_not_from_the_submit(made: list,
-                                                                      tmp_path: Path) -> None:
+def test_the_cap_counts_from_the_containers_start_not_from_the_submit(made: list, tmp_path: Path) -> None:
     _, backend = make(made, tmp_path, pull_s=2.0)
     _, outcome, _ = backend.run(backend.job(run_id("pull"), "print('quick')\n", cap_s=1.5))
     assert outcome.exit_code == 0 and not outcome.timed_out and outcome.seconds < 1.5
@@ -82,14 +87,16 @@ def test_the_job_carries_the_api_servers_deadline_and_no_retry(made: list, tmp_p
 # -- jobs that cannot start ------------------------------------------------------------------
 
 
-def test_a_gpu_job_with_no_free_gpu_is_a_clear_error_after_the_start_bound(made: list,
-                                                                           tmp_path: Path) -> None:
+def test_a_gpu_job_with_no_free_gpu_is_a_clear_error_after_the_start_bound(made: list, tmp_path: Path) -> None:
     setup, backend = make(made, tmp_path, gpus=0, start_timeout_s=1.5)
     rid = run_id("nogpu")
     handle = backend.runner.submit(backend.job(rid, SLEEP, gpu=0))
     started = time.monotonic()
-    with pytest.raises(SandboxError, match=r"found no node within 2 s: 0/1 nodes are available: "
-                       r"1 Insufficient nvidia.com/gpu.*device plugin"):
+    with pytest.raises(
+        SandboxError,
+        match=r"found no node within 2 s: 0/1 nodes are available: "
+        r"1 Insufficient nvidia.com/gpu.*device plugin",
+    ):
         backend.runner.wait(handle)
     assert time.monotonic() - started < 10
     assert setup.kube.list("pods", f"overnight.run={rid}") == []  # it will not start later
@@ -112,8 +119,7 @@ def test_a_gpu_job_gets_exactly_one_gpu_and_runs(made: list, tmp_path: Path) -> 
 def test_an_image_the_cluster_cannot_pull_says_to_push_the_images(made: list, tmp_path: Path) -> None:
     _, backend = make(made, tmp_path)
     job = backend.job(run_id("pull"), SLEEP)
-    handle = backend.runner.submit(
-        type(job)(**{**job.__dict__, "image": "registry.test/overnight-evaluator:gone"}))
+    handle = backend.runner.submit(type(job)(**{**job.__dict__, "image": "registry.test/overnight-evaluator:gone"}))
     with pytest.raises(SandboxError, match="ImagePullBackOff.*push the images"):
         backend.runner.wait(handle)
     backend.runner.cancel(handle)
@@ -122,8 +128,7 @@ def test_an_image_the_cluster_cannot_pull_says_to_push_the_images(made: list, tm
 # -- a lost API server -----------------------------------------------------------------------
 
 
-def test_a_lost_api_server_mid_run_is_a_sandbox_error_and_cleanup_finds_the_rest(
-        made: list, tmp_path: Path) -> None:
+def test_a_lost_api_server_mid_run_is_a_sandbox_error_and_cleanup_finds_the_rest(made: list, tmp_path: Path) -> None:
     setup, backend = make(made, tmp_path)
     rid = run_id("lost")
     handle = backend.runner.submit(backend.job(rid, SLEEP))
@@ -148,14 +153,21 @@ def test_the_namespace_gets_a_deny_all_network_policy(made: list, tmp_path: Path
 
 
 def _policy(name: str, spec: dict) -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": "overnight"}, "spec": spec}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "overnight"},
+        "spec": spec,
+    }
 
 
 def test_a_policy_that_lets_traffic_in_the_namespace_is_refused(made: list, tmp_path: Path) -> None:
     setup, backend = make(made, tmp_path)
-    setup.kube._create("networkpolicies", "overnight", _policy(
-        "allow-dns", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}))
+    setup.kube._create(
+        "networkpolicies",
+        "overnight",
+        _policy("allow-dns", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
+    )
     with pytest.raises(SandboxError, match="allow-dns .* allows traffic.*namespace of its own"):
         backend.runner.submit(backend.job(run_id("np"), "print(1)\n"))
     assert setup.kube.list("jobs") == []
@@ -163,8 +175,9 @@ def test_a_policy_that_lets_traffic_in_the_namespace_is_refused(made: list, tmp_
 
 def test_a_weakened_deny_all_policy_is_refused(made: list, tmp_path: Path) -> None:
     setup, backend = make(made, tmp_path)
-    setup.kube._create("networkpolicies", "overnight", _policy(
-        "overnight-deny-all", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    setup.kube._create(
+        "networkpolicies", "overnight", _policy("overnight-deny-all", {"podSelector": {}, "policyTypes": ["Ingress"]})
+    )
     with pytest.raises(SandboxError, match="not deny-all"):
         backend.runner.submit(backend.job(run_id("np"), "print(1)\n"))
 
@@ -187,21 +200,19 @@ def _trained(backend: Backend, rid: str) -> tuple[object, Path]:
     return train, artifact
 
 
-def test_the_eval_pod_mounts_only_the_artifact_read_only_and_no_train_py(made: list,
-                                                                        tmp_path: Path) -> None:
+def test_the_eval_pod_mounts_only_the_artifact_read_only_and_no_train_py(made: list, tmp_path: Path) -> None:
     setup, backend = make(made, tmp_path)
     rid = run_id("mount")
     train, artifact = _trained(backend, rid)
-    evaluation = backend.runner.submit(backend.job(
-        rid, "", role="eval", command=("python", "-c", "print(1)"), inputs={ARTIFACT: artifact}))
+    evaluation = backend.runner.submit(
+        backend.job(rid, "", role="eval", command=("python", "-c", "print(1)"), inputs={ARTIFACT: artifact})
+    )
     job = setup.kube.list("jobs", f"overnight.run={rid},overnight.role=eval")[0]
     pod = job["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
-    assert mounts[ARTIFACT] == {"name": "from-0", "mountPath": ARTIFACT, "subPath": "model.pt2",
-                                "readOnly": True}
+    assert mounts[ARTIFACT] == {"name": "from-0", "mountPath": ARTIFACT, "subPath": "model.pt2", "readOnly": True}
     volume = next(v for v in pod["volumes"] if v["name"] == "from-0")
-    assert volume["persistentVolumeClaim"] == {"claimName": f"overnight-{rid}-train-out",
-                                               "readOnly": True}
+    assert volume["persistentVolumeClaim"] == {"claimName": f"overnight-{rid}-train-out", "readOnly": True}
     assert "/work/train.py" not in mounts and not any("configMap" in v for v in pod["volumes"])
     assert mounts["/score"]["name"] == "out" and "readOnly" not in mounts["/score"]
     for handle in (evaluation, train):  # either order leaves nothing
@@ -215,8 +226,9 @@ def test_an_eval_job_after_its_train_job_was_cancelled_is_refused(made: list, tm
     train, artifact = _trained(backend, rid)
     backend.runner.cancel(train)
     with pytest.raises(SandboxError, match="submit the eval job before cancelling the train job"):
-        backend.runner.submit(backend.job(rid, "", role="eval", command=("python", "-c", "1"),
-                                          inputs={ARTIFACT: artifact}))
+        backend.runner.submit(
+            backend.job(rid, "", role="eval", command=("python", "-c", "1"), inputs={ARTIFACT: artifact})
+        )
     assert setup.leftovers(rid) == []
 
 
@@ -224,8 +236,9 @@ def test_an_artifact_fetched_from_another_run_is_refused(made: list, tmp_path: P
     _, backend = make(made, tmp_path)
     _, artifact = _trained(backend, run_id("one"))
     with pytest.raises(SandboxError, match="fetched from another run"):
-        backend.runner.submit(backend.job(run_id("two"), "", role="eval",
-                                          command=("python", "-c", "1"), inputs={ARTIFACT: artifact}))
+        backend.runner.submit(
+            backend.job(run_id("two"), "", role="eval", command=("python", "-c", "1"), inputs={ARTIFACT: artifact})
+        )
 
 
 def test_fetching_from_a_job_that_still_runs_is_refused(made: list, tmp_path: Path) -> None:
@@ -258,13 +271,19 @@ def test_the_fetched_bytes_are_those_the_job_wrote(made: list, tmp_path: Path) -
 # -- settings and credentials ----------------------------------------------------------------
 
 
-def test_make_kubernetes_runner_follows_the_settings(made: list, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_make_kubernetes_runner_follows_the_settings(
+    made: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setup, _ = make(made, tmp_path)
     monkeypatch.chdir(tmp_path)
-    settings = load_settings(profile="cpu", backend="kubernetes", kube_config=str(setup.kubeconfig),
-                             image_registry="registry.test", storage_class="fast-local",
-                             kube_runtime_class="gvisor")
+    settings = load_settings(
+        profile="cpu",
+        backend="kubernetes",
+        kube_config=str(setup.kubeconfig),
+        image_registry="registry.test",
+        storage_class="fast-local",
+        kube_runtime_class="gvisor",
+    )
     runner = make_kubernetes_runner(settings)
     runner.preflight()
     assert runner.cluster.image(settings.image) == IMAGE
@@ -294,14 +313,12 @@ def test_cleanup_of_a_tag_removes_every_run_of_that_night(made: list, tmp_path: 
     assert setup.leftovers(first) == [] and setup.leftovers(second) == []
 
 
-def test_a_job_that_ended_before_wait_reports_the_containers_own_time(made: list,
-                                                                      tmp_path: Path) -> None:
+def test_a_job_that_ended_before_wait_reports_the_containers_own_time(made: list, tmp_path: Path) -> None:
     setup, backend = make(made, tmp_path)
     rid = run_id("early")
     handle = backend.runner.submit(backend.job(rid, "import time\ntime.sleep(1.2)\n"))
     ends = time.monotonic() + 30
-    while not any(p["status"].get("phase") == "Succeeded"
-                  for p in setup.kube.list("pods", f"overnight.run={rid}")):
+    while not any(p["status"].get("phase") == "Succeeded" for p in setup.kube.list("pods", f"overnight.run={rid}")):
         assert time.monotonic() < ends
         time.sleep(0.1)
     outcome = backend.runner.wait(handle)

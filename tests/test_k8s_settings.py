@@ -24,8 +24,11 @@ def test_the_defaults_are_the_docker_backend_and_a_namespace_of_its_own() -> Non
     settings = load_settings(profile="cpu")
     assert settings.backend == "docker"
     cluster = Cluster.from_settings(settings)
-    assert (cluster.namespace, cluster.gpu_resource_name, cluster.data_volume) == \
-        ("overnight", "nvidia.com/gpu", "overnight-data")
+    assert (cluster.namespace, cluster.gpu_resource_name, cluster.data_volume) == (
+        "overnight",
+        "nvidia.com/gpu",
+        "overnight-data",
+    )
     assert cluster.storage_class is None and cluster.runtime_class is None
     assert cluster.image("overnight-evaluator:latest") == "overnight-evaluator:latest"
 
@@ -37,19 +40,25 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     settings = load_settings(profile="cpu")
     cluster = Cluster.from_settings(settings)
     assert settings.backend == "kubernetes"
-    assert cluster.image("overnight-evaluator:latest") == \
-        "registry.example.com:5000/team/overnight-evaluator:latest"
+    assert cluster.image("overnight-evaluator:latest") == "registry.example.com:5000/team/overnight-evaluator:latest"
     assert cluster.gpu_resource_name == "nvidia.com/mig-1g.10gb"
 
 
-@pytest.mark.parametrize("setting, value, message", [
-    ("backend", "slurm", "--backend / OVERNIGHT_BACKEND: Input should be 'docker' or 'kubernetes'"),
-    ("kube_namespace", "Research_1", "--kube-namespace / OVERNIGHT_KUBE_NAMESPACE: 'Research_1' must be a namespace name"),
-    ("image_registry", "https://registry.example.com", "no scheme"),
-    ("gpu_resource_name", "gpu", "not an extended resource name like nvidia.com/gpu"),
-    ("storage_class", "Fast SSD", "must be a Kubernetes name"),
-    ("kube_cpus", "0", "--kube-cpus / OVERNIGHT_KUBE_CPUS"),
-])
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("backend", "slurm", "--backend / OVERNIGHT_BACKEND: Input should be 'docker' or 'kubernetes'"),
+        (
+            "kube_namespace",
+            "Research_1",
+            "--kube-namespace / OVERNIGHT_KUBE_NAMESPACE: 'Research_1' must be a namespace name",
+        ),
+        ("image_registry", "https://registry.example.com", "no scheme"),
+        ("gpu_resource_name", "gpu", "not an extended resource name like nvidia.com/gpu"),
+        ("storage_class", "Fast SSD", "must be a Kubernetes name"),
+        ("kube_cpus", "0", "--kube-cpus / OVERNIGHT_KUBE_CPUS"),
+    ],
+)
 def test_a_value_the_cluster_would_refuse_is_one_line(setting: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         load_settings(profile="cpu", **{setting: value})

@@ -14,9 +14,22 @@ from controller.records import RunRecord
 
 
 def record(n: int, commit: str, **kw) -> RunRecord:
-    now = dt.datetime(2025, 11, 23, tzinfo=dt.timezone.utc)
-    base = dict(n=n, commit=commit, parent="0" * 40, tag="t1", program="default", profile="test", seed=0,
-                agent="fake", status="keep", val_bpb=1.5, description="d", started=now, finished=now)
+    now = dt.datetime(2025, 11, 23, tzinfo=dt.UTC)
+    base = dict(
+        n=n,
+        commit=commit,
+        parent="0" * 40,
+        tag="t1",
+        program="default",
+        profile="test",
+        seed=0,
+        agent="fake",
+        status="keep",
+        val_bpb=1.5,
+        description="d",
+        started=now,
+        finished=now,
+    )
     return RunRecord(**{**base, **kw})
 
 
@@ -25,8 +38,11 @@ def test_results_tsv_has_autoresearchs_columns_and_number_formats(tmp_path: Path
     ledger.create()
     ledger.append(LedgerRow("a1b2c3d4e5", 0.99778899, 44.04, "keep", "baseline", n=0, runs=3, train_s=47.123, slot=0))
     ledger.append(LedgerRow("b2c3d4e", 0.0, 0.0, "crash", "double the width\t(OOM)\nsecond line", n=2, slot=1))
-    ledger.append(LedgerRow("c3d4e5f", 1.2, 12.345, "discard", "x" * 300, n=1, runs=2,
-                            delta="+0.001000+/-0.000500 2v3", train_s=30.0))
+    ledger.append(
+        LedgerRow(
+            "c3d4e5f", 1.2, 12.345, "discard", "x" * 300, n=1, runs=2, delta="+0.001000+/-0.000500 2v3", train_s=30.0
+        )
+    )
     text = (tmp_path / "t1" / "results.tsv").read_text()
     lines = text.split("\n")
     # autoresearch's five columns first, in its format, then overnight's evidence

@@ -70,11 +70,19 @@ class GatedAgent(ScriptedAgent):
         return super().propose(context)
 
 
-def night(tmp_path: Path, script: dict, max_experiments: int, slots: int, delays: dict[int, float],
-          gates: dict | None = None, train_py: str = SPREAD_TRAIN_PY):
+def night(
+    tmp_path: Path,
+    script: dict,
+    max_experiments: int,
+    slots: int,
+    delays: dict[int, float],
+    gates: dict | None = None,
+    train_py: str = SPREAD_TRAIN_PY,
+):
     repo = make_repo(tmp_path / "repo", train_py=train_py)
-    loop, _, runner, observer = build_loop(repo, "t1", script, max_experiments=max_experiments,
-                                           overlap=True, slots=slots)
+    loop, _, runner, observer = build_loop(
+        repo, "t1", script, max_experiments=max_experiments, overlap=True, slots=slots
+    )
     agent = GatedAgent(script, gates)
     loop.d.agent = agent
     runner.delays = delays
@@ -109,8 +117,8 @@ def assert_every_keep_was_measured(repo: Path, runner, before: frozenset[int] = 
 def test_a_candidate_that_beats_a_newer_best_is_merged_onto_it_and_run_before_it_lands(tmp_path: Path) -> None:
     script = {1: {"set": {"DEPTH": 8}, "desc": "DEPTH 8"}, 2: {"set": {"LR": 0.01}, "desc": "LR 0.01"}}
     repo, loop, agent, runner, observer = night(
-        tmp_path, script, max_experiments=3, slots=2, delays={1: 0.5, 2: 1.5},
-        gates={3: lambda: finished(runner, 2)})  # the next proposal waits until #2 is done
+        tmp_path, script, max_experiments=3, slots=2, delays={1: 0.5, 2: 1.5}, gates={3: lambda: finished(runner, 2)}
+    )  # the next proposal waits until #2 is done
     loop.run()
     rows = check_consistent(repo, "t1")
     assert {r.n: r.status for r in rows} == {0: "keep", 1: "keep", 2: "discard", 3: "keep"}
@@ -132,12 +140,14 @@ def test_a_candidate_that_beats_a_newer_best_is_merged_onto_it_and_run_before_it
 
 
 def test_a_merge_conflict_sends_the_idea_back_to_the_agent(tmp_path: Path) -> None:
-    script = {1: {"set": {"DEPTH": 8}, "desc": "DEPTH 8"},
-              2: {"set": {"DEPTH": 6, "LR": 0.01}, "desc": "DEPTH 6 and LR 0.01"},
-              4: {"set": {"LR": 0.01}, "desc": "LR 0.01 again, on the new best"}}
+    script = {
+        1: {"set": {"DEPTH": 8}, "desc": "DEPTH 8"},
+        2: {"set": {"DEPTH": 6, "LR": 0.01}, "desc": "DEPTH 6 and LR 0.01"},
+        4: {"set": {"LR": 0.01}, "desc": "LR 0.01 again, on the new best"},
+    }
     repo, loop, agent, runner, observer = night(
-        tmp_path, script, max_experiments=4, slots=2, delays={1: 0.5, 2: 1.5},
-        gates={3: lambda: finished(runner, 2)})
+        tmp_path, script, max_experiments=4, slots=2, delays={1: 0.5, 2: 1.5}, gates={3: lambda: finished(runner, 2)}
+    )
     loop.run()
     rows = check_consistent(repo, "t1")
     status = {r.n: r.status for r in rows}
@@ -153,10 +163,15 @@ def test_a_merge_conflict_sends_the_idea_back_to_the_agent(tmp_path: Path) -> No
 
 
 def test_one_slot_overlaps_the_agent_with_training_and_commits_on_the_decided_best(tmp_path: Path) -> None:
-    script = {1: {"set": {"DEPTH": 8}, "desc": "DEPTH 8 (kept)"}, 2: {"set": {"LR": 0.01}, "desc": "LR 0.01"},
-              3: {"set": {"DEPTH": 2}, "desc": "DEPTH 2 (discarded)"}, 4: {"set": {"WIDTH": 65}, "desc": "W"}}
-    repo, loop, agent, runner, observer = night(tmp_path, script, max_experiments=4, slots=1,
-                                                delays={1: 0.6, 2: 0.6, 3: 0.6, 4: 0.1})
+    script = {
+        1: {"set": {"DEPTH": 8}, "desc": "DEPTH 8 (kept)"},
+        2: {"set": {"LR": 0.01}, "desc": "LR 0.01"},
+        3: {"set": {"DEPTH": 2}, "desc": "DEPTH 2 (discarded)"},
+        4: {"set": {"WIDTH": 65}, "desc": "W"},
+    }
+    repo, loop, agent, runner, observer = night(
+        tmp_path, script, max_experiments=4, slots=1, delays={1: 0.6, 2: 0.6, 3: 0.6, 4: 0.1}
+    )
     loop.run()
     rows = check_consistent(repo, "t1")
     assert [r.n for r in rows] == [0, 1, 2, 3, 4]  # one slot: decided in order
@@ -164,7 +179,8 @@ def test_one_slot_overlaps_the_agent_with_training_and_commits_on_the_decided_be
         start, end = window(runner, n)
         assert start < agent.asked_at[n + 1] < end, n
     spans = sorted((a, b) for _, a, b in runner.windows)
-    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))  # never two runs at once on the slot
+    # never two runs at once on the slot
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
     refs = g.experiment_refs(repo, "t1")
     parent = {n: g.git(repo, "rev-parse", f"{refs[n]}^") for n in (2, 3, 4)}
     assert parent[2] == refs[1]  # #1 was kept after #2 was prepared: #2 was rebased onto it
@@ -180,9 +196,24 @@ def test_kill_9_with_two_runs_in_flight_then_resume_loses_and_duplicates_nothing
     marker = tmp_path / "hung"
     env = {**os.environ, HANG_ENV: "in-run:1,in-run:2", MARKER_ENV: str(marker), "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "controller_fakes.py"), "--repo", str(repo), "--tag", "t1",
-         "--script", str(tmp_path / "script.json"), "--max-experiments", "4", "--slots", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "controller_fakes.py"),
+            "--repo",
+            str(repo),
+            "--tag",
+            "t1",
+            "--script",
+            str(tmp_path / "script.json"),
+            "--max-experiments",
+            "4",
+            "--slots",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     both = lambda: all(Path(f"{marker}-in-run-{n}").exists() for n in (1, 2))  # noqa: E731
     try:
         assert wait_until(both, 60), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "not reached"
@@ -202,7 +233,9 @@ def test_kill_9_with_two_runs_in_flight_then_resume_loses_and_duplicates_nothing
     assert "t1-0001" in ran and "t1-0002" in ran  # both redone, each once
     assert ran.count("t1-0001") == 1 and ran.count("t1-0002") == 1
     interrupted = sorted(p.name for p in (repo / "runs" / "t1" / "interrupted").iterdir())
-    assert any(name.startswith("0001-") for name in interrupted) and any(name.startswith("0002-") for name in interrupted)
+    assert any(name.startswith("0001-") for name in interrupted) and any(
+        name.startswith("0002-") for name in interrupted
+    )
     merges = sum(record_of(repo, n)[1].kind == "merge" for n in (3, 4))
     assert agent.calls == 2 - merges  # #1 and #2 were not proposed again; only #3 and #4 (unless merges took them)
     assert_every_keep_was_measured(repo, runner, before=frozenset({0}))

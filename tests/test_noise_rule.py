@@ -30,8 +30,13 @@ from evaluator.rowloss import RowLosses
 SIGMA = 0.004  # a run-to-run spread of the size a time budget gives (bpb)
 
 
-def night(rng: np.random.Generator, proposals: int, calibration: int, effects: list[float] | None = None,
-          settings: RuleSettings | None = None) -> tuple[list[float], list[list[float]]]:
+def night(
+    rng: np.random.Generator,
+    proposals: int,
+    calibration: int,
+    effects: list[float] | None = None,
+    settings: RuleSettings | None = None,
+) -> tuple[list[float], list[list[float]]]:
     """Scores of a simulated night: calibration runs of the baseline (true value 1.0) and, per
     proposal, enough runs for the rule's confirmations; effects in units of SIGMA (negative = better)."""
     runs = 1 + (settings or RuleSettings()).max_confirm
@@ -81,8 +86,14 @@ def test_non_finite_scores_are_refused() -> None:
 
 
 def test_t_quantiles_match_the_tables() -> None:
-    for p, df, want in [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 5, 2.571), (0.95, 10, 1.812),
-                        (0.995, 3, 5.841), (0.975, 30, 2.042)]:
+    for p, df, want in [
+        (0.975, 1, 12.706),
+        (0.975, 2, 4.303),
+        (0.975, 5, 2.571),
+        (0.95, 10, 1.812),
+        (0.995, 3, 5.841),
+        (0.975, 30, 2.042),
+    ]:
         assert t_quantile(p, df) == pytest.approx(want, abs=1e-3)
     assert t_quantile(0.975, None) == pytest.approx(1.95996, abs=1e-5)
 

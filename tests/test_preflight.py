@@ -31,7 +31,7 @@ from sandbox.specs import LABEL_RUN
 
 docker_test = pytest.mark.docker
 
-TINY_MODEL = '''
+TINY_MODEL = """
 import torch
 import torch.nn as nn
 
@@ -47,19 +47,24 @@ class Bigram(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.emb(idx)
-'''
+"""
 
-CRASHES = '''
+CRASHES = """
 print("step 0 | loss 6.2", flush=True)
 raise RuntimeError("a made-up crash in the first step")
-'''
+"""
 
-NO_EXPORT = TINY_MODEL + '''
+NO_EXPORT = (
+    TINY_MODEL
+    + """
 model = Bigram()
 print("trained, but forgot to submit", flush=True)
-'''
+"""
+)
 
-REFUSED_OP = TINY_MODEL + '''
+REFUSED_OP = (
+    TINY_MODEL
+    + """
 @torch.library.custom_op("proposal::scale", mutates_args=())
 def scale(x: torch.Tensor) -> torch.Tensor:
     return x * 2
@@ -76,22 +81,26 @@ class WithCustomOp(Bigram):
 
 
 submit(WithCustomOp())
-'''
+"""
+)
 
-NON_CAUSAL = TINY_MODEL + '''
+NON_CAUSAL = (
+    TINY_MODEL
+    + """
 class PeeksAhead(Bigram):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.emb(torch.roll(idx, shifts=-1, dims=1))  # position t sees token t+1
 
 
 submit(PeeksAhead())
-'''
+"""
+)
 
-WAITS = '''
+WAITS = """
 import time
 
 time.sleep(8)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -109,23 +118,34 @@ def preflight() -> SandboxPreflight:
 
 
 def spec(tmp_path: Path, train_py: Path, data_dir: Path, image: str, name: str) -> ExperimentSpec:
-    return ExperimentSpec(run_id=rid(name), train_py=train_py, run_dir=tmp_path / "run", profile="test",
-                          data_dir=data_dir, image=image, memory_limit_gb=1.0)
+    return ExperimentSpec(
+        run_id=rid(name),
+        train_py=train_py,
+        run_dir=tmp_path / "run",
+        profile="test",
+        data_dir=data_dir,
+        image=image,
+        memory_limit_gb=1.0,
+    )
 
 
 def test_preflight_profiles_keep_the_nights_shapes_and_take_two_steps() -> None:
     for night in PROFILES.values():
         pre = get_profile(night.name + "-preflight")
         assert pre == preflight_profile(night)
-        assert (pre.seq_len, pre.vocab_size, pre.eval_batch_size) == (night.seq_len, night.vocab_size,
-                                                                     night.eval_batch_size)
+        assert (pre.seq_len, pre.vocab_size, pre.eval_batch_size) == (
+            night.seq_len,
+            night.vocab_size,
+            night.eval_batch_size,
+        )
         assert pre.max_steps == 2 and pre.eval_batches == 1
         assert pre.time_budget_s <= max(20.0, 0.1 * night.time_budget_s)
 
 
 @docker_test
-def test_the_seed_passes_the_preflight(tmp_path: Path, seed_train_py: Path, test_data_dir: Path, image: str,
-                                       preflight: SandboxPreflight) -> None:
+def test_the_seed_passes_the_preflight(
+    tmp_path: Path, seed_train_py: Path, test_data_dir: Path, image: str, preflight: SandboxPreflight
+) -> None:
     verdict = preflight.check(spec(tmp_path, seed_train_py, test_data_dir, image, "pf-seed"))
     assert verdict.record is not None, verdict.note
     assert verdict.record.status == "ok", verdict.record.reason
@@ -135,15 +155,27 @@ def test_the_seed_passes_the_preflight(tmp_path: Path, seed_train_py: Path, test
 
 
 @docker_test
-@pytest.mark.parametrize(("name", "source", "status", "code", "words"), [
-    ("crash", CRASHES, "crash", "train_exit", "train.py exited with code 1: RuntimeError: a made-up crash"),
-    ("no-export", NO_EXPORT, "crash", "no_model", "without calling submit(model)"),
-    ("refused-op", REFUSED_OP, "rejected", "graph", "torch.ops.proposal.scale"),
-    ("non-causal", NON_CAUSAL, "rejected", "non_causal", "causality probe"),
-], ids=["crash", "no-export", "refused-op", "non-causal"])
-def test_a_broken_proposal_is_stopped_by_the_preflight(tmp_path: Path, test_data_dir: Path, image: str,
-                                                       preflight: SandboxPreflight, name: str, source: str,
-                                                       status: str, code: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "source", "status", "code", "words"),
+    [
+        ("crash", CRASHES, "crash", "train_exit", "train.py exited with code 1: RuntimeError: a made-up crash"),
+        ("no-export", NO_EXPORT, "crash", "no_model", "without calling submit(model)"),
+        ("refused-op", REFUSED_OP, "rejected", "graph", "torch.ops.proposal.scale"),
+        ("non-causal", NON_CAUSAL, "rejected", "non_causal", "causality probe"),
+    ],
+    ids=["crash", "no-export", "refused-op", "non-causal"],
+)
+def test_a_broken_proposal_is_stopped_by_the_preflight(
+    tmp_path: Path,
+    test_data_dir: Path,
+    image: str,
+    preflight: SandboxPreflight,
+    name: str,
+    source: str,
+    status: str,
+    code: str,
+    words: str,
+) -> None:
     train_py = script(tmp_path, source)
     result = preflight(spec(tmp_path, train_py, test_data_dir, image, f"pf-{name}"))
     assert result is not None
@@ -158,7 +190,8 @@ def test_a_broken_proposal_is_stopped_by_the_preflight(tmp_path: Path, test_data
 
 @docker_test
 def test_the_preflight_container_sees_the_train_split_but_never_val_or_eval(
-        tmp_path: Path, test_data_dir: Path, image: str, preflight: SandboxPreflight) -> None:
+    tmp_path: Path, test_data_dir: Path, image: str, preflight: SandboxPreflight
+) -> None:
     the_spec = spec(tmp_path, script(tmp_path, WAITS), test_data_dir, image, "pf-mounts")
     box: dict[str, object] = {}
     thread = threading.Thread(target=lambda: box.update(verdict=preflight.check(the_spec)), daemon=True)
@@ -199,8 +232,9 @@ def test_the_night_gets_a_preflight_when_it_is_on_and_says_why_when_it_cannot(tm
     docker_backend = DockerRunner()
     assert make_preflight(load_settings(profile="cpu"), docker_backend, console) is None  # off by default on cpu
     assert isinstance(make_preflight(load_settings(profile="gpu"), docker_backend, console), SandboxPreflight)
-    assert isinstance(make_preflight(load_settings(profile="cpu", preflight=True), docker_backend, console),
-                      SandboxPreflight)
+    assert isinstance(
+        make_preflight(load_settings(profile="cpu", preflight=True), docker_backend, console), SandboxPreflight
+    )
     assert make_preflight(load_settings(profile="gpu", preflight=False), docker_backend, console) is None
     assert make_preflight(load_settings(profile="gpu"), Cluster(), console) is None  # on by default: said, off
     assert "preflight off: the CPU preflight runs on the docker backend only" in console.file.getvalue()
@@ -211,8 +245,9 @@ def test_the_night_gets_a_preflight_when_it_is_on_and_says_why_when_it_cannot(tm
 
 
 @docker_test
-def test_the_loop_records_a_preflight_stop_without_a_slot_run(tmp_path: Path, test_data_dir: Path, image: str,
-                                                              preflight: SandboxPreflight) -> None:
+def test_the_loop_records_a_preflight_stop_without_a_slot_run(
+    tmp_path: Path, test_data_dir: Path, image: str, preflight: SandboxPreflight
+) -> None:
     from controller.ledger import Ledger
     from controller.loop import LoopDeps, NightLoop
     from controller.settings import load_settings
@@ -225,23 +260,43 @@ def test_the_loop_records_a_preflight_stop_without_a_slot_run(tmp_path: Path, te
         slot_runs.append(the_spec)
         raise AssertionError("a proposal stopped by the preflight took a slot")
 
-    settings = load_settings(tag=f"pf{rid('')[1:]}", profile="test", agent="search", repo=repo,
-                             runs_dir=repo / "runs", worktrees_dir=repo / "worktrees", data_dir=test_data_dir,
-                             image=image, max_experiments=1, overlap=False, preflight=True, memory_limit_gb=1.0)
+    settings = load_settings(
+        tag=f"pf{rid('')[1:]}",
+        profile="test",
+        agent="search",
+        repo=repo,
+        runs_dir=repo / "runs",
+        worktrees_dir=repo / "worktrees",
+        data_dir=test_data_dir,
+        image=image,
+        max_experiments=1,
+        overlap=False,
+        preflight=True,
+        memory_limit_gb=1.0,
+    )
     # The baseline is never preflighted; this runner gives it a canned score (a slot run of its
     # own is sandbox_e2e's subject) and fails the test if anything else reaches a slot.
 
     def runner(the_spec: ExperimentSpec) -> ExperimentResult:
         if the_spec.labels.get("overnight.experiment") == "0":
             Path(the_spec.run_dir).mkdir(parents=True, exist_ok=True)
-            return ExperimentResult(status="ok", run_dir=the_spec.run_dir, score=ScoreRecord(
-                status="ok", profile="test", val_bpb=3.0, tokens=100, bytes=400))
+            return ExperimentResult(
+                status="ok",
+                run_dir=the_spec.run_dir,
+                score=ScoreRecord(status="ok", profile="test", val_bpb=3.0, tokens=100, bytes=400),
+            )
         return slot_runner(the_spec)
 
     agent = ScriptedAgent({1: {"append": "# peeks ahead", "desc": "peek at the next token"}})
     observer = HangObserver()
-    deps = LoopDeps(agent=agent, runner=runner, observer=observer, sleep=lambda s: None,
-                    manifest_sha256=manifest_sha256(test_data_dir), preflight=preflight)
+    deps = LoopDeps(
+        agent=agent,
+        runner=runner,
+        observer=observer,
+        sleep=lambda s: None,
+        manifest_sha256=manifest_sha256(test_data_dir),
+        preflight=preflight,
+    )
     summary = NightLoop(settings, deps).run()
     assert not slot_runs
     ledger = Ledger(settings.tag_dir)

@@ -13,8 +13,9 @@ def test_the_log_of_a_passed_preflight_stays_in_the_run_folder(tmp_path: Path) -
     from controller.ledger import Ledger
 
     repo = make_repo(tmp_path / "repo")
-    loop, _, runner, _ = build_loop(repo, "t1", {1: {"set": {"LR": 0.01}, "desc": "LR 0.01"}}, max_experiments=1,
-                                    preflight=True)
+    loop, _, runner, _ = build_loop(
+        repo, "t1", {1: {"set": {"LR": 0.01}, "desc": "LR 0.01"}}, max_experiments=1, preflight=True
+    )
 
     def preflight(spec):  # type: ignore[no-untyped-def]
         (spec.run_dir / "preflight.log").write_text("preflight: ok\n")

@@ -192,8 +192,7 @@ def test_parquet_glob_splits_by_content_hash(tmp_path):
         write_parquet(tmp_path / "raw" / f"part-{index}.parquet", chunk)
     out = tmp_path / "data"
 
-    summary = prepare(SMALL, open_dataset(f"parquet:{tmp_path}/raw/*.parquet"), out,
-                      max_shard_tokens=20_000)
+    summary = prepare(SMALL, open_dataset(f"parquet:{tmp_path}/raw/*.parquet"), out, max_shard_tokens=20_000)
 
     everything = [t for chunk in texts for t in chunk]
     val = [t for t in everything if is_val_text(t)]
@@ -228,8 +227,7 @@ def test_bad_dataset_gives_one_clear_line(dataset, message, tmp_path, capsys):
     write_parquet(tmp_path / "notext.parquet", ["hello"], column="body")
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     out = tmp_path / "data"
-    code, err = run_main(["--profile", "test", "--dataset", dataset.format(tmp=tmp_path),
-                          "--out", str(out)], capsys)
+    code, err = run_main(["--profile", "test", "--dataset", dataset.format(tmp=tmp_path), "--out", str(out)], capsys)
     assert code == 2
     assert err.startswith("prepare: error: ") and message in err and "\n" not in err
     assert not out.exists() and not list(tmp_path.glob("data.tmp-*"))
@@ -237,8 +235,9 @@ def test_bad_dataset_gives_one_clear_line(dataset, message, tmp_path, capsys):
 
 def test_too_little_text_for_the_vocabulary_is_a_clear_error(tmp_path, capsys):
     write_parquet(tmp_path / "tiny.parquet", [f"note {i}\n" for i in range(200)])
-    code, err = run_main(["--profile", "test", "--dataset", f"parquet:{tmp_path}/tiny.parquet",
-                          "--out", str(tmp_path / "data")], capsys)
+    code, err = run_main(
+        ["--profile", "test", "--dataset", f"parquet:{tmp_path}/tiny.parquet", "--out", str(tmp_path / "data")], capsys
+    )
     assert code == 2 and "too small to learn 511 tokens" in err
     assert not (tmp_path / "data").exists() and not list(tmp_path.glob("data.tmp-*"))
 
@@ -272,13 +271,31 @@ def test_nonempty_dir_without_manifest_is_refused(tmp_path, capsys):
 
 def test_command_line_prints_a_summary(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "evaluator.prepare", "--profile", "test", "--out",
-         str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "evaluator.prepare", "--profile", "test", "--out", str(tmp_path / "data")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "prepared" in result.stdout and "train" in result.stdout and "tokens" in result.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "evaluator.prepare", "--profile", "test", "--dataset", "nope",
-         "--out", str(tmp_path / "other")], cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "evaluator.prepare",
+            "--profile",
+            "test",
+            "--dataset",
+            "nope",
+            "--out",
+            str(tmp_path / "other"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
 
@@ -305,8 +322,18 @@ def test_a_private_validation_set_replaces_the_datasets_own(tmp_path):
     private = synthetic_texts(seed=9, count=400)
     write_parquet(tmp_path / "private" / "mine.parquet", private)
     out = tmp_path / "data"
-    code = main(["--profile", "test", "--dataset", "stdlib", "--val", f"parquet:{tmp_path}/private/*.parquet",
-                 "--out", str(out)])
+    code = main(
+        [
+            "--profile",
+            "test",
+            "--dataset",
+            "stdlib",
+            "--val",
+            f"parquet:{tmp_path}/private/*.parquet",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert decoded_text(out, "val") == "".join(t for t in private if t.strip())[: len(decoded_text(out, "val"))]
     manifest = read_manifest(out)

@@ -151,6 +151,7 @@ def test_probe_forwards_per_profile_meet_the_positions_the_profile_fixes():
 
 def test_each_probe_row_is_a_moved_and_cut_base_row_so_one_forward_tests_rows_and_causality():
     """A model that only reads its batch index (row 0 is special) is caught: probe rows move."""
+
     def row_index_matters(x: torch.Tensor) -> torch.Tensor:
         out = causal(x)
         out[0, :, 1] = out[0, :, 1] + 3.0  # honest per row, but depends on where in the batch a row is

@@ -19,8 +19,11 @@ from controller.report import draw_progress, point_errors, read_rows, write_repo
 from controller.settings import load_settings
 from controller.verify import verify_tag
 
-SCRIPT = {1: {"set": {"LR": 0.01}, "desc": "LR up"}, 2: {"set": {"LR": 1.0}, "desc": "LR way up"},
-          3: {"append": "CRASH = 1", "desc": "crashes"}}
+SCRIPT = {
+    1: {"set": {"LR": 0.01}, "desc": "LR up"},
+    2: {"set": {"LR": 1.0}, "desc": "LR way up"},
+    3: {"append": "CRASH = 1", "desc": "crashes"},
+}
 RUNS = {0: [1.20, 1.21, 1.19], 1: [1.10, 1.12], 2: [1.30]}  # n -> its runs (calibration, confirmation)
 SIGMA = math.sqrt((0.0002 + 0.0002) / 3)  # pooled by hand: sums of squares 0.0002 (2 df) and 0.0002 (1 df)
 
@@ -38,7 +41,7 @@ def tag_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ledger = Ledger(repo / "runs" / "t1")
     refs = g.experiment_refs(repo, "t1")
     rows = {row.n: row for row in ledger.rows()}
-    for n, row in rows.items():
+    for n in rows:
         record = ledger.read_record(n, refs[n])
         first = record.replicates[0]
         reps = [first.model_copy(update={"k": k, "val_bpb": v, "seed": k}) for k, v in enumerate(RUNS.get(n, []))]
@@ -48,8 +51,20 @@ def tag_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for row in decided:
         runs = len(RUNS.get(row.n, [])) if row.scored else 0
         value = sum(RUNS[row.n]) / runs if row.scored else 0.0
-        lines.append(LedgerRow(row.commit, value, row.memory_gb, row.status, row.description, row.n, runs,
-                               row.delta, row.train_s, row.slot).line())
+        lines.append(
+            LedgerRow(
+                row.commit,
+                value,
+                row.memory_gb,
+                row.status,
+                row.description,
+                row.n,
+                runs,
+                row.delta,
+                row.train_s,
+                row.slot,
+            ).line()
+        )
     ledger.path.write_text("".join(lines))
     monkeypatch.chdir(repo)
     return ledger.tag_dir
@@ -95,8 +110,9 @@ def test_replays_join_the_pooled_noise(tag_dir: Path) -> None:
             result.score.val_bpb = 1.31 if len(self.specs) == 1 else 1.29  # the discarded #2 again: 1.31, 1.29
             return result
 
-    settings = load_settings(tag="t1", repo=tag_dir.parent.parent, runs_dir=tag_dir.parent,
-                             data_dir=tag_dir.parent.parent / "data")
+    settings = load_settings(
+        tag="t1", repo=tag_dir.parent.parent, runs_dir=tag_dir.parent, data_dir=tag_dir.parent.parent / "data"
+    )
     from controller.replay import replay
 
     rows = Ledger(tag_dir).by_number()
@@ -108,8 +124,9 @@ def test_replays_join_the_pooled_noise(tag_dir: Path) -> None:
 
 
 def test_verify_is_drawn_at_the_right_edge(tag_dir: Path) -> None:
-    settings = load_settings(tag="t1", repo=tag_dir.parent.parent, runs_dir=tag_dir.parent,
-                             data_dir=tag_dir.parent.parent / "data")
+    settings = load_settings(
+        tag="t1", repo=tag_dir.parent.parent, runs_dir=tag_dir.parent, data_dir=tag_dir.parent.parent / "data"
+    )
     verify_tag(settings, FakeRunner(), "sha256:fake", runs=2)
     plot = write_report(tag_dir)
     assert plot.verified and plot.points == 4
@@ -131,7 +148,8 @@ def test_old_ledgers_still_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         "a000000\t1.200000\t2.0\tkeep\tbaseline\t45.1\n"
         "a000001\t1.250000\t2.0\tdiscard\tworse\t45.0\n"
         "a000002\t0.000000\t0.0\tcrash\toom\t3.0\n"
-        "a000003\t1.100000\t2.1\tkeep\tbetter\t45.2\n")
+        "a000003\t1.100000\t2.1\tkeep\tbetter\t45.2\n"
+    )
     rows = read_rows(tag)
     assert [r.n for r in rows] == [0, 1, 2, 3] and rows[3].train_s == 45.2
     monkeypatch.chdir(tmp_path)
@@ -140,4 +158,3 @@ def test_old_ledgers_still_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     (tag / "results.tsv").write_text("commit\tval_bpb\tsomething else\n")
     assert cli.main(["report", "--tag", "old"]) == 2
     assert "does not start with the ledger's header line" in capsys.readouterr().err
-

@@ -53,8 +53,14 @@ def scored_rows(batches: int = 3) -> tuple[RowLosses, Totals]:
 
 
 def score_of(totals: Totals) -> ScoreRecord:
-    return ScoreRecord(status="ok", profile="tiny", val_bpb=totals.bpb, val_loss_nats=totals.loss,
-                       tokens=totals.tokens, bytes=totals.bytes)
+    return ScoreRecord(
+        status="ok",
+        profile="tiny",
+        val_bpb=totals.bpb,
+        val_loss_nats=totals.loss,
+        tokens=totals.tokens,
+        bytes=totals.bytes,
+    )
 
 
 @pytest.fixture
@@ -118,7 +124,7 @@ def test_reader_needs_no_torch() -> None:
 
 def _patch(path: Path, offset: int, data: bytes) -> None:
     blob = bytearray(path.read_bytes())
-    blob[offset:offset + len(data)] = data
+    blob[offset : offset + len(data)] = data
     path.write_bytes(bytes(blob))
 
 

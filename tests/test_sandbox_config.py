@@ -10,13 +10,12 @@ from typing import Any
 
 import docker
 import pytest
-from sandbox_support import script, spec_for
-from sandbox_support import in_background
+from sandbox_support import in_background, script, spec_for
 
+from evaluator.profiles import get_profile
 from sandbox import specs
 from sandbox.experiment import run_experiment
 from sandbox.limits import Limits
-from evaluator.profiles import get_profile
 
 pytestmark = pytest.mark.docker
 
@@ -35,8 +34,9 @@ while not os.path.exists("/out/go") and time.monotonic() < deadline:
 def _wait_for_running(client: docker.DockerClient, run_id: str, role: str) -> Any:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = client.containers.list(filters={"label": [f"overnight.run={run_id}", "overnight.part=job",
-                                                          f"overnight.role={role}"]})
+        found = client.containers.list(
+            filters={"label": [f"overnight.run={run_id}", "overnight.part=job", f"overnight.role={role}"]}
+        )
         if found:
             return found[0]
         time.sleep(0.05)
@@ -44,12 +44,19 @@ def _wait_for_running(client: docker.DockerClient, run_id: str, role: str) -> An
 
 
 @pytest.fixture(scope="module")
-def live_train(images: str, docker_client: docker.DockerClient, stub_data_dir: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def live_train(
+    images: str, docker_client: docker.DockerClient, stub_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """A real run_experiment whose train container waits while the test reads its config."""
     tmp = tmp_path_factory.mktemp("live")
-    spec = spec_for(tmp, script(tmp, WAITING_TRAIN_PY), stub_data_dir, "cfg-live",
-                    labels={"overnight.tag": "cfgtest"}, memory_limit_gb=1.5)
+    spec = spec_for(
+        tmp,
+        script(tmp, WAITING_TRAIN_PY),
+        stub_data_dir,
+        "cfg-live",
+        labels={"overnight.tag": "cfgtest"},
+        memory_limit_gb=1.5,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ANTHROPIC_API_KEY", HOST_SECRET)
         mp.setenv("OVERNIGHT_HOST_ONLY", "1")
@@ -62,8 +69,13 @@ def live_train(images: str, docker_client: docker.DockerClient, stub_data_dir: P
     assert "error" not in box, box.get("error")
     log = (spec.run_dir / "train.log").read_text()
     env_line = next(line for line in log.splitlines() if line.startswith("ENV "))
-    return {"attrs": attrs, "spec": spec, "result": box["result"], "volume": volume,
-            "env_inside": json.loads(env_line[4:])}
+    return {
+        "attrs": attrs,
+        "spec": spec,
+        "result": box["result"],
+        "volume": volume,
+        "env_inside": json.loads(env_line[4:]),
+    }
 
 
 def _mounts(attrs: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -193,8 +205,17 @@ def created(images: str, docker_client: docker.DockerClient, stub_data_dir: Path
 
 def test_eval_container_sees_artifact_and_eval_rows_read_only_and_never_train_py(created) -> None:
     create, data, tmp, limits = created
-    job = specs.eval_job(run_id="cfg-eval", image="overnight-evaluator:latest", profile="test", gpu=None,
-                         memory_gb=2.0, data_dir=data, artifact=tmp / "model.pt2", limits=limits, labels={})
+    job = specs.eval_job(
+        run_id="cfg-eval",
+        image="overnight-evaluator:latest",
+        profile="test",
+        gpu=None,
+        memory_gb=2.0,
+        data_dir=data,
+        artifact=tmp / "model.pt2",
+        limits=limits,
+        labels={},
+    )
     attrs = create(job)
     mounts = _mounts(attrs)
     score_source, score_rw = mounts.pop("/score")
@@ -218,9 +239,18 @@ def test_eval_container_sees_artifact_and_eval_rows_read_only_and_never_train_py
 
 def test_gpu_run_requests_exactly_its_assigned_gpu(created) -> None:
     create, data, tmp, limits = created
-    job = specs.train_job(run_id="cfg-gpu", image="overnight-evaluator:latest", profile="gpu", seed=0, gpu=3,
-                          memory_gb=2.0, data_dir=data, train_py=tmp / "train.py", limits=limits,
-                          labels={})
+    job = specs.train_job(
+        run_id="cfg-gpu",
+        image="overnight-evaluator:latest",
+        profile="gpu",
+        seed=0,
+        gpu=3,
+        memory_gb=2.0,
+        data_dir=data,
+        train_py=tmp / "train.py",
+        limits=limits,
+        labels={},
+    )
     attrs = create(job)
     requests = attrs["HostConfig"]["DeviceRequests"]
     assert len(requests) == 1
@@ -228,15 +258,35 @@ def test_gpu_run_requests_exactly_its_assigned_gpu(created) -> None:
     assert requests[0]["Count"] in (0, None)  # ids, not "all"
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "3"
-    evaluating = create(specs.eval_job(run_id="cfg-gpu2", image="overnight-evaluator:latest", profile="gpu",
-                                       gpu=3, memory_gb=2.0, data_dir=data, artifact=tmp / "model.pt2",
-                                       limits=limits, labels={}))
+    evaluating = create(
+        specs.eval_job(
+            run_id="cfg-gpu2",
+            image="overnight-evaluator:latest",
+            profile="gpu",
+            gpu=3,
+            memory_gb=2.0,
+            data_dir=data,
+            artifact=tmp / "model.pt2",
+            limits=limits,
+            labels={},
+        )
+    )
     assert evaluating["Config"]["Cmd"][-2:] == ["--device", "cuda"]
 
 
 def test_a_cpu_slot_pins_its_containers_to_its_cores(created) -> None:
     create, data, tmp, limits = created
-    job = specs.train_job(run_id="cfg-cpuset", image="overnight-evaluator:latest", profile="test", seed=0,
-                          gpu=None, memory_gb=1.0, data_dir=data, train_py=tmp / "train.py", limits=limits,
-                          labels={}, cpuset="1")
+    job = specs.train_job(
+        run_id="cfg-cpuset",
+        image="overnight-evaluator:latest",
+        profile="test",
+        seed=0,
+        gpu=None,
+        memory_gb=1.0,
+        data_dir=data,
+        train_py=tmp / "train.py",
+        limits=limits,
+        labels={},
+        cpuset="1",
+    )
     assert create(job)["HostConfig"]["CpusetCpus"] == "1"

@@ -33,8 +33,9 @@ class ConfigRecorder(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                for c in self.client.containers.list(filters={"label": [f"overnight.run={self.run_id}",
-                                                                         "overnight.part=job"]}):
+                for c in self.client.containers.list(
+                    filters={"label": [f"overnight.run={self.run_id}", "overnight.part=job"]}
+                ):
                     self.seen.setdefault(c.labels["overnight.role"], c.attrs)
             except docker.errors.NotFound:
                 pass
@@ -42,11 +43,19 @@ class ConfigRecorder(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def sandboxed(images, docker_client, test_data_dir: Path, seed_train_py: Path,
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[ExperimentResult, dict[str, Any]]:
+def sandboxed(
+    images, docker_client, test_data_dir: Path, seed_train_py: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ExperimentResult, dict[str, Any]]:
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    spec = ExperimentSpec(run_id=rid("e2e-seed"), train_py=seed_train_py, run_dir=run_dir,
-                          profile="test", data_dir=test_data_dir, image=EVALUATOR_IMAGE, seed=0)
+    spec = ExperimentSpec(
+        run_id=rid("e2e-seed"),
+        train_py=seed_train_py,
+        run_dir=run_dir,
+        profile="test",
+        data_dir=test_data_dir,
+        image=EVALUATOR_IMAGE,
+        seed=0,
+    )
     recorder = ConfigRecorder(docker_client, spec.run_id)
     recorder.start()
     try:
@@ -79,7 +88,14 @@ def test_run_folder_holds_logs_score_and_the_script_that_ran(sandboxed, seed_tra
     assert (run_dir / "model.pt2").stat().st_size > 0
     assert "detail.log" not in (run_dir / "eval.log").read_text()  # eval.log: fixed lines only
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "eval-detail.log", "eval.log", "model.pt2", "rowloss.bin", "score.json", "train.log", "train.py"]
+        "eval-detail.log",
+        "eval.log",
+        "model.pt2",
+        "rowloss.bin",
+        "score.json",
+        "train.log",
+        "train.py",
+    ]
 
 
 def test_both_containers_were_locked_down_and_removed(sandboxed, docker_client) -> None:
@@ -99,12 +115,20 @@ def test_both_containers_were_locked_down_and_removed(sandboxed, docker_client) 
     assert leftovers(docker_client, seen["train"]["Config"]["Labels"]["overnight.run"]) == []
 
 
-def test_val_bpb_equals_the_bare_runners_exactly(sandboxed, test_data_dir: Path,
-                                                 seed_train_py: Path, tmp_path: Path) -> None:
+def test_val_bpb_equals_the_bare_runners_exactly(
+    sandboxed, test_data_dir: Path, seed_train_py: Path, tmp_path: Path
+) -> None:
     result, _ = sandboxed
-    bare = run_bare(ExperimentSpec(run_id=rid("e2e-bare"), train_py=seed_train_py,
-                                   run_dir=tmp_path / "bare", profile="test",
-                                   data_dir=test_data_dir, seed=0))
+    bare = run_bare(
+        ExperimentSpec(
+            run_id=rid("e2e-bare"),
+            train_py=seed_train_py,
+            run_dir=tmp_path / "bare",
+            profile="test",
+            data_dir=test_data_dir,
+            seed=0,
+        )
+    )
     assert bare.status == "ok", bare.reason
     assert result.val_bpb == bare.val_bpb  # bit for bit: same steps, same seed, same torch
     assert result.score.tokens == bare.score.tokens and result.score.bytes == bare.score.bytes

@@ -16,19 +16,27 @@ from evaluator.profiles import get_profile
 from sandbox import specs
 from sandbox.docker_runner import DockerRunner
 from sandbox.experiment import run_experiment
-from sandbox.limits import MiB, Limits
+from sandbox.limits import Limits, MiB
 
 pytestmark = pytest.mark.docker
 LIMITS = Limits.for_profile(get_profile("test"), out_max_bytes=16 * MiB, out_max_files=200)
 
 
-def run_job(docker_client: docker.DockerClient, images: str, stub_data_dir: Path, tmp_path: Path,
-            code: str, name: str):  # type: ignore[no-untyped-def]
+def run_job(docker_client: docker.DockerClient, images: str, stub_data_dir: Path, tmp_path: Path, code: str, name: str):  # type: ignore[no-untyped-def]
     """Run `code` as a train job; return the runner and handle, the job ended but not cancelled."""
     runner = DockerRunner(docker_client)
-    job = specs.train_job(run_id=rid(name), image=images, profile="test", seed=0, gpu=None, memory_gb=1.0,
-                          data_dir=stub_data_dir.resolve(), train_py=script(tmp_path, code), limits=LIMITS,
-                          labels={})
+    job = specs.train_job(
+        run_id=rid(name),
+        image=images,
+        profile="test",
+        seed=0,
+        gpu=None,
+        memory_gb=1.0,
+        data_dir=stub_data_dir.resolve(),
+        train_py=script(tmp_path, code),
+        limits=LIMITS,
+        labels={},
+    )
     handle = runner.submit(job)
     runner.stream_logs(handle, tmp_path / "train.log", 1 * MiB)
     outcome = runner.wait(handle)
@@ -65,15 +73,18 @@ def test_the_one_regular_file_asked_for_is_copied(hostile_job) -> None:
     assert (tmp / "model.pt2").read_bytes() == b"PK" + b"0" * 100
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("link", "symlink"),
-    ("fifo", "not a plain regular file"),
-    ("setuid", "not a plain regular file"),
-    ("dir", "not a plain regular file"),
-    ("sparse", "apparent size"),
-    ("missing", "no missing"),
-    ("../../etc/passwd", "bad file name"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("link", "symlink"),
+        ("fifo", "not a plain regular file"),
+        ("setuid", "not a plain regular file"),
+        ("dir", "not a plain regular file"),
+        ("sparse", "apparent size"),
+        ("missing", "no missing"),
+        ("../../etc/passwd", "bad file name"),
+    ],
+)
 def test_anything_else_is_refused_and_nothing_is_written(hostile_job, name: str, reason: str) -> None:
     runner, handle, _, tmp = hostile_job
     dest = tmp / f"copy-{abs(hash(name))}"
@@ -82,8 +93,9 @@ def test_anything_else_is_refused_and_nothing_is_written(hostile_job, name: str,
     assert not dest.exists()
 
 
-def test_the_output_folder_is_capped_by_the_kernel_in_bytes_and_files(images, docker_client, stub_data_dir,
-                                                                     tmp_path) -> None:
+def test_the_output_folder_is_capped_by_the_kernel_in_bytes_and_files(
+    images, docker_client, stub_data_dir, tmp_path
+) -> None:
     code = """
 import os
 try:
@@ -109,8 +121,9 @@ except OSError as exc:
     assert leftovers(docker_client, handle.spec.run_id) == []  # volume and keeper gone with the job
 
 
-def test_a_deep_tree_over_the_caps_neither_hides_nor_crashes_cleanup(images, docker_client, stub_data_dir,
-                                                                    tmp_path) -> None:
+def test_a_deep_tree_over_the_caps_neither_hides_nor_crashes_cleanup(
+    images, docker_client, stub_data_dir, tmp_path
+) -> None:
     code = """
 import os
 os.chdir("/out")
@@ -123,9 +136,18 @@ except OSError as exc:
 """
     limits = Limits.for_profile(get_profile("test"), out_max_files=5000)
     runner = DockerRunner(docker_client)
-    job = specs.train_job(run_id=rid("hostile-deep"), image=images, profile="test", seed=0, gpu=None, memory_gb=1.0,
-                          data_dir=stub_data_dir.resolve(), train_py=script(tmp_path, code), limits=limits,
-                          labels={})
+    job = specs.train_job(
+        run_id=rid("hostile-deep"),
+        image=images,
+        profile="test",
+        seed=0,
+        gpu=None,
+        memory_gb=1.0,
+        data_dir=stub_data_dir.resolve(),
+        train_py=script(tmp_path, code),
+        limits=limits,
+        labels={},
+    )
     handle = runner.submit(job)
     runner.stream_logs(handle, tmp_path / "train.log", MiB)
     runner.wait(handle)
@@ -137,8 +159,7 @@ except OSError as exc:
     assert leftovers(docker_client, job.run_id) == []
 
 
-def test_an_experiment_whose_model_is_a_sparse_file_is_a_crash(images, docker_client, stub_data_dir,
-                                                               tmp_path) -> None:
+def test_an_experiment_whose_model_is_a_sparse_file_is_a_crash(images, docker_client, stub_data_dir, tmp_path) -> None:
     train_py = script(tmp_path, "open('/out/model.pt2', 'wb').truncate(64 * 2**30)\n")
     spec = spec_for(tmp_path, train_py, stub_data_dir, "hostile-sparse")
     result = run_experiment(spec, limits=LIMITS)
@@ -146,8 +167,9 @@ def test_an_experiment_whose_model_is_a_sparse_file_is_a_crash(images, docker_cl
     assert not (spec.run_dir / "model.pt2").exists() and result.eval_exit_code is None
 
 
-def test_an_experiment_whose_model_is_a_fifo_does_not_hang_the_host(images, docker_client, stub_data_dir,
-                                                                    tmp_path) -> None:
+def test_an_experiment_whose_model_is_a_fifo_does_not_hang_the_host(
+    images, docker_client, stub_data_dir, tmp_path
+) -> None:
     train_py = script(tmp_path, "import os; os.mkfifo('/out/model.pt2')\n")
     spec = spec_for(tmp_path, train_py, stub_data_dir, "hostile-fifo")
     result = run_experiment(spec, limits=LIMITS)

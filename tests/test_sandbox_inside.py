@@ -4,7 +4,6 @@ the lockdown holds from the inside (user, capabilities, network, files it must n
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any
 

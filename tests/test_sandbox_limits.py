@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sandbox_support import script, spec_for
-from sandbox_support import leftovers
+from sandbox_support import leftovers, script, spec_for
 
 from evaluator.profiles import get_profile
 from sandbox import specs
@@ -20,12 +19,16 @@ TEST = get_profile("test")
 
 
 def test_a_run_past_its_wall_clock_cap_is_killed_and_marked_timeout(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, """
+    images, docker_client, stub_data_dir: Path, tmp_path: Path
+) -> None:
+    train_py = script(
+        tmp_path,
+        """
         import time
         print("sleeping past the cap", flush=True)
         time.sleep(300)
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "limit-timeout")
     result = run_experiment(spec, limits=Limits.for_profile(TEST, train_budget_s=2.0, train_allowance_s=1.0))
     assert result.status == "timeout"
@@ -36,10 +39,13 @@ def test_a_run_past_its_wall_clock_cap_is_killed_and_marked_timeout(
 
 
 def test_a_run_that_changes_its_clock_is_still_killed_on_time(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
+    images, docker_client, stub_data_dir: Path, tmp_path: Path
+) -> None:
     # Without CAP_SYS_TIME the container cannot set the clock; and the cap is the host's
     # monotonic clock anyway. The script also fakes time.time for itself, to no effect.
-    train_py = script(tmp_path, """
+    train_py = script(
+        tmp_path,
+        """
         import time
         time.time = lambda: 0.0
         try:
@@ -48,7 +54,8 @@ def test_a_run_that_changes_its_clock_is_still_killed_on_time(
         except OSError as exc:
             print("clock_settime refused:", exc.strerror, flush=True)
         time.sleep(300)
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "limit-clock")
     result = run_experiment(spec, limits=Limits.for_profile(TEST, train_budget_s=2.0, train_allowance_s=1.0))
     assert result.status == "timeout" and result.train_seconds < 10.0
@@ -56,12 +63,16 @@ def test_a_run_that_changes_its_clock_is_still_killed_on_time(
 
 
 def test_a_memory_hog_is_stopped_by_the_memory_limit(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, """
+    images, docker_client, stub_data_dir: Path, tmp_path: Path
+) -> None:
+    train_py = script(
+        tmp_path,
+        """
         chunks = []
         while True:
             chunks.append(bytearray(32 * 2**20))  # bytearray() touches (zeroes) its pages
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "limit-oom", memory_limit_gb=0.25)
     result = run_experiment(spec)
     assert result.status == "crash"
@@ -72,21 +83,26 @@ def test_a_memory_hog_is_stopped_by_the_memory_limit(
 
 
 def test_peak_ram_of_a_cpu_run_is_measured_from_outside(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, """
+    images, docker_client, stub_data_dir: Path, tmp_path: Path
+) -> None:
+    train_py = script(
+        tmp_path,
+        """
         import time
         held = bytearray(400 * 2**20)
         time.sleep(2.0)
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "limit-ram")
     result = run_experiment(spec)
     assert result.memory_kind == "ram"
     assert 0.38 <= result.peak_memory_gb < 1.0
 
 
-def test_a_thread_bomb_stops_at_the_pids_limit(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, f"""
+def test_a_thread_bomb_stops_at_the_pids_limit(images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
+    train_py = script(
+        tmp_path,
+        f"""
         import threading, time
         stop = threading.Event()
         started = 0
@@ -97,7 +113,8 @@ def test_a_thread_bomb_stops_at_the_pids_limit(
         except RuntimeError as exc:
             print("refused after", started, "threads:", exc, flush=True)
         stop.set()
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "limit-pids")
     result = run_experiment(spec)
     log = (spec.run_dir / "train.log").read_text()
@@ -108,8 +125,11 @@ def test_a_thread_bomb_stops_at_the_pids_limit(
 
 
 def test_out_is_capped_by_the_kernel_and_nothing_of_it_stays_on_the_host(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, """
+    images, docker_client, stub_data_dir: Path, tmp_path: Path
+) -> None:
+    train_py = script(
+        tmp_path,
+        """
         import os
         block = os.urandom(2**20)
         written = 0
@@ -122,7 +142,8 @@ def test_out_is_capped_by_the_kernel_and_nothing_of_it_stays_on_the_host(
         except OSError as exc:
             print("stopped after", written >> 20, "MiB:", exc.strerror, flush=True)
             raise SystemExit(1)
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "limit-disk")
     result = run_experiment(spec, limits=Limits.for_profile(TEST, out_max_bytes=40 * 2**20))
     assert result.status == "crash"

@@ -6,8 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_support import script, spec_for
-from sandbox_support import in_background
+from sandbox_support import in_background, script, spec_for
 
 from evaluator.profiles import get_profile
 from sandbox import specs
@@ -19,15 +18,19 @@ pytestmark = pytest.mark.docker
 
 
 def test_logs_stream_into_train_log_before_the_run_ends(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, """
+    images, docker_client, stub_data_dir: Path, tmp_path: Path
+) -> None:
+    train_py = script(
+        tmp_path,
+        """
         import os, time
         print("first line, while running", flush=True)
         deadline = time.monotonic() + 60
         while not os.path.exists("/out/go") and time.monotonic() < deadline:
             time.sleep(0.05)
         print("last line", flush=True)
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "logs-live")
     thread, box = in_background(lambda: run_experiment(spec))
     log = spec.run_dir / "train.log"
@@ -37,8 +40,7 @@ def test_logs_stream_into_train_log_before_the_run_ends(
             break
         time.sleep(0.05)
     seen_while_running = log.read_text()
-    running = docker_client.containers.list(filters={"label": [f"overnight.run={spec.run_id}",
-                                                               "overnight.part=job"]})
+    running = docker_client.containers.list(filters={"label": [f"overnight.run={spec.run_id}", "overnight.part=job"]})
     assert "first line, while running" in seen_while_running
     assert "last line" not in seen_while_running
     assert [c.labels["overnight.role"] for c in running] == ["train"]  # still running
@@ -50,15 +52,19 @@ def test_logs_stream_into_train_log_before_the_run_ends(
 
 
 def test_a_log_flood_is_truncated_at_the_cap_with_a_marker(
-        images, docker_client, stub_data_dir: Path, tmp_path: Path) -> None:
-    train_py = script(tmp_path, """
+    images, docker_client, stub_data_dir: Path, tmp_path: Path
+) -> None:
+    train_py = script(
+        tmp_path,
+        """
         import sys
         line = "x" * 1023 + "\\n"
         for _ in range(4096):  # 4 MiB
             sys.stdout.write(line)
         sys.stdout.flush()
         raise SystemExit(3)
-    """)
+    """,
+    )
     spec = spec_for(tmp_path, train_py, stub_data_dir, "logs-flood")
     cap = 256 * 1024
     result = run_experiment(spec, limits=Limits.for_profile(get_profile("test"), log_max_bytes=cap))

@@ -10,14 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from sandbox_support import leftovers, rid
 
 from sandbox import specs
 from sandbox.docker_runner import DockerRunner
 from sandbox.errors import SandboxError
-from sandbox.runner import JobSpec
 from sandbox.nvml import VramWatchdog
+from sandbox.runner import JobSpec
 
 GiB = 2**30
 
@@ -71,8 +70,7 @@ def _samples(path: Path) -> list[dict[str, Any]]:
 def test_watchdog_measures_over_the_idle_baseline_and_keeps_the_peak(tmp_path: Path) -> None:
     readings = iter([2 * GiB, 5 * GiB, 9 * GiB, 6 * GiB])  # baseline, then three samples
     nvml = FakeNvml(lambda t: next(readings))
-    dog = VramWatchdog(1, cap_gb=None, samples_path=tmp_path / "nvml.jsonl", nvml=nvml,
-                       interval_s=0.0)
+    dog = VramWatchdog(1, cap_gb=None, samples_path=tmp_path / "nvml.jsonl", nvml=nvml, interval_s=0.0)
     dog.before_start()
     assert [dog.check(FakeContainer()) for _ in range(3)] == [None, None, None]
     dog.finish()
@@ -88,8 +86,9 @@ def test_watchdog_measures_over_the_idle_baseline_and_keeps_the_peak(tmp_path: P
 
 def test_watchdog_asks_for_a_kill_over_the_cap(tmp_path: Path) -> None:
     readings = iter([1 * GiB, 2 * GiB, 4 * GiB])
-    dog = VramWatchdog(0, cap_gb=2.5, samples_path=tmp_path / "nvml.jsonl",
-                       nvml=FakeNvml(lambda t: next(readings)), interval_s=0.0)
+    dog = VramWatchdog(
+        0, cap_gb=2.5, samples_path=tmp_path / "nvml.jsonl", nvml=FakeNvml(lambda t: next(readings)), interval_s=0.0
+    )
     dog.before_start()
     assert dog.check(FakeContainer()) is None  # 1 GiB over baseline
     reason = dog.check(FakeContainer())  # 3 GiB over baseline
@@ -100,8 +99,7 @@ def test_watchdog_asks_for_a_kill_over_the_cap(tmp_path: Path) -> None:
 
 
 def test_watchdog_refuses_to_run_without_nvml(tmp_path: Path) -> None:
-    dog = VramWatchdog(0, cap_gb=10, samples_path=tmp_path / "nvml.jsonl",
-                       nvml=FakeNvml(lambda t: 0, fail_init=True))
+    dog = VramWatchdog(0, cap_gb=10, samples_path=tmp_path / "nvml.jsonl", nvml=FakeNvml(lambda t: 0, fail_init=True))
     with pytest.raises(SandboxError, match="NVML unavailable for GPU 0"):
         dog.before_start()
 
@@ -114,8 +112,7 @@ def test_a_failed_sample_does_not_kill_the_run(tmp_path: Path) -> None:
         return GiB
 
     flaky.calls = 0
-    dog = VramWatchdog(0, cap_gb=0.5, samples_path=tmp_path / "nvml.jsonl",
-                       nvml=FakeNvml(flaky), interval_s=0.0)
+    dog = VramWatchdog(0, cap_gb=0.5, samples_path=tmp_path / "nvml.jsonl", nvml=FakeNvml(flaky), interval_s=0.0)
     dog.before_start()
     assert dog.check(FakeContainer()) is None
     dog.finish()
@@ -126,12 +123,23 @@ def test_a_failed_sample_does_not_kill_the_run(tmp_path: Path) -> None:
 def test_watchdog_kills_a_real_container_over_the_cap(images, docker_client, tmp_path: Path) -> None:
     # VRAM "grows" 1 GiB per second after a 1 GiB baseline; the cap is 2 GiB.
     nvml = FakeNvml(lambda t: GiB + int(t * GiB))
-    dog = VramWatchdog(0, cap_gb=2.0, samples_path=tmp_path / "nvml.jsonl", nvml=nvml,
-                       interval_s=0.1)
+    dog = VramWatchdog(0, cap_gb=2.0, samples_path=tmp_path / "nvml.jsonl", nvml=nvml, interval_s=0.1)
     run_id = rid("nvml-kill")
-    job = JobSpec(run_id=run_id, role="train", image=images, command=("sleep", "120"),
-                  environment=specs.environment(None), data_dir=tmp_path, data_parts=(), inputs={},
-                  output_dir="/out", output_max_bytes=2**20, output_max_files=10, cap_s=60, memory_gb=0.5)
+    job = JobSpec(
+        run_id=run_id,
+        role="train",
+        image=images,
+        command=("sleep", "120"),
+        environment=specs.environment(None),
+        data_dir=tmp_path,
+        data_parts=(),
+        inputs={},
+        output_dir="/out",
+        output_max_bytes=2**20,
+        output_max_files=10,
+        cap_s=60,
+        memory_gb=0.5,
+    )
     runner = DockerRunner(docker_client, tick_s=0.1)
     handle = runner.submit(job, [dog])
     try:

@@ -189,8 +189,9 @@ def test_nan_logits_are_refused(tmp_path):
 
 def test_logits_of_the_wrong_vocabulary_are_refused(tmp_path):
     data, table, _ = make_data()
-    record, _ = score_model(export_to(Uniform(vocab=PROFILE.vocab_size + 1), tmp_path / "model.pt2"), data, table,
-                            PROFILE)
+    record, _ = score_model(
+        export_to(Uniform(vocab=PROFILE.vocab_size + 1), tmp_path / "model.pt2"), data, table, PROFILE
+    )
     assert record.status == "rejected"
     assert record.reason_code == "bad_logits" and record.reason == REJECT_TEXT["bad_logits"]
 
@@ -266,8 +267,14 @@ def test_cli_scores_a_model_and_records_the_data_identity(test_data_dir, uniform
     assert record.manifest_sha256 == manifest_sha256(test_data_dir)
     assert record.eval_seconds > 0
     lines = proc.stdout.splitlines()  # eval.log: fixed lines only
-    assert [line.split(":")[0] for line in lines] == ["val_bpb", "val_loss_nats", "tokens", "bytes",
-                                                      "probe_positions", "forwards"]
+    assert [line.split(":")[0] for line in lines] == [
+        "val_bpb",
+        "val_loss_nats",
+        "tokens",
+        "bytes",
+        "probe_positions",
+        "forwards",
+    ]
     assert (out.parent / "detail.log").is_file()  # everything else went to the private detail log
 
 

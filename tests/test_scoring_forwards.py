@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 import evaluator.score as score_module
 from evaluator.probe import ProbeConfig, floored_logprobs
@@ -24,8 +24,7 @@ from evaluator.profiles import get_profile
 from evaluator.score import eval_tensors, score_model, token_byte_table
 
 GPU = get_profile("gpu")
-SMALL_GPU = dataclasses.replace(GPU, seq_len=16, vocab_size=64,
-                                eval_tokens=GPU.eval_batches * GPU.eval_batch_size * 16)
+SMALL_GPU = dataclasses.replace(GPU, seq_len=16, vocab_size=64, eval_tokens=GPU.eval_batches * GPU.eval_batch_size * 16)
 OLD_PROBE_POSITIONS, OLD_PROBE_BATCHES = 4096, 4  # the old design, before issue 11
 
 
@@ -76,8 +75,9 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def old_design_probe(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                     spare: torch.Tensor, rng: np.random.Generator) -> None:
+def old_design_probe(
+    forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, spare: torch.Tensor, rng: np.random.Generator
+) -> None:
     """The probe before issue 11 (evaluator/probe.py of commit 22f57c3), its forward passes only:
     per probed batch, its base forward computed again, one rows check, and one cut check per
     probe_positions / (batches * B) positions; the scoring forwards came on top."""
@@ -97,7 +97,8 @@ def old_design_probe(forward: Callable[[torch.Tensor], torch.Tensor], inputs: to
 
 
 def test_gpu_scoring_runs_each_eval_batch_once_and_the_probe_adds_at_most_15_percent(
-        artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counter = Counter()
     real = score_module.checked_forward
     monkeypatch.setattr(score_module, "checked_forward", lambda *a, **k: counter.wrap(real(*a, **k)))

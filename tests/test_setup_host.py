@@ -23,8 +23,27 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "setup-host"
-BASIC_TOOLS = ("bash", "sh", "env", "cat", "grep", "sed", "tail", "cut", "sleep", "timeout", "mktemp", "rm",
-               "uname", "setsid", "nohup", "head", "tr", "touch", "cp")  # cp, touch: for the stubs
+BASIC_TOOLS = (
+    "bash",
+    "sh",
+    "env",
+    "cat",
+    "grep",
+    "sed",
+    "tail",
+    "cut",
+    "sleep",
+    "timeout",
+    "mktemp",
+    "rm",
+    "uname",
+    "setsid",
+    "nohup",
+    "head",
+    "tr",
+    "touch",
+    "cp",
+)  # cp, touch: for the stubs
 BASH = shutil.which("bash") or "/bin/bash"
 
 # What the stub commands do. STATE is the fake machine's state directory, LOG the call record.
@@ -56,7 +75,9 @@ esac""",
   is-system-running) cat "$STATE/systemd" 2>/dev/null || { echo offline; exit 1; } ;;
   start) touch "$STATE/engine_up" ;;
 esac""",
-    "nvidia-smi": 'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"; echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)"',
+    "nvidia-smi": (
+        'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"; echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)"'
+    ),
     "id": '[ "$1" = -un ] && echo ada || echo "$UID_IS"',
     "uname": "echo Darwin",
 }
@@ -95,14 +116,24 @@ class FakeHost:
         return self
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        base = {"PATH": f"{self.bin}:{self.sys}", "LOG": str(self.log), "STATE": str(self.state),
-                "PKGS": str(self.pkgs), "BIN": str(self.bin), "UID_IS": self.uid, "TMPDIR": str(self.root),
-                "VENV": str(self.root / "venv"), "DOCKERD_LOG": str(self.root / "dockerd.log"),
-                "DOCKER_HOST": f"unix://{self.root}/docker.sock", "DOCKERD_WAIT": "5"}
+        base = {
+            "PATH": f"{self.bin}:{self.sys}",
+            "LOG": str(self.log),
+            "STATE": str(self.state),
+            "PKGS": str(self.pkgs),
+            "BIN": str(self.bin),
+            "UID_IS": self.uid,
+            "TMPDIR": str(self.root),
+            "VENV": str(self.root / "venv"),
+            "DOCKERD_LOG": str(self.root / "dockerd.log"),
+            "DOCKER_HOST": f"unix://{self.root}/docker.sock",
+            "DOCKERD_WAIT": "5",
+        }
         base.update(env)
         base = {k: v for k, v in base.items() if v != ""}
-        return subprocess.run([BASH, str(SCRIPT), *args], capture_output=True, text=True, env=base,
-                              cwd=self.root, timeout=60, check=False)
+        return subprocess.run(
+            [BASH, str(SCRIPT), *args], capture_output=True, text=True, env=base, cwd=self.root, timeout=60, check=False
+        )
 
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines()
@@ -144,13 +175,20 @@ def test_installs_what_is_missing_with_apt_get_as_root_and_says_what_it_runs(hos
     apt = [c for c in host.calls() if c.startswith("apt-get")]
     assert apt == ["apt-get -qq update", f"apt-get -qq install -y {wanted}"]
     out = done.stdout.splitlines()
-    assert out[:3] == [f"setup-host: installing what is missing: {wanted}",
-                       "setup-host: running: env DEBIAN_FRONTEND=noninteractive apt-get -qq update",
-                       f"setup-host: running: env DEBIAN_FRONTEND=noninteractive apt-get -qq install -y {wanted}"]
+    assert out[:3] == [
+        f"setup-host: installing what is missing: {wanted}",
+        "setup-host: running: env DEBIAN_FRONTEND=noninteractive apt-get -qq update",
+        f"setup-host: running: env DEBIAN_FRONTEND=noninteractive apt-get -qq install -y {wanted}",
+    ]
     # ...then the engine it just installed is not running: it starts it, and says so.
-    assert f"setup-host: running: dockerd -H unix://{host.root}/docker.sock (in the background, log " \
-           f"{host.root}/dockerd.log)" in out
-    assert out[-1] == f"setup-host: ready in {out[-1].split()[3]} s: Docker engine 20.10.24 at unix://{host.root}/docker.sock"
+    assert (
+        f"setup-host: running: dockerd -H unix://{host.root}/docker.sock (in the background, log "
+        f"{host.root}/dockerd.log)" in out
+    )
+    assert (
+        out[-1]
+        == f"setup-host: ready in {out[-1].split()[3]} s: Docker engine 20.10.24 at unix://{host.root}/docker.sock"
+    )
     assert "sudo" not in done.stdout
 
 
@@ -174,8 +212,10 @@ def test_a_failed_install_stops_with_apt_gets_own_words_and_one_line_last(host: 
     assert done.returncode == 1
     assert done.stdout.splitlines()[-1] == "setup-host: running: env DEBIAN_FRONTEND=noninteractive apt-get -qq update"
     lines = done.stderr.strip().splitlines()
-    assert lines == ["E: Unable to locate package docker.io",
-                     "setup-host: apt-get update failed (its output is above): fix that, then run make again"]
+    assert lines == [
+        "E: Unable to locate package docker.io",
+        "setup-host: apt-get update failed (its output is above): fix that, then run make again",
+    ]
 
 
 # --- when it cannot ------------------------------------------------------------------------------
@@ -186,8 +226,10 @@ def test_without_root_or_sudo_it_stops_at_once_with_one_line(host: FakeHost) -> 
     host.uid = "1000"
     t0 = time.monotonic()
     line = one_line(host.run())
-    assert line == ("setup-host: docker.io docker-compose missing and installing needs root, which ada does not have "
-                    "here (no sudo): as root run `apt-get install -y docker.io docker-compose`, then run make again")
+    assert line == (
+        "setup-host: docker.io docker-compose missing and installing needs root, which ada does not have "
+        "here (no sudo): as root run `apt-get install -y docker.io docker-compose`, then run make again"
+    )
     assert not any(c.startswith("apt-get") for c in host.calls())
     print(f"stopped after {time.monotonic() - t0:.2f} s")
 
@@ -196,23 +238,29 @@ def test_not_debian_or_ubuntu_stops_with_one_line(host: FakeHost) -> None:
     host.has("id", "docker-compose", "debootstrap", "git", "make")  # no apt-get: not a Debian-like system
     line = one_line(host.run())
     assert line.startswith("setup-host: cannot install docker.io on ")
-    assert line.endswith(": this script installs with apt-get (Debian, Ubuntu); install them with your package "
-                         "manager, then run make again")
+    assert line.endswith(
+        ": this script installs with apt-get (Debian, Ubuntu); install them with your package "
+        "manager, then run make again"
+    )
 
 
 def test_not_linux_stops_with_one_line(host: FakeHost) -> None:
     host.has("id", "uname")
     line = one_line(host.run())
-    assert line == ("setup-host: Darwin is not supported: the sandbox needs a Docker engine on Linux "
-                    "(a Debian or Ubuntu machine or VM)")
+    assert line == (
+        "setup-host: Darwin is not supported: the sandbox needs a Docker engine on Linux "
+        "(a Debian or Ubuntu machine or VM)"
+    )
 
 
 def test_a_remote_engine_that_does_not_answer_is_not_started_here(host: FakeHost) -> None:
     host.ready()
     (host.state / "engine_up").unlink()
     line = one_line(host.run(DOCKER_HOST="tcp://10.0.0.9:2376"))
-    assert line == ("setup-host: no Docker engine answers at tcp://10.0.0.9:2376: start it there, or unset "
-                    "DOCKER_HOST to use this machine's engine")
+    assert line == (
+        "setup-host: no Docker engine answers at tcp://10.0.0.9:2376: start it there, or unset "
+        "DOCKER_HOST to use this machine's engine"
+    )
     assert not any(c.startswith(("dockerd", "systemctl start")) for c in host.calls())
 
 
@@ -221,20 +269,28 @@ def test_an_engine_that_never_answers_stops_with_the_last_line_of_its_log(host: 
     (host.state / "engine_up").unlink()
     (host.state / "dockerd_fails").touch()
     sock, log = f"unix://{host.root}/docker.sock", f"{host.root}/dockerd.log"
-    said = (f"setup-host: the Docker engine is not running at {sock}: starting it\n"
-            f"setup-host: running: dockerd -H {sock} (in the background, log {log})\n")
+    said = (
+        f"setup-host: the Docker engine is not running at {sock}: starting it\n"
+        f"setup-host: running: dockerd -H {sock} (in the background, log {log})\n"
+    )
     line = one_line(host.run(DOCKERD_WAIT="1"), said)
-    assert line == (f"setup-host: the Docker engine did not answer within 1 s: see {host.root}/dockerd.log "
-                    "(last: failed to start daemon: boom)")
+    assert line == (
+        f"setup-host: the Docker engine did not answer within 1 s: see {host.root}/dockerd.log "
+        "(last: failed to start daemon: boom)"
+    )
 
 
 def test_a_gpu_host_without_the_nvidia_runtime_stops_with_one_line(host: FakeHost) -> None:
     host.ready().has("nvidia-smi")
     line = one_line(host.run())
-    assert line.startswith("setup-host: this host has 2 NVIDIA GPU(s) but the Docker engine has no nvidia runtime: "
-                           "install the NVIDIA container toolkit (https://docs.nvidia.com/")
-    assert line.endswith("run `sudo nvidia-ctk runtime configure --runtime=docker` and restart the engine, "
-                         "or run on the CPU with PROFILE=cpu")
+    assert line.startswith(
+        "setup-host: this host has 2 NVIDIA GPU(s) but the Docker engine has no nvidia runtime: "
+        "install the NVIDIA container toolkit (https://docs.nvidia.com/"
+    )
+    assert line.endswith(
+        "run `sudo nvidia-ctk runtime configure --runtime=docker` and restart the engine, "
+        "or run on the CPU with PROFILE=cpu"
+    )
     assert host.run("--profile", "cpu").returncode == 0  # a CPU night asked for explicitly needs no toolkit
     (host.state / "runtimes").write_text('{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}\n')
     done = host.run()
@@ -254,7 +310,8 @@ def test_starts_the_default_engine_through_systemd_when_systemd_runs(host: FakeH
     assert not any(c.startswith("dockerd") for c in host.calls())
     assert done.stdout.splitlines()[:2] == [
         "setup-host: the Docker engine is not running at unix:///var/run/docker.sock: starting it",
-        "setup-host: running: systemctl start docker"]
+        "setup-host: running: systemctl start docker",
+    ]
 
 
 def test_starts_dockerd_on_the_docker_host_socket_with_dockerd_flags(host: FakeHost) -> None:
@@ -270,7 +327,8 @@ def test_starts_dockerd_on_the_docker_host_socket_with_dockerd_flags(host: FakeH
 
 def test_usage_errors_are_one_line(host: FakeHost) -> None:
     assert one_line(host.run("--frobnicate")) == (
-        "setup-host: unknown argument --frobnicate (usage: scripts/setup-host [--profile gpu|cpu|test])")
+        "setup-host: unknown argument --frobnicate (usage: scripts/setup-host [--profile gpu|cpu|test])"
+    )
 
 
 # --- for real ------------------------------------------------------------------------------------
@@ -279,9 +337,15 @@ def test_usage_errors_are_one_line(host: FakeHost) -> None:
 def as_nobody(*cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to become an unprivileged user")
-    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd],
-                          capture_output=True, text=True, timeout=30, cwd=REPO_ROOT, check=False,
-                          env={**os.environ, "HOME": "/tmp", **(env or {})})
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+        check=False,
+        env={**os.environ, "HOME": "/tmp", **(env or {})},
+    )
 
 
 def test_an_unprivileged_user_with_no_engine_is_told_what_to_run_within_seconds() -> None:
@@ -296,10 +360,13 @@ def test_an_unprivileged_user_with_no_engine_is_told_what_to_run_within_seconds(
         shutil.rmtree(empty)
     line = one_line(done)
     print(f"unprivileged, no engine: stopped after {took:.2f} s: {line}")
-    assert line.startswith(f"setup-host: the Docker engine is not running (nothing answers at unix://{empty}/"
-                           "docker.sock) and starting it needs root, which nobody does not have here")
-    assert line.endswith(f"as root run `dockerd -H unix://{empty}/docker.sock >>/var/log/dockerd.log 2>&1 &`, "
-                         "then run make again")
+    assert line.startswith(
+        f"setup-host: the Docker engine is not running (nothing answers at unix://{empty}/"
+        "docker.sock) and starting it needs root, which nobody does not have here"
+    )
+    assert line.endswith(
+        f"as root run `dockerd -H unix://{empty}/docker.sock >>/var/log/dockerd.log 2>&1 &`, then run make again"
+    )
 
 
 def test_a_user_without_permission_on_the_docker_socket_is_told_to_join_the_docker_group() -> None:
@@ -316,9 +383,11 @@ def test_a_user_without_permission_on_the_docker_socket_is_told_to_join_the_dock
 # Its own bridge, never `--bridge=none`: an engine started with none deletes the docker0 interface
 # of the network namespace it runs in, which is the shared engine's.
 SECOND_BRIDGE = "ovn2br0"
-SECOND_ENGINE_FLAGS = ("--data-root {d}/root --exec-root {d}/exec --pidfile {d}/docker.pid --config-file {d}/daemon.json "
-                       f"--bridge={SECOND_BRIDGE} --iptables=false --ip-masq=false --ip-forward=false "
-                       "--default-address-pool base=10.213.0.0/16,size=24")
+SECOND_ENGINE_FLAGS = (
+    "--data-root {d}/root --exec-root {d}/exec --pidfile {d}/docker.pid --config-file {d}/daemon.json "
+    f"--bridge={SECOND_BRIDGE} --iptables=false --ip-masq=false --ip-forward=false "
+    "--default-address-pool base=10.213.0.0/16,size=24"
+)
 LOCAL_BASE = "overnight-base:bookworm"
 IMAGES = (LOCAL_BASE, "overnight-runtime:latest", "overnight-evaluator:latest", "overnight-prepare:latest")
 
@@ -331,18 +400,24 @@ class SecondEngine:
         self.root = root
         (root / "daemon.json").write_text("{}\n")
         subprocess.run(["ip", "link", "delete", SECOND_BRIDGE], capture_output=True, check=False)  # a leftover
-        for cmd in (["ip", "link", "add", SECOND_BRIDGE, "type", "bridge"],
-                    ["ip", "addr", "add", "10.213.254.1/24", "dev", SECOND_BRIDGE],
-                    ["ip", "link", "set", SECOND_BRIDGE, "up"]):
+        for cmd in (
+            ["ip", "link", "add", SECOND_BRIDGE, "type", "bridge"],
+            ["ip", "addr", "add", "10.213.254.1/24", "dev", SECOND_BRIDGE],
+            ["ip", "link", "set", SECOND_BRIDGE, "up"],
+        ):
             subprocess.run(cmd, capture_output=True, check=True)
         self.host = f"unix://{root}/docker.sock"
-        self.env = {"DOCKER_HOST": self.host, "DOCKERD_FLAGS": SECOND_ENGINE_FLAGS.format(d=root),
-                    "DOCKERD_LOG": str(root / "dockerd.log")}
+        self.env = {
+            "DOCKER_HOST": self.host,
+            "DOCKERD_FLAGS": SECOND_ENGINE_FLAGS.format(d=root),
+            "DOCKERD_LOG": str(root / "dockerd.log"),
+        }
         self.pidfile = root / "docker.pid"
 
     def docker(self, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", "-H", self.host, *args], capture_output=True, text=True, timeout=timeout,
-                              check=False, **kwargs)
+        return subprocess.run(
+            ["docker", "-H", self.host, *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
 
     def answers(self) -> bool:
         return self.docker("version", "--format", "{{.Server.Version}}").returncode == 0
@@ -366,14 +441,19 @@ class SecondEngine:
                 self.docker("rm", "-f", *ids)
             self.docker("network", "prune", "-f")
         self.stop()
-        mine = subprocess.run(["pgrep", "-f", str(self.root)], capture_output=True, text=True, check=False).stdout.split()
+        mine = subprocess.run(
+            ["pgrep", "-f", str(self.root)], capture_output=True, text=True, check=False
+        ).stdout.split()
         for pid in mine:  # only processes whose command line names this engine's own directory
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                  if line.split()[1].startswith(str(self.root))]
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(self.root))
+        ]
         for mount in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -382,8 +462,12 @@ class SecondEngine:
 
 @pytest.fixture
 def second_engine() -> Iterator[SecondEngine]:
-    if os.geteuid() != 0 or shutil.which("dockerd") is None or shutil.which("docker") is None \
-            or shutil.which("ip") is None:
+    if (
+        os.geteuid() != 0
+        or shutil.which("dockerd") is None
+        or shutil.which("docker") is None
+        or shutil.which("ip") is None
+    ):
         pytest.skip("needs root, dockerd and ip (iproute2) to run a second engine")
     engine = SecondEngine(Path(tempfile.mkdtemp(prefix="ovn2-", dir="/tmp")))  # short: socket paths are capped
     try:
@@ -412,8 +496,13 @@ def image_family(shared) -> list[str]:
 
 def copy_checkout(dest: Path) -> Path:
     """This checkout's files (tracked and new, as they are now) as a fresh git repository."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for rel in filter(None, listed):
         if (REPO_ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -421,8 +510,11 @@ def copy_checkout(dest: Path) -> Path:
     wheelhouse = REPO_ROOT / "images" / ".wheelhouse"
     if wheelhouse.is_dir():  # the wheels the shared images were built from (else build.py downloads them)
         shutil.copytree(wheelhouse, dest / "images" / ".wheelhouse", copy_function=os.link)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "checkout"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "checkout"],
+    ):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
 
@@ -451,16 +543,20 @@ def test_the_first_make_overnight_starts_a_stopped_engine_and_reaches_the_baseli
     except docker.errors.ImageNotFound:
         pytest.skip("the shared engine has no locally based images: make images")
     root = second_engine.root
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("OVERNIGHT_") and k not in ("ANTHROPIC_API_KEY", "BASE_IMAGE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OVERNIGHT_") and k not in ("ANTHROPIC_API_KEY", "BASE_IMAGE")
+    }
     env.update(second_engine.env)
     timings: dict[str, float] = {}
 
     # The script starts an engine that is not running (and says so) ...
     assert not second_engine.answers()
     t0 = time.monotonic()
-    done = subprocess.run([str(SCRIPT), "--profile", "test"], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    done = subprocess.run(
+        [str(SCRIPT), "--profile", "test"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     timings["setup-host starts the engine"] = time.monotonic() - t0
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"setup-host: the Docker engine is not running at {second_engine.host}: starting it" in done.stdout
@@ -484,8 +580,14 @@ def test_the_first_make_overnight_starts_a_stopped_engine_and_reaches_the_baseli
     repo = copy_checkout(root / "repo")
     venv = host_venv(root / "venv")
     t0 = time.monotonic()
-    night = subprocess.Popen(["make", "overnight", "PROFILE=test", "MAX_EXPERIMENTS=0", "TAG=first", f"VENV={venv}"],
-                             cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    night = subprocess.Popen(
+        ["make", "overnight", "PROFILE=test", "MAX_EXPERIMENTS=0", "TAG=first", f"VENV={venv}"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     timed = [f"{time.monotonic() - t0:6.1f} s  {line.rstrip()}" for line in night.stdout]  # when each line came
     night.wait()
     timings["make overnight, engine stopped, to the baseline"] = time.monotonic() - t0

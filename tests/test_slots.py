@@ -70,8 +70,11 @@ def test_a_gpu_listed_twice_is_a_bad_setting() -> None:
 
 
 def test_slots_on_the_gpu_profile_must_match_the_gpus() -> None:
-    with pytest.raises(SlotError, match="--slots 2 does not apply to the gpu profile, which has one slot per GPU "
-                                        r"\(4 here\): drop --slots and choose the GPUs with --gpus"):
+    with pytest.raises(
+        SlotError,
+        match="--slots 2 does not apply to the gpu profile, which has one slot per GPU "
+        r"\(4 here\): drop --slots and choose the GPUs with --gpus",
+    ):
         gpu_plan(4, slots="2")
     assert gpu_plan(4, gpus="1,2", slots="2") == [Slot(0, gpu=1), Slot(1, gpu=2)]
 
@@ -98,22 +101,28 @@ def test_cores_per_slot_pins_even_a_single_slot() -> None:
     assert plan_slots(settings, cpus={0, 1}, cores_per_slot=1) == [Slot(0, cpuset="0")]
     settings = load_settings(profile="cpu", slots="2")
     assert plan_slots(settings, cpus=set(range(8)), cores_per_slot=1, host_memory_bytes=BIG_HOST) == [
-        Slot(0, cpuset="0"), Slot(1, cpuset="1")]
+        Slot(0, cpuset="0"),
+        Slot(1, cpuset="1"),
+    ]
 
 
 def test_more_slots_than_cores_is_a_one_line_error() -> None:
     with pytest.raises(SlotError) as info:
         cpu_plan({0, 1}, slots="3")
-    assert str(info.value) == ("--slots 3 needs 3 CPU cores, and this process may use 2 (CPUs 0-1): "
-                               "use --slots 2 or fewer")
+    assert str(info.value) == (
+        "--slots 3 needs 3 CPU cores, and this process may use 2 (CPUs 0-1): use --slots 2 or fewer"
+    )
     with pytest.raises(SlotError, match="--slots 2 needs 4 CPU cores, and this process may use 3"):
         plan_slots(load_settings(profile="cpu", slots="2"), cpus={0, 1, 2}, cores_per_slot=2)
 
 
 def test_gpus_on_a_cpu_profile_is_an_error_that_says_what_to_do() -> None:
     for gpus in ("0", "all"):
-        with pytest.raises(SlotError, match="--gpus is for the gpu profile, and this night's profile is cpu: "
-                                            r"drop --gpus \(use --slots N"):
+        with pytest.raises(
+            SlotError,
+            match="--gpus is for the gpu profile, and this night's profile is cpu: "
+            r"drop --gpus \(use --slots N",
+        ):
             cpu_plan({0, 1}, gpus=gpus)
 
 
@@ -130,8 +139,10 @@ def test_slots_whose_memory_limits_do_not_fit_the_host_are_refused() -> None:
     settings = load_settings(profile="cpu", slots="2", memory_limit_gb="8")
     with pytest.raises(SlotError) as info:
         plan_slots(settings, cpus={0, 1}, host_memory_bytes=12 * GiB)
-    assert str(info.value) == ("2 slots x 8 GB per experiment (--memory-limit-gb) need 16.2 GB, more than this "
-                               "machine's 12.0 GB of RAM: use fewer slots (1 fit) or a smaller --memory-limit-gb")
+    assert str(info.value) == (
+        "2 slots x 8 GB per experiment (--memory-limit-gb) need 16.2 GB, more than this "
+        "machine's 12.0 GB of RAM: use fewer slots (1 fit) or a smaller --memory-limit-gb"
+    )
     assert len(plan_slots(settings, cpus={0, 1}, host_memory_bytes=17 * GiB)) == 2
     smaller = load_settings(profile="cpu", slots="2", memory_limit_gb="4")
     assert len(plan_slots(smaller, cpus={0, 1}, host_memory_bytes=12 * GiB)) == 2
@@ -142,8 +153,9 @@ def test_slots_whose_memory_limits_do_not_fit_the_host_are_refused() -> None:
 
 def test_one_slot_keeps_todays_behaviour_whatever_the_host_ram() -> None:
     # One slot has no neighbour to starve: its limit is a cap, as it always was.
-    assert plan_slots(load_settings(profile="cpu", memory_limit_gb="8"), cpus={0, 1},
-                      host_memory_bytes=4 * GiB) == [Slot(0)]
+    assert plan_slots(load_settings(profile="cpu", memory_limit_gb="8"), cpus={0, 1}, host_memory_bytes=4 * GiB) == [
+        Slot(0)
+    ]
 
 
 # -- kubernetes --------------------------------------------------------------------------------
@@ -153,12 +165,16 @@ def test_on_kubernetes_slots_are_jobs_at_once_each_asking_for_one_gpu() -> None:
     settings = load_settings(profile="gpu", backend="kubernetes", slots="3")
     slots = plan_slots(settings, nvml=FakeNVML(None))  # no local GPU needed: the cluster has them
     assert slots == [Slot(0, gpu=0), Slot(1, gpu=0), Slot(2, gpu=0)]
-    assert slot_lines(slots, settings)[2] == ("slot 2: a job on the cluster with one nvidia.com/gpu, "
-                                              "24 GB RAM per container")
+    assert slot_lines(slots, settings)[2] == (
+        "slot 2: a job on the cluster with one nvidia.com/gpu, 24 GB RAM per container"
+    )
     cpu = load_settings(profile="cpu", backend="kubernetes", slots="2")
     assert plan_slots(cpu, cpus={0}) == [Slot(0), Slot(1)]  # no local pinning either
-    with pytest.raises(SlotError, match="--gpus picks GPUs of this machine; on the kubernetes backend the "
-                                        "cluster picks them: drop --gpus and use --slots N"):
+    with pytest.raises(
+        SlotError,
+        match="--gpus picks GPUs of this machine; on the kubernetes backend the "
+        "cluster picks them: drop --gpus and use --slots N",
+    ):
         plan_slots(load_settings(profile="gpu", backend="kubernetes", gpus="0,1"))
 
 
@@ -167,10 +183,14 @@ def test_on_kubernetes_slots_are_jobs_at_once_each_asking_for_one_gpu() -> None:
 
 def test_each_slot_is_one_line_saying_where_it_runs() -> None:
     gpu = load_settings(profile="gpu", gpus="1,3")
-    assert slot_lines(gpu_plan(4, gpus="1,3"), gpu) == ["slot 0: GPU 1, 24 GB RAM per container",
-                                                        "slot 1: GPU 3, 24 GB RAM per container"]
+    assert slot_lines(gpu_plan(4, gpus="1,3"), gpu) == [
+        "slot 0: GPU 1, 24 GB RAM per container",
+        "slot 1: GPU 3, 24 GB RAM per container",
+    ]
     cpu = load_settings(profile="cpu", slots="2", memory_limit_gb="2")
     assert slot_lines(plan_slots(cpu, cpus={0, 1}, host_memory_bytes=BIG_HOST), cpu) == [
-        "slot 0: CPUs 0, 2 GB RAM per container", "slot 1: CPUs 1, 2 GB RAM per container"]
+        "slot 0: CPUs 0, 2 GB RAM per container",
+        "slot 1: CPUs 1, 2 GB RAM per container",
+    ]
     one = load_settings(profile="cpu")
     assert slot_lines([Slot(0)], one) == ["slot 0: all CPUs (not pinned), 2 GB RAM per container"]

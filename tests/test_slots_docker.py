@@ -60,17 +60,26 @@ class CreatedContainers:
         raise self.NVMLError("the test stops the run before its container starts")
 
 
-def test_each_gpu_slot_asks_for_its_own_gpu_and_no_other(images: str, docker_client: Any, stub_data_dir: Path,
-                                                          seed_train_py: Path, tmp_path: Path) -> None:
+def test_each_gpu_slot_asks_for_its_own_gpu_and_no_other(
+    images: str, docker_client: Any, stub_data_dir: Path, seed_train_py: Path, tmp_path: Path
+) -> None:
     settings = load_settings(profile="gpu", gpus="1,3")
     slots = plan_slots(settings, nvml=FakeNVML(4), host_memory_bytes=256 * GiB)
     assert slots == [Slot(0, gpu=1), Slot(1, gpu=3)]
     for slot in slots:
         run_id = rid(f"slot-gpu{slot.gpu}")
         nvml = CreatedContainers(docker_client, run_id)
-        spec = ExperimentSpec(run_id=run_id, train_py=seed_train_py, run_dir=tmp_path / run_id, profile="gpu",
-                              data_dir=stub_data_dir, image=images, gpu=slot.gpu, cpuset=slot.cpuset,
-                              memory_limit_gb=settings.container_memory_gb)
+        spec = ExperimentSpec(
+            run_id=run_id,
+            train_py=seed_train_py,
+            run_dir=tmp_path / run_id,
+            profile="gpu",
+            data_dir=stub_data_dir,
+            image=images,
+            gpu=slot.gpu,
+            cpuset=slot.cpuset,
+            memory_limit_gb=settings.container_memory_gb,
+        )
         with pytest.raises(SandboxError, match=f"NVML unavailable for GPU {slot.gpu} "):
             run_experiment(spec, runner=DockerRunner(docker_client, tick_s=0.1), nvml=nvml)
         assert nvml.watched == slot.gpu  # the VRAM watchdog watches the slot's GPU
@@ -111,8 +120,9 @@ def cores_of(cpuset: str) -> set[int]:
     return cores
 
 
-def test_cpu_slots_run_at_once_each_pinned_to_its_own_cores(images: str, docker_client: Any,
-                                                            stub_data_dir: Path, tmp_path: Path) -> None:
+def test_cpu_slots_run_at_once_each_pinned_to_its_own_cores(
+    images: str, docker_client: Any, stub_data_dir: Path, tmp_path: Path
+) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("two CPU slots need two usable cores; this process may use one")
     slots = plan_slots(load_settings(profile="test", slots="2"), host_memory_bytes=64 * GiB)
@@ -122,9 +132,22 @@ def test_cpu_slots_run_at_once_each_pinned_to_its_own_cores(images: str, docker_
     runner = DockerRunner(docker_client, tick_s=0.1)
     image = runner.image_id(images)
     limits = Limits.for_profile(get_profile("test"))
-    jobs = [specs.train_job(run_id=rid(f"slot-cpu{slot.index}"), image=image, profile="test", seed=0, gpu=None,
-                            memory_gb=0.5, data_dir=stub_data_dir, train_py=train_py, limits=limits, labels={},
-                            cpuset=slot.cpuset) for slot in slots]
+    jobs = [
+        specs.train_job(
+            run_id=rid(f"slot-cpu{slot.index}"),
+            image=image,
+            profile="test",
+            seed=0,
+            gpu=None,
+            memory_gb=0.5,
+            data_dir=stub_data_dir,
+            train_py=train_py,
+            limits=limits,
+            labels={},
+            cpuset=slot.cpuset,
+        )
+        for slot in slots
+    ]
     handles = []
     try:
         for job in jobs:
@@ -135,7 +158,7 @@ def test_cpu_slots_run_at_once_each_pinned_to_its_own_cores(images: str, docker_
         for handle in handles:
             runner.cancel(handle)
     seen = []
-    for slot, job, outcome in zip(slots, jobs, outcomes):
+    for slot, job, outcome in zip(slots, jobs, outcomes, strict=False):
         log = (tmp_path / f"{job.run_id}.log").read_text()
         assert outcome.exit_code == 0, log
         lines = dict(line.split(": ", 1) for line in log.splitlines() if ": " in line)

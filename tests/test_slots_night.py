@@ -89,7 +89,7 @@ def test_two_slots_run_two_experiments_at_once_each_on_its_own_slot(slots: list[
     # every run went where a slot said, and both slots were used
     assert {w.where for w in windows} == {(s.gpu, s.cpuset) for s in slots}
     # two experiments ran at the same time, on different slots ...
-    pairs = [(a, b) for i, a in enumerate(windows) for b in windows[i + 1:] if a.overlaps(b)]
+    pairs = [(a, b) for i, a in enumerate(windows) for b in windows[i + 1 :] if a.overlaps(b)]
     assert pairs, [(w.spec.run_id, w.start, w.end) for w in windows]
     # ... and never two at once on one slot
     assert all(a.where != b.where for a, b in pairs)
@@ -120,23 +120,28 @@ def overnight_with_fakes(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tu
     return code, [w.spec for w in runner.windows]
 
 
-def test_the_overnight_command_prints_its_slots_and_runs_on_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_the_overnight_command_prints_its_slots_and_runs_on_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         pytest.skip("two CPU slots need two usable cores; this process may use one")
     repo = make_repo(tmp_path / "repo")
     make_data_dir(repo / "data" / "test")
     monkeypatch.chdir(repo)
-    code, specs = overnight_with_fakes(["--tag", "t2", "--profile", "test", "--slots", "2", "--max-experiments", "3",
-                                        "--memory-limit-gb", "1"], monkeypatch)
+    code, specs = overnight_with_fakes(
+        ["--tag", "t2", "--profile", "test", "--slots", "2", "--max-experiments", "3", "--memory-limit-gb", "1"],
+        monkeypatch,
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     half = len(cores) // 2
-    first, second = cores[:half], cores[half:2 * half]
+    first, second = cores[:half], cores[half : 2 * half]
     lines = [line for line in out.splitlines() if line.startswith("slot ")]
-    assert lines[:2] == [f"slot 0: CPUs {_cpuset(first)}, 1 GB RAM per container",
-                         f"slot 1: CPUs {_cpuset(second)}, 1 GB RAM per container"]
+    assert lines[:2] == [
+        f"slot 0: CPUs {_cpuset(first)}, 1 GB RAM per container",
+        f"slot 1: CPUs {_cpuset(second)}, 1 GB RAM per container",
+    ]
     assert {spec.cpuset for spec in specs} == {_cpuset(first), _cpuset(second)}
     assert len(check_consistent(repo, "t2")) == 4
 
@@ -147,19 +152,23 @@ def _cpuset(cores: list[int]) -> str:
     return cpuset_string(cores)
 
 
-def test_a_slot_plan_that_cannot_work_stops_the_command_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_a_slot_plan_that_cannot_work_stops_the_command_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     repo = make_repo(tmp_path / "repo")
     make_data_dir(repo / "data" / "test")
     monkeypatch.chdir(repo)
     code, specs = overnight_with_fakes(["--tag", "t3", "--profile", "test", "--gpus", "0"], monkeypatch)
     err = capsys.readouterr().err
     assert code == 2 and specs == []
-    assert err == ("error: --gpus is for the gpu profile, and this night's profile is test: drop --gpus "
-                   "(use --slots N for N experiments at once, each on its own cores)\n")
+    assert err == (
+        "error: --gpus is for the gpu profile, and this night's profile is test: drop --gpus "
+        "(use --slots N for N experiments at once, each on its own cores)\n"
+    )
     too_many = len(os.sched_getaffinity(0)) + 1
     code, _ = overnight_with_fakes(["--tag", "t3", "--profile", "test", "--slots", str(too_many)], monkeypatch)
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"error: --slots {too_many} needs {too_many} CPU cores, and this process "
-                                        f"may use {too_many - 1} ")
+    assert code == 2 and err.startswith(
+        f"error: --slots {too_many} needs {too_many} CPU cores, and this process may use {too_many - 1} "
+    )
     assert not (repo / "runs" / "t3").exists()  # nothing started

@@ -61,13 +61,15 @@ class Watched:
             done.set()
             watcher.join(10)
         with self.lock:
-            self.runs.append({"spec": spec, "start": start, "end": end, "created": seen.get("cpuset"),
-                              "status": result.status})
+            self.runs.append(
+                {"spec": spec, "start": start, "end": end, "created": seen.get("cpuset"), "status": result.status}
+            )
         return result
 
 
 def test_a_two_slot_night_trains_two_experiments_at_once_on_their_own_cores(
-        images: str, docker_client: Any, test_data_dir: Path, tmp_path: Path) -> None:
+    images: str, docker_client: Any, test_data_dir: Path, tmp_path: Path
+) -> None:
     from controller.cli import remove_tag_containers
     from controller.loop import LoopDeps, NightLoop
     from evaluator.manifest import manifest_sha256
@@ -75,15 +77,28 @@ def test_a_two_slot_night_trains_two_experiments_at_once_on_their_own_cores(
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("two CPU slots need two usable cores; this process may use one")
     repo = make_checkout(tmp_path / "night")
-    settings = load_settings(tag="slots2", profile="test", agent="search", repo=repo, runs_dir=repo / "runs",
-                             worktrees_dir=repo / "worktrees", data_dir=test_data_dir, max_experiments=2,
-                             overlap=True, slots=2)
+    settings = load_settings(
+        tag="slots2",
+        profile="test",
+        agent="search",
+        repo=repo,
+        runs_dir=repo / "runs",
+        worktrees_dir=repo / "worktrees",
+        data_dir=test_data_dir,
+        max_experiments=2,
+        overlap=True,
+        slots=2,
+    )
     slots = plan_slots(settings, host_memory_bytes=64 * GiB)
     assert len(slots) == 2 and all(slot.cpuset for slot in slots)
     runner = Watched(docker_client)
-    deps = LoopDeps(agent=ThinkingAgent(0.5, comment_only, lambda n: f"no-op {n}"), runner=runner,
-                    observer=Quiet("slots2"), remove_orphans=remove_tag_containers,
-                    manifest_sha256=manifest_sha256(test_data_dir))
+    deps = LoopDeps(
+        agent=ThinkingAgent(0.5, comment_only, lambda n: f"no-op {n}"),
+        runner=runner,
+        observer=Quiet("slots2"),
+        remove_orphans=remove_tag_containers,
+        manifest_sha256=manifest_sha256(test_data_dir),
+    )
     summary = NightLoop(settings, deps, slots=slots).run()
     runs = runner.runs
     assert summary.reason == "max-experiments", summary
@@ -93,10 +108,13 @@ def test_a_two_slot_night_trains_two_experiments_at_once_on_their_own_cores(
         assert run["spec"].cpuset in cpusets  # every run went to a slot's cores ...
         assert run["created"] == run["spec"].cpuset, run  # ... and its container was pinned to them
     assert {run["spec"].cpuset for run in runs} == cpusets  # both slots were used
-    overlapped = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
-                  if a["start"] < b["end"] and b["start"] < a["end"]]
+    overlapped = [
+        (a, b) for i, a in enumerate(runs) for b in runs[i + 1 :] if a["start"] < b["end"] and b["start"] < a["end"]
+    ]
     assert overlapped, [(r["spec"].run_id, r["start"], r["end"]) for r in runs]  # two at once ...
     assert all(a["spec"].cpuset != b["spec"].cpuset for a, b in overlapped)  # ... never two on one slot
-    print(f"slot_night_runs: {len(runs)}, overlapping pairs: {len(overlapped)}, "
-          f"statuses: {sorted(r['status'] for r in runs)}")
+    print(
+        f"slot_night_runs: {len(runs)}, overlapping pairs: {len(overlapped)}, "
+        f"statuses: {sorted(r['status'] for r in runs)}"
+    )
     assert not docker_client.containers.list(all=True, filters={"label": f"{specs.LABEL_TAG}=slots2"})

@@ -59,9 +59,14 @@ def test_agent_text_in_the_live_view_loses_its_escape_sequences() -> None:
 
 
 def _controller_status(repo: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "controller", "status", "--runs-dir", str(repo / "runs"),
-                           "--tag", "t1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "200"})
+    done = subprocess.run(
+        [sys.executable, "-m", "controller", "status", "--runs-dir", str(repo / "runs"), "--tag", "t1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -73,9 +78,24 @@ def test_status_of_a_running_night_shows_each_slot_and_after_a_crash_what_resume
     marker = tmp_path / "hung"
     env = {**os.environ, HANG_ENV: "in-run:1,in-run:2", MARKER_ENV: str(marker), "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "controller_fakes.py"), "--repo", str(repo), "--tag", "t1",
-         "--script", str(tmp_path / "script.json"), "--max-experiments", "4", "--slots", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "controller_fakes.py"),
+            "--repo",
+            str(repo),
+            "--tag",
+            "t1",
+            "--script",
+            str(tmp_path / "script.json"),
+            "--max-experiments",
+            "4",
+            "--slots",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         end = time.monotonic() + 60
         while not all(Path(f"{marker}-in-run-{n}").exists() for n in (1, 2)):

@@ -39,8 +39,11 @@ from evaluator.profiles import get_profile
 from evaluator.rowloss import ROWLOSS_FILE, RowLosses, profile_rows, write_rowloss
 from sandbox.errors import SandboxError
 
-SCRIPT = {1: {"set": {"LR": 0.01}, "desc": "LR up"}, 2: {"set": {"LR": 1.0}, "desc": "LR way up"},
-          3: {"append": "CRASH = 1", "desc": "crashes"}}
+SCRIPT = {
+    1: {"set": {"LR": 0.01}, "desc": "LR up"},
+    2: {"set": {"LR": 1.0}, "desc": "LR way up"},
+    3: {"append": "CRASH = 1", "desc": "crashes"},
+}
 LINE = re.compile(r"^(baseline|best|improvement)_bpb: (\S+) ± (\S+)$", re.MULTILINE)
 
 
@@ -141,8 +144,9 @@ class SeededRunner(FakeRunner):
             result.score.val_bpb += 0.004 * ((spec.seed * 7919) % 11) / 11
             self.scores.append((spec.labels.get("overnight.replay-of", ""), spec.seed, result.score.val_bpb))
             if self.rowloss:
-                write_rowloss(_rows(spec.profile, -result.score.val_bpb / 10, spec.seed),
-                              Path(spec.run_dir) / ROWLOSS_FILE)
+                write_rowloss(
+                    _rows(spec.profile, -result.score.val_bpb / 10, spec.seed), Path(spec.run_dir) / ROWLOSS_FILE
+                )
         return result
 
 
@@ -191,8 +195,9 @@ def test_verify_reruns_baseline_and_best_interleaved_with_shared_fresh_seeds(nig
     assert min(s.seed for s in again.specs) > max(seeds)  # a second verify gets fresh seeds again
 
 
-def test_cli_prints_grep_able_mean_se_lines_and_the_verdict(night: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_cli_prints_grep_able_mean_se_lines_and_the_verdict(
+    night: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     runner = SeededRunner()
     monkeypatch.setattr(cli, "make_backend", lambda settings: None)
     monkeypatch.setattr(cli, "make_runner", lambda settings, backend=None: runner)
@@ -223,8 +228,9 @@ def test_without_rowloss_files_the_improvement_is_welch_alone(night: Path) -> No
     assert "paired eval-row SE" not in "\n".join(describe(result))
 
 
-def test_bad_input_is_a_one_line_error(night: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_is_a_one_line_error(
+    night: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setattr(cli, "make_backend", lambda settings: None)
     monkeypatch.setattr(cli, "make_runner", lambda settings, backend=None: SeededRunner())
     monkeypatch.setattr(cli, "current_image_id", lambda settings, backend=None: "sha256:fake")

@@ -46,7 +46,9 @@ def make_agent(name: str, **settings: Any) -> Agent:
             from controller.agents.anthropic_agent import AnthropicAgent, AnthropicSettings
 
             if "api_key" not in given:
-                raise AgentConfigError("agent 'anthropic' needs an API key: set ANTHROPIC_API_KEY, or use --agent search")
+                raise AgentConfigError(
+                    "agent 'anthropic' needs an API key: set ANTHROPIC_API_KEY, or use --agent search"
+                )
             return AnthropicAgent(AnthropicSettings(**given))
         if name == "search":
             from controller.agents.search_agent import SearchAgent, SearchSettings, SearchSpaceError

@@ -177,8 +177,13 @@ class AnthropicAgent(BaseAgent):
     name = "anthropic"
     can_fix_crashes = True
 
-    def __init__(self, settings: AnthropicSettings, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: AnthropicSettings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self._sleep = sleep
         self._clock = clock
@@ -221,8 +226,13 @@ class AnthropicAgent(BaseAgent):
                 exc.transcript = transcript(system, session.messages)  # type: ignore[attr-defined]
             raise
         usage = self._priced(session.usage)
-        log.info("proposal", experiment=context.experiment, description=description, cache_ttl=session.ttl,
-                 **usage.model_dump())
+        log.info(
+            "proposal",
+            experiment=context.experiment,
+            description=description,
+            cache_ttl=session.ttl,
+            **usage.model_dump(),
+        )
         return Proposal(description=description, usage=usage, transcript=transcript(system, session.messages))
 
     # --- the cache lifetime ------------------------------------------------------------------
@@ -255,16 +265,21 @@ class AnthropicAgent(BaseAgent):
                     raise FixDeclined("the model refused to work on this fix (stop_reason refusal)")
                 raise AgentError("the model refused to continue (stop_reason refusal)")
             if stop == "model_context_window_exceeded":
-                raise AgentError("the conversation filled the model's context window (stop_reason "
-                                 "model_context_window_exceeded)")
+                raise AgentError(
+                    "the conversation filled the model's context window (stop_reason model_context_window_exceeded)"
+                )
             cut = stop in ("max_tokens", "pause_turn")
             dropped: str | None = None
             if cut:
                 session.usage.continuations += 1
                 if session.usage.continuations > self.settings.max_continuations:
-                    raise AgentError(f"the model's turns were cut at max_tokens more than "
-                                     f"{self.settings.max_continuations} times (stop_reason {stop})")
-                session.max_tokens = min(2 * session.max_tokens, max(self.settings.max_tokens_limit, session.max_tokens))
+                    raise AgentError(
+                        f"the model's turns were cut at max_tokens more than "
+                        f"{self.settings.max_continuations} times (stop_reason {stop})"
+                    )
+                session.max_tokens = min(
+                    2 * session.max_tokens, max(self.settings.max_tokens_limit, session.max_tokens)
+                )
                 if content and getattr(content[-1], "type", None) == "tool_use":
                     dropped = no_surrogates(str(getattr(content.pop(), "name", "?")))[:64]
             blocks = [b for b in (_block_param(block) for block in content) if b is not None]
@@ -296,8 +311,9 @@ class AnthropicAgent(BaseAgent):
                 return finished
         raise AgentError(f"the model did not finish within {self.settings.max_turns} turns")
 
-    def _run_tools(self, tool_uses: list[Any], tools: TrainPyTools,
-                   nudged: bool) -> tuple[list[dict[str, Any]], str | None, str | None, bool]:
+    def _run_tools(
+        self, tool_uses: list[Any], tools: TrainPyTools, nudged: bool
+    ) -> tuple[list[dict[str, Any]], str | None, str | None, bool]:
         """Run one turn's tool calls in order. `finish` and `give_up` end the turn: the calls after
         a successful one are answered with an error and not run, so the proposal is train.py as it
         was at finish."""
@@ -339,7 +355,9 @@ class AnthropicAgent(BaseAgent):
         def before_sleep(state: RetryCallState) -> None:
             session.usage.retries += 1
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("api_retry", error=_describe(exc), wait_s=round(state.upcoming_sleep, 3), attempt=state.attempt_number)
+            log.warning(
+                "api_retry", error=_describe(exc), wait_s=round(state.upcoming_sleep, 3), attempt=state.attempt_number
+            )
 
         retrying = Retrying(
             retry=retry_if_exception(is_retryable),
@@ -353,7 +371,9 @@ class AnthropicAgent(BaseAgent):
             message = retrying(self._client.messages.create, **request)
         except anthropic.APIStatusError as exc:
             if is_retryable(exc):
-                raise AgentError(f"Anthropic API unavailable for {self.settings.patience_s:g}s: {_describe(exc)}") from None
+                raise AgentError(
+                    f"Anthropic API unavailable for {self.settings.patience_s:g}s: {_describe(exc)}"
+                ) from None
             error = AgentFatalError if exc.status_code in FATAL_STATUSES else AgentError
             raise error(f"Anthropic API refused the request: {_describe(exc)}") from None
         except anthropic.APIError as exc:
@@ -454,9 +474,11 @@ def system_prompt(context: ProposalContext) -> str:
     experiment of a tag (so it caches)."""
     parts = [context.program_md.rstrip() + "\n" + RULES, _profile_facts(context.profile)]
     if context.seed_train_py:
-        parts.append("# The seed train.py (experiment 0, the baseline)\n"
-                     "The first message gives the current best as a diff against this file.\n"
-                     f"```python\n{context.seed_train_py.rstrip()}\n```")
+        parts.append(
+            "# The seed train.py (experiment 0, the baseline)\n"
+            "The first message gives the current best as a diff against this file.\n"
+            f"```python\n{context.seed_train_py.rstrip()}\n```"
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -464,11 +486,13 @@ def _profile_facts(profile: str) -> str:
     p = PROFILES.get(profile)
     if p is None:
         return f"# Profile\nThis night runs the profile {profile!r}."
-    return (f"# Profile {p.name!r} (fixed for this night)\n"
-            f"- sequence length {p.seq_len}, vocabulary {p.vocab_size} tokens\n"
-            f"- budget: {p.time_budget_s:g} s of wall clock from the train container's start (start-up, "
-            f"imports and compilation count) until submit(); the container is killed at {p.train_cap_s:g} s\n"
-            f"- the evaluator scores {p.eval_tokens:,} held-out tokens in batches of {p.eval_batch_size} rows")
+    return (
+        f"# Profile {p.name!r} (fixed for this night)\n"
+        f"- sequence length {p.seq_len}, vocabulary {p.vocab_size} tokens\n"
+        f"- budget: {p.time_budget_s:g} s of wall clock from the train container's start (start-up, "
+        f"imports and compilation count) until submit(); the container is killed at {p.train_cap_s:g} s\n"
+        f"- the evaluator scores {p.eval_tokens:,} held-out tokens in batches of {p.eval_batch_size} rows"
+    )
 
 
 def first_message(context: ProposalContext) -> str:
@@ -481,8 +505,13 @@ def first_message(context: ProposalContext) -> str:
     diff = context.best_diff.strip()
     if len(diff) > DIFF_CAP:
         diff = diff[:DIFF_CAP] + "\n[... diff cut]"
-    parts.append("## The current best train.py against the seed\n" + (f"```diff\n{diff}\n```" if diff else "identical to the seed"))
-    failures = [f for f in context.failures[-FAILURES_SHOWN:] if context.fix_attempt is None or f.n != context.fix_attempt.n]
+    parts.append(
+        "## The current best train.py against the seed\n"
+        + (f"```diff\n{diff}\n```" if diff else "identical to the seed")
+    )
+    failures = [
+        f for f in context.failures[-FAILURES_SHOWN:] if context.fix_attempt is None or f.n != context.fix_attempt.n
+    ]
     if failures:
         lines = ["## Recent failures"]
         for f in failures:
@@ -511,8 +540,10 @@ def _notebook_text(context: ProposalContext) -> str:
     except NotebookError as exc:
         return f"(cannot be read: {exc})"
     if not text.strip():
-        return (f"(empty: start it with update_notebook; at most {MAX_NOTEBOOK_BYTES} bytes, e.g. sections "
-                "Hypotheses, What worked, What failed, Next)")
+        return (
+            f"(empty: start it with update_notebook; at most {MAX_NOTEBOOK_BYTES} bytes, e.g. sections "
+            "Hypotheses, What worked, What failed, Next)"
+        )
     return text.strip()
 
 
@@ -528,8 +559,12 @@ def _user_text(text: str) -> dict[str, Any]:
 
 
 def _tool_result(tool_use_id: str, outcome: ToolOutcome) -> dict[str, Any]:
-    return {"type": "tool_result", "tool_use_id": no_surrogates(str(tool_use_id)), "content": outcome.text,
-            "is_error": outcome.is_error}
+    return {
+        "type": "tool_result",
+        "tool_use_id": no_surrogates(str(tool_use_id)),
+        "content": outcome.text,
+        "is_error": outcome.is_error,
+    }
 
 
 def _block_param(block: Any) -> dict[str, Any] | None:
@@ -540,8 +575,12 @@ def _block_param(block: Any) -> dict[str, Any] | None:
         return {"type": "text", "text": no_surrogates(block.text)} if block.text.strip() else None
     if kind == "tool_use":
         payload = block.input if isinstance(block.input, dict) else {}
-        return {"type": "tool_use", "id": no_surrogates(str(block.id)), "name": no_surrogates(str(block.name)),
-                "input": deep_no_surrogates(payload)}
+        return {
+            "type": "tool_use",
+            "id": no_surrogates(str(block.id)),
+            "name": no_surrogates(str(block.name)),
+            "input": deep_no_surrogates(payload),
+        }
     if kind in ("thinking", "redacted_thinking"):
         return block.model_dump(mode="json", exclude_none=True)
     return None

@@ -55,8 +55,9 @@ def _row(r: HistoryRow, best: HistoryRow | None) -> str:
 HEADER = "n\tcommit\tval_bpb\tmemory_gb\tstatus\tdescription"
 
 
-def history_table(history: list[HistoryRow], max_rows: int = MAX_TABLE_ROWS, first: int | None = None,
-                  last: int | None = None) -> str:
+def history_table(
+    history: list[HistoryRow], max_rows: int = MAX_TABLE_ROWS, first: int | None = None, last: int | None = None
+) -> str:
     """Rows first..last (all by default; the newest `max_rows` when there are more)."""
     if not history:
         return ""
@@ -94,28 +95,36 @@ def compact_table(history: list[HistoryRow], recent: int = RECENT_ROWS) -> str:
     return "\n".join(out)
 
 
-def summary(history: list[HistoryRow], noise_bpb: float | None, repo: Path | None = None,
-            train_rel: str | None = None) -> str:
+def summary(
+    history: list[HistoryRow], noise_bpb: float | None, repo: Path | None = None, train_rel: str | None = None
+) -> str:
     """Experiments, kept, best, trend, noise, and the constants changed most often."""
     if not history:
         return "no experiments yet: the baseline has not run"
     done = [r for r in history if r.n > 0]
     counts = Counter(r.status for r in done)
-    lines = [f"experiments: {len(done)} after the baseline"
-             + (f" ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})" if done else "")]
+    lines = [
+        f"experiments: {len(done)} after the baseline"
+        + (f" ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})" if done else "")
+    ]
     base = history[0]
     if base.val_bpb is not None:
         lines.append(f"baseline: val_bpb {base.val_bpb:.6f} (#{base.n})")
     best = best_row(history)
     if best is not None:
-        gain = f", {(best.val_bpb - base.val_bpb) / base.val_bpb * 100:+.2f}% vs the baseline" \
-            if base.val_bpb and best.val_bpb is not None else ""
+        gain = (
+            f", {(best.val_bpb - base.val_bpb) / base.val_bpb * 100:+.2f}% vs the baseline"
+            if base.val_bpb and best.val_bpb is not None
+            else ""
+        )
         lines.append(f"best: val_bpb {best.val_bpb:.6f} (#{best.n}: {one_line(best.description, 100)}){gain}")
         since = sum(1 for r in done if r.n > best.n)
         lines.append(f"since the best: {since} experiments without a keep")
     if noise_bpb is not None:
-        lines.append(f"noise: run-to-run standard deviation of val_bpb about {noise_bpb:.6f} (measured); "
-                     "differences smaller than that are not real")
+        lines.append(
+            f"noise: run-to-run standard deviation of val_bpb about {noise_bpb:.6f} (measured); "
+            "differences smaller than that are not real"
+        )
     else:
         lines.append("noise: not measured this night; treat differences in the 4th decimal with care")
     lines += _trend(history)
@@ -186,8 +195,9 @@ def changed_lines(repo: Path, commits: list[str], train_rel: str) -> dict[str, s
             out[c] = hit
     for start in range(0, len(missing), 200):
         chunk = missing[start : start + 200]
-        raw = git.git_bytes(repo, "show", "--no-color", "--no-ext-diff", "--format=%x00%H", "-U0", *chunk,
-                            "--", train_rel).decode("utf-8", errors="replace")
+        raw = git.git_bytes(
+            repo, "show", "--no-color", "--no-ext-diff", "--format=%x00%H", "-U0", *chunk, "--", train_rel
+        ).decode("utf-8", errors="replace")
         for part in raw.split("\x00")[1:]:
             sha, _, body = part.partition("\n")
             _store(repo, sha.strip(), train_rel, 0, body)
@@ -209,9 +219,11 @@ def constant_changes(diff: str, name: str) -> list[str]:
             value = m.group(3).split("#", 1)[0].strip()
             (removed if m.group(1) == "-" else added).append(value)
     if removed and added:
-        return [f"{name} {a} -> {b}" for a, b in zip(removed, added)] + \
-               [f"{name} = {v} added" for v in added[len(removed):]] + \
-               [f"{name} = {v} removed" for v in removed[len(added):]]
+        return (
+            [f"{name} {a} -> {b}" for a, b in zip(removed, added, strict=False)]
+            + [f"{name} = {v} added" for v in added[len(removed) :]]
+            + [f"{name} = {v} removed" for v in removed[len(added) :]]
+        )
     return [f"{name} = {v} added" for v in added] + [f"{name} = {v} removed" for v in removed]
 
 
@@ -221,8 +233,11 @@ def _constant_tally(history: list[HistoryRow], repo: Path, train_rel: str, top: 
     changed: Counter[str] = Counter()
     kept: Counter[str] = Counter()
     for r in rows:
-        names = {m.group(2) for line in diffs.get(r.full_commit or "", "").splitlines()
-                 if not line.startswith(("---", "+++")) and (m := _ASSIGN.match(line))}
+        names = {
+            m.group(2)
+            for line in diffs.get(r.full_commit or "", "").splitlines()
+            if not line.startswith(("---", "+++")) and (m := _ASSIGN.match(line))
+        }
         for name in names:
             if name.isupper():
                 changed[name] += 1
@@ -233,8 +248,9 @@ def _constant_tally(history: list[HistoryRow], repo: Path, train_rel: str, top: 
 # --- search ----------------------------------------------------------------------------------
 
 
-def search(history: list[HistoryRow], words: str | None, constant: str | None, repo: Path | None,
-           train_rel: str | None) -> str:
+def search(
+    history: list[HistoryRow], words: str | None, constant: str | None, repo: Path | None, train_rel: str | None
+) -> str:
     """Experiments whose description or changed lines hold all `words` (any case), and/or that
     changed the constant `constant`, oldest first, with what changed."""
     terms = [w.casefold() for w in (words or "").split()]
@@ -265,7 +281,9 @@ def search(history: list[HistoryRow], words: str | None, constant: str | None, r
     if not hits:
         return f"no experiment matches {what}"
     shown = hits[-MAX_SEARCH_HITS:]
-    head = f"{len(hits)} experiments match {what}" + (f" (the newest {len(shown)} shown)" if len(hits) > len(shown) else "")
+    head = f"{len(hits)} experiments match {what}" + (
+        f" (the newest {len(shown)} shown)" if len(hits) > len(shown) else ""
+    )
     return "\n".join([head, HEADER, *shown])
 
 

@@ -89,8 +89,12 @@ def cost_usd(model: str, usage: Usage) -> float | None:
     if price is None:
         if model not in _warned:
             _warned.add(model)
-            log.warning("no_price_for_model", model=model, cost="unknown",
-                        hint="add it to controller/agents/pricing.py; costs are recorded as null until then")
+            log.warning(
+                "no_price_for_model",
+                model=model,
+                cost="unknown",
+                hint="add it to controller/agents/pricing.py; costs are recorded as null until then",
+            )
         return None
     writes_1h = min(usage.cache_creation_1h_input_tokens, usage.cache_creation_input_tokens)
     total = (

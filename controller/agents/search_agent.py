@@ -146,7 +146,9 @@ def build_space(seed_source: str, override: SpaceFile | None) -> dict[str, Param
 def _check_kind(name: str, spec: ParamSpec, value: Value) -> None:
     is_bool = isinstance(value, bool)
     if (spec.kind == "bool") != is_bool or (spec.kind in ("int", "pow2") and not isinstance(value, int)):
-        raise SearchSpaceError(f"search space: {name} is {type(value).__name__} in train.py but {spec.kind} in the file")
+        raise SearchSpaceError(
+            f"search space: {name} is {type(value).__name__} in train.py but {spec.kind} in the file"
+        )
 
 
 def load_space_file(path: Path) -> SpaceFile:
@@ -320,7 +322,9 @@ class SearchAgent(BaseAgent):
             return dict(trial.params)
         if best_n == 0:
             return dict(self.seed_values)
-        raise AgentError(f"the best experiment ({best_n}) was not proposed by the search agent; its constants are unknown")
+        raise AgentError(
+            f"the best experiment ({best_n}) was not proposed by the search agent; its constants are unknown"
+        )
 
     # --- study bookkeeping ---------------------------------------------------------------------
 
@@ -337,13 +341,18 @@ class SearchAgent(BaseAgent):
         seed_values = {n: v for n in space if (v := to_internal(space[n], constants[n].value)) is not None}
         return space, seed_values
 
-    def _stored_space(self, derived: dict[str, ParamSpec], seed_values: dict[str, Any]) -> tuple[dict[str, ParamSpec], dict[str, Any]]:
+    def _stored_space(
+        self, derived: dict[str, ParamSpec], seed_values: dict[str, Any]
+    ) -> tuple[dict[str, ParamSpec], dict[str, Any]]:
         """The space the study began with (a resumed study keeps it), or `derived` for a new study."""
         attrs = self.study.user_attrs
         if "space" in attrs:
             stored = {n: ParamSpec.model_validate(s) for n, s in attrs["space"].items()}
             if stored != derived:
-                log.warning("search_space_changed", hint="the study keeps the space it began with; use a new tag for the new one")
+                log.warning(
+                    "search_space_changed",
+                    hint="the study keeps the space it began with; use a new tag for the new one",
+                )
             return stored, attrs["seed_values"]
         self.study.set_user_attr("space", {n: s.model_dump() for n, s in derived.items()})
         self.study.set_user_attr("seed_values", seed_values)
@@ -354,7 +363,9 @@ class SearchAgent(BaseAgent):
         if self.settings.search_space is not None:
             return self.settings.search_space
         folder = self.settings.seed_train_py.parent
-        names = ([f"search_space.{self.settings.profile}.json"] if self.settings.profile else []) + ["search_space.json"]
+        names = ([f"search_space.{self.settings.profile}.json"] if self.settings.profile else []) + [
+            "search_space.json"
+        ]
         return next((folder / n for n in names if (folder / n).is_file()), None)
 
     def _trials(self) -> list[FrozenTrial]:
@@ -412,7 +423,9 @@ class SearchAgent(BaseAgent):
     def _draw(self, best: dict[str, Any], seen: set[str], n_trials: int) -> tuple[dict[str, Any], str]:
         """A configuration not in `seen`: the best with 1..max_changes values taken from a TPE draw."""
         rng = random.Random(self.settings.seed * 1_000_003 + n_trials)
-        sampler = optuna.samplers.TPESampler(seed=self.settings.seed + n_trials, n_startup_trials=self.settings.n_startup_trials)
+        sampler = optuna.samplers.TPESampler(
+            seed=self.settings.seed + n_trials, n_startup_trials=self.settings.n_startup_trials
+        )
         draft = optuna.create_study(direction="minimize", sampler=sampler)
         completed = [t for t in self._trials() if t.state == TrialState.COMPLETE]
         draft.add_trials(completed)

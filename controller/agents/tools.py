@@ -299,8 +299,9 @@ class TrainPyTools:
     def run(self, name: str, raw_input: object) -> ToolOutcome:
         entry = TOOL_DESCRIPTIONS.get(name)
         if entry is None:
-            return ToolOutcome(f"unknown tool {one_line(name, 64)!r}; the tools are: {', '.join(TOOL_DESCRIPTIONS)}",
-                               is_error=True)
+            return ToolOutcome(
+                f"unknown tool {one_line(name, 64)!r}; the tools are: {', '.join(TOOL_DESCRIPTIONS)}", is_error=True
+            )
         if not isinstance(raw_input, dict):
             return ToolOutcome(f"bad input for {name}: expected a JSON object", is_error=True)
         try:
@@ -331,9 +332,13 @@ class TrainPyTools:
         text = read_train_py(self.path)
         count = text.count(args.old_str)
         if count == 0:
-            raise ToolError("old_str was not found in train.py; view the file and copy the exact text (whitespace matters)")
+            raise ToolError(
+                "old_str was not found in train.py; view the file and copy the exact text (whitespace matters)"
+            )
         if count > 1:
-            raise ToolError(f"old_str occurs {count} times in train.py; include more surrounding lines to make it unique")
+            raise ToolError(
+                f"old_str occurs {count} times in train.py; include more surrounding lines to make it unique"
+            )
         if args.old_str == args.new_str:
             raise ToolError("old_str and new_str are the same; nothing to change")
         at = text.index(args.old_str)
@@ -379,8 +384,10 @@ class TrainPyTools:
             raise ToolError(f"there is no {args.against} to compare with yet")
         diff = experiment_diff(c.repo, row.full_commit, c.train_rel, against)
         bpb = f"{row.val_bpb:.6f}" if row.val_bpb is not None else "-"
-        head = (f"experiment {row.n} ({row.commit}, {row.status}, val_bpb {bpb}): {one_line(row.description)}\n"
-                f"diff of train.py against {'its parent' if args.against == 'parent' else 'the ' + args.against}:")
+        head = (
+            f"experiment {row.n} ({row.commit}, {row.status}, val_bpb {bpb}): {one_line(row.description)}\n"
+            f"diff of train.py against {'its parent' if args.against == 'parent' else 'the ' + args.against}:"
+        )
         return ToolOutcome(head + "\n" + (cap_diff(diff) if diff.strip() else "(no change)"))
 
     def _read_run_log(self, args: RunLogInput) -> ToolOutcome:

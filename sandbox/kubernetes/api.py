@@ -20,19 +20,18 @@ def api_client(kubeconfig: Path | None = None) -> Any:
     try:
         from kubernetes import client, config
     except ImportError:
-        raise SandboxError("the kubernetes backend needs the kubernetes client: "
-                           "pip install 'overnight[kubernetes]'") from None
+        raise SandboxError(
+            "the kubernetes backend needs the kubernetes client: pip install 'overnight[kubernetes]'"
+        ) from None
     try:
-        if kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ \
-                and not os.environ.get("KUBECONFIG"):
+        if kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ and not os.environ.get("KUBECONFIG"):
             config.load_incluster_config()
             return client.ApiClient()
         if kubeconfig is not None and not Path(kubeconfig).is_file():
             raise SandboxError(f"kubeconfig {kubeconfig} is not a file: set --kube-config")
         return config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)
     except config.ConfigException as exc:
-        raise SandboxError(f"cannot load the Kubernetes config ({exc}): set --kube-config "
-                           "or KUBECONFIG") from None
+        raise SandboxError(f"cannot load the Kubernetes config ({exc}): set --kube-config or KUBECONFIG") from None
 
 
 def status_of(exc: BaseException) -> int | None:

@@ -34,8 +34,13 @@ class Cluster:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Cluster:
-        return cls(namespace=settings.kube_namespace, image_registry=settings.image_registry,
-                   storage_class=settings.storage_class,
-                   gpu_resource_name=settings.gpu_resource_name,
-                   data_volume=settings.kube_data_volume, runtime_class=settings.kube_runtime_class,
-                   cpus=settings.kube_cpus, start_timeout_s=settings.kube_start_timeout_s)
+        return cls(
+            namespace=settings.kube_namespace,
+            image_registry=settings.image_registry,
+            storage_class=settings.storage_class,
+            gpu_resource_name=settings.gpu_resource_name,
+            data_volume=settings.kube_data_volume,
+            runtime_class=settings.kube_runtime_class,
+            cpus=settings.kube_cpus,
+            start_timeout_s=settings.kube_start_timeout_s,
+        )

@@ -12,8 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from sandbox.errors import SandboxError
 from evaluator.hostile import UnsafeFileError
+from sandbox.errors import SandboxError
 
 PROGRAM = (Path(__file__).with_name("podfetch.py")).read_text()
 HEADER_MAX = 1024
@@ -49,7 +49,7 @@ class Receiver:
             line, _, data = self._head.partition(b"\n")
             self._header(line)
         if self._left > 0 and data:
-            part, data = data[:self._left], data[self._left:]
+            part, data = data[: self._left], data[self._left :]
             assert self._out is not None
             os.write(self._out, part)
             self._digest.update(part)

@@ -18,8 +18,9 @@ SILENT_MAX_S = 24 * 3600  # a log may stay silent this long (a tuple of numbers 
 
 
 class LogFollower(threading.Thread):
-    def __init__(self, core: Any, namespace: str, selector: str, path: Path, max_bytes: int,
-                 done: threading.Event) -> None:
+    def __init__(
+        self, core: Any, namespace: str, selector: str, path: Path, max_bytes: int, done: threading.Event
+    ) -> None:
         super().__init__(name=f"logs-{path.name}", daemon=True)
         self.core = core
         self.namespace = namespace
@@ -43,8 +44,12 @@ class LogFollower(threading.Thread):
                     return
                 # The stream ends when the container ends or its pod is deleted (cancel).
                 response = self.core.read_namespaced_pod_log(
-                    pod, self.namespace, follow=True, _preload_content=False,
-                    _request_timeout=(TIMEOUT[0], SILENT_MAX_S))
+                    pod,
+                    self.namespace,
+                    follow=True,
+                    _preload_content=False,
+                    _request_timeout=(TIMEOUT[0], SILENT_MAX_S),
+                )
                 for chunk in response.stream(1 << 16):
                     self._write(out, chunk)
             except Exception as exc:  # the API went away, or cancel cut the stream
@@ -57,8 +62,9 @@ class LogFollower(threading.Thread):
         failures = 0
         while True:
             try:
-                pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector,
-                                                     _request_timeout=TIMEOUT).items
+                pods = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=self.selector, _request_timeout=TIMEOUT
+                ).items
                 failures = 0
             except Exception as exc:
                 failures += 1

@@ -101,9 +101,16 @@ def container_security() -> dict[str, Any]:
     }
 
 
-def locked_pod(cluster: Cluster, *, container: dict[str, Any], volumes: list[dict[str, Any]],
-               labels: dict[str, str], gpu: bool, deadline_s: int | None = None,
-               network: bool = False) -> dict[str, Any]:
+def locked_pod(
+    cluster: Cluster,
+    *,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    labels: dict[str, str],
+    gpu: bool,
+    deadline_s: int | None = None,
+    network: bool = False,
+) -> dict[str, Any]:
     """The pod spec every sandbox pod gets (and its template metadata)."""
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -125,8 +132,7 @@ def locked_pod(cluster: Cluster, *, container: dict[str, Any], volumes: list[dic
     if cluster.runtime_class is not None:
         spec["runtimeClassName"] = cluster.runtime_class
     if gpu:  # GPU nodes are often tainted; the request itself is in the container's limits
-        spec["tolerations"] = [{"key": cluster.gpu_resource_name, "operator": "Exists",
-                                "effect": "NoSchedule"}]
+        spec["tolerations"] = [{"key": cluster.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}]
     if deadline_s is not None:
         spec["activeDeadlineSeconds"] = deadline_s
     return {"metadata": {"labels": labels}, "spec": spec}
@@ -148,11 +154,18 @@ def base_mounts(home: str) -> list[dict[str, Any]]:
     ]
 
 
-def locked_container(*, name: str, image: str, command: list[str], env: Mapping[str, str],
-                     mounts: list[dict[str, Any]], memory: str, cpus: float,
-                     gpu_resource: str | None) -> dict[str, Any]:
-    limits: dict[str, str] = {"memory": memory, "cpu": _cpu(cpus),
-                              "ephemeral-storage": EPHEMERAL_LIMIT}
+def locked_container(
+    *,
+    name: str,
+    image: str,
+    command: list[str],
+    env: Mapping[str, str],
+    mounts: list[dict[str, Any]],
+    memory: str,
+    cpus: float,
+    gpu_resource: str | None,
+) -> dict[str, Any]:
+    limits: dict[str, str] = {"memory": memory, "cpu": _cpu(cpus), "ephemeral-storage": EPHEMERAL_LIMIT}
     if gpu_resource is not None:
         limits[gpu_resource] = "1"  # exactly one GPU; the device plugin picks which
     return {
@@ -180,8 +193,9 @@ def labels_of(job: JobSpec, pod: str | None = None) -> dict[str, str]:
         if not names.valid_label_key(key):
             raise ManifestError(f"label key {key!r} is not a valid Kubernetes label key")
         labels[key] = names.label_value(value)
-    labels.update({names.LABEL_RUN: names.run_key(job.run_id), names.LABEL_ROLE: job.role,
-                   names.LABEL_MANAGED: names.MANAGED_BY})
+    labels.update(
+        {names.LABEL_RUN: names.run_key(job.run_id), names.LABEL_ROLE: job.role, names.LABEL_MANAGED: names.MANAGED_BY}
+    )
     if pod is not None:
         labels[names.LABEL_POD] = pod
     return labels
@@ -189,13 +203,13 @@ def labels_of(job: JobSpec, pod: str | None = None) -> dict[str, str]:
 
 def job_selector(job: JobSpec, pod: str = "job") -> str:
     """Selects the pods of one job (pod="job") or its helper pods (pod="fetch")."""
-    return names.selector({names.LABEL_RUN: names.run_key(job.run_id), names.LABEL_ROLE: job.role,
-                           names.LABEL_POD: pod})
+    return names.selector(
+        {names.LABEL_RUN: names.run_key(job.run_id), names.LABEL_ROLE: job.role, names.LABEL_POD: pod}
+    )
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str], run_id: str) -> dict[str, Any]:
-    return {"name": name, "namespace": namespace, "labels": labels,
-            "annotations": {names.ANNOTATION_RUN_ID: run_id}}
+    return {"name": name, "namespace": namespace, "labels": labels, "annotations": {names.ANNOTATION_RUN_ID: run_id}}
 
 
 def output_claim_name(job: JobSpec) -> str:
@@ -220,22 +234,22 @@ def output_claim(job: JobSpec, cluster: Cluster) -> dict[str, Any]:
     }
     if cluster.storage_class is not None:
         spec["storageClassName"] = cluster.storage_class
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": _metadata(output_claim_name(job), cluster.namespace, labels_of(job),
-                                  job.run_id),
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(output_claim_name(job), cluster.namespace, labels_of(job), job.run_id),
+        "spec": spec,
+    }
 
 
 def _config_key(container_path: str) -> str:
     key = PurePosixPath(container_path).name
     if not _CONFIG_KEY.match(key):
-        raise ManifestError(f"input {container_path!r}: its file name must be letters, digits, "
-                            "'-', '_' or '.'")
+        raise ManifestError(f"input {container_path!r}: its file name must be letters, digits, '-', '_' or '.'")
     return key
 
 
-def inputs_config_map(job: JobSpec, cluster: Cluster,
-                      inputs: Mapping[str, Input]) -> dict[str, Any] | None:
+def inputs_config_map(job: JobSpec, cluster: Cluster, inputs: Mapping[str, Input]) -> dict[str, Any] | None:
     files = {path: item for path, item in inputs.items() if isinstance(item, FileInput)}
     if not files:
         return None
@@ -249,10 +263,12 @@ def inputs_config_map(job: JobSpec, cluster: Cluster,
             data[key] = item.content.decode("utf-8")
         except UnicodeDecodeError:
             binary[key] = base64.b64encode(item.content).decode("ascii")
-    body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
-                            "metadata": _metadata(config_map_name(job), cluster.namespace,
-                                                  labels_of(job), job.run_id),
-                            "immutable": True}
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(config_map_name(job), cluster.namespace, labels_of(job), job.run_id),
+        "immutable": True,
+    }
     if data:
         body["data"] = data
     if binary:
@@ -262,8 +278,10 @@ def inputs_config_map(job: JobSpec, cluster: Cluster,
 
 def _data_mounts(job: JobSpec) -> list[dict[str, Any]]:
     folder = job.data_dir.name
-    return [{"name": "data", "mountPath": f"{DATA_MOUNT}/{part}", "subPath": f"{folder}/{part}",
-             "readOnly": True} for part in job.data_parts]
+    return [
+        {"name": "data", "mountPath": f"{DATA_MOUNT}/{part}", "subPath": f"{folder}/{part}", "readOnly": True}
+        for part in job.data_parts
+    ]
 
 
 def _input_mounts(job: JobSpec, inputs: Mapping[str, Input]) -> tuple[list[dict], list[dict]]:
@@ -274,19 +292,24 @@ def _input_mounts(job: JobSpec, inputs: Mapping[str, Input]) -> tuple[list[dict]
         if not path.startswith("/"):
             raise ManifestError(f"input path {path!r} must be absolute")
         if isinstance(item, FileInput):
-            mounts.append({"name": "inputs", "mountPath": path, "subPath": _config_key(path),
-                           "readOnly": True})
+            mounts.append({"name": "inputs", "mountPath": path, "subPath": _config_key(path), "readOnly": True})
             continue
         volume = claims.setdefault(item.claim, f"from-{len(claims)}")
         mounts.append({"name": volume, "mountPath": path, "subPath": item.name, "readOnly": True})
     if any(isinstance(item, FileInput) for item in inputs.values()):
         keys = sorted(_config_key(p) for p, i in inputs.items() if isinstance(i, FileInput))
-        volumes.append({"name": "inputs", "configMap": {
-            "name": config_map_name(job), "defaultMode": 0o444,
-            "items": [{"key": key, "path": key} for key in keys]}})
+        volumes.append(
+            {
+                "name": "inputs",
+                "configMap": {
+                    "name": config_map_name(job),
+                    "defaultMode": 0o444,
+                    "items": [{"key": key, "path": key} for key in keys],
+                },
+            }
+        )
     for claim, volume in claims.items():
-        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim,
-                                                                  "readOnly": True}})
+        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     return mounts, volumes
 
 
@@ -305,26 +328,36 @@ def deadline_s(job: JobSpec, cluster: Cluster, slack_s: float | None = None) -> 
     return math.ceil(job.cap_s + (cluster.start_timeout_s if slack_s is None else slack_s))
 
 
-def job_manifest(job: JobSpec, cluster: Cluster, inputs: Mapping[str, Input],
-                 slack_s: float | None = None) -> dict[str, Any]:
+def job_manifest(
+    job: JobSpec, cluster: Cluster, inputs: Mapping[str, Input], slack_s: float | None = None
+) -> dict[str, Any]:
     if job.image.startswith("sha256:"):
-        raise ManifestError("a cluster cannot pull an image by its local content id: give the "
-                            "registry reference (settings image_registry)")
+        raise ManifestError(
+            "a cluster cannot pull an image by its local content id: give the "
+            "registry reference (settings image_registry)"
+        )
     input_mounts, input_volumes = _input_mounts(job, inputs)
     home = job.environment.get("HOME", specs.HOME)
-    mounts = [*base_mounts(home), *_data_mounts(job), *input_mounts,
-              {"name": "out", "mountPath": job.output_dir}]
-    volumes = [*base_volumes(),
-               {"name": "data", "persistentVolumeClaim": {"claimName": cluster.data_volume,
-                                                          "readOnly": True}},
-               *input_volumes,
-               {"name": "out", "persistentVolumeClaim": {"claimName": output_claim_name(job)}}]
+    mounts = [*base_mounts(home), *_data_mounts(job), *input_mounts, {"name": "out", "mountPath": job.output_dir}]
+    volumes = [
+        *base_volumes(),
+        {"name": "data", "persistentVolumeClaim": {"claimName": cluster.data_volume, "readOnly": True}},
+        *input_volumes,
+        {"name": "out", "persistentVolumeClaim": {"claimName": output_claim_name(job)}},
+    ]
     container = locked_container(
-        name=job.role, image=job.image, command=list(job.command), env=job_environment(job),
-        mounts=mounts, memory=_memory(job.memory_gb), cpus=_cpus_of(job, cluster),
-        gpu_resource=cluster.gpu_resource_name if job.gpu is not None else None)
-    template = locked_pod(cluster, container=container, volumes=volumes,
-                          labels=labels_of(job, "job"), gpu=job.gpu is not None)
+        name=job.role,
+        image=job.image,
+        command=list(job.command),
+        env=job_environment(job),
+        mounts=mounts,
+        memory=_memory(job.memory_gb),
+        cpus=_cpus_of(job, cluster),
+        gpu_resource=cluster.gpu_resource_name if job.gpu is not None else None,
+    )
+    template = locked_pod(
+        cluster, container=container, volumes=volumes, labels=labels_of(job, "job"), gpu=job.gpu is not None
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -340,12 +373,16 @@ def job_manifest(job: JobSpec, cluster: Cluster, inputs: Mapping[str, Input],
     }
 
 
-def job_objects(job: JobSpec, cluster: Cluster, inputs: Mapping[str, Input],
-                slack_s: float | None = None) -> list[dict[str, Any]]:
+def job_objects(
+    job: JobSpec, cluster: Cluster, inputs: Mapping[str, Input], slack_s: float | None = None
+) -> list[dict[str, Any]]:
     """What submit creates for one job, in order: ConfigMap (if any), output volume, Job."""
     config_map = inputs_config_map(job, cluster, inputs)
-    return [*([config_map] if config_map else []), output_claim(job, cluster),
-            job_manifest(job, cluster, inputs, slack_s)]
+    return [
+        *([config_map] if config_map else []),
+        output_claim(job, cluster),
+        job_manifest(job, cluster, inputs, slack_s),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,41 +397,69 @@ def fetch_pod(job: JobSpec, cluster: Cluster) -> dict[str, Any]:
     """A trusted pod that mounts a finished job's output volume read-only and idles until the
     runner execs the fetch program (sandbox.kubernetes.podfetch) in it."""
     container = locked_container(
-        name="fetch", image=job.image,
+        name="fetch",
+        image=job.image,
         command=["python", "-I", "-S", "-c", f"import time; time.sleep({FETCH_POD_DEADLINE_S})"],
         env={"HOME": specs.HOME, "PATH": specs.PATH, "NVIDIA_VISIBLE_DEVICES": "void"},
-        mounts=[*base_mounts(specs.HOME),
-                {"name": "out", "mountPath": job.output_dir, "readOnly": True}],
-        memory=HELPER_MEMORY, cpus=1, gpu_resource=None)
-    pod = locked_pod(cluster, container=container, labels=labels_of(job, "fetch"), gpu=False,
-                     deadline_s=FETCH_POD_DEADLINE_S,
-                     volumes=[*base_volumes(), {"name": "out", "persistentVolumeClaim": {
-                         "claimName": output_claim_name(job), "readOnly": True}}])
-    pod["metadata"] = _metadata(fetch_pod_name(job), cluster.namespace, labels_of(job, "fetch"),
-                                job.run_id)
+        mounts=[*base_mounts(specs.HOME), {"name": "out", "mountPath": job.output_dir, "readOnly": True}],
+        memory=HELPER_MEMORY,
+        cpus=1,
+        gpu_resource=None,
+    )
+    pod = locked_pod(
+        cluster,
+        container=container,
+        labels=labels_of(job, "fetch"),
+        gpu=False,
+        deadline_s=FETCH_POD_DEADLINE_S,
+        volumes=[
+            *base_volumes(),
+            {"name": "out", "persistentVolumeClaim": {"claimName": output_claim_name(job), "readOnly": True}},
+        ],
+    )
+    pod["metadata"] = _metadata(fetch_pod_name(job), cluster.namespace, labels_of(job, "fetch"), job.run_id)
     return {"apiVersion": "v1", "kind": "Pod", **pod}
 
 
 def network_policy(cluster: Cluster) -> dict[str, Any]:
     """Every pod of the namespace: no traffic in, none out (no rules = nothing allowed)."""
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": DENY_ALL_POLICY, "namespace": cluster.namespace,
-                         "labels": {names.LABEL_MANAGED: names.MANAGED_BY}},
-            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": DENY_ALL_POLICY,
+            "namespace": cluster.namespace,
+            "labels": {names.LABEL_MANAGED: names.MANAGED_BY},
+        },
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    }
 
 
 def prepare_egress_policy(cluster: Cluster) -> dict[str, Any]:
     """The one exception, while data preparation runs: its pod may download the dataset."""
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": PREPARE_EGRESS_POLICY, "namespace": cluster.namespace,
-                         "labels": {names.LABEL_MANAGED: names.MANAGED_BY}},
-            "spec": {"podSelector": {"matchLabels": {names.LABEL_POD: "prepare"}},
-                     "policyTypes": ["Egress"], "egress": [{}]}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": PREPARE_EGRESS_POLICY,
+            "namespace": cluster.namespace,
+            "labels": {names.LABEL_MANAGED: names.MANAGED_BY},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {names.LABEL_POD: "prepare"}},
+            "policyTypes": ["Egress"],
+            "egress": [{}],
+        },
+    }
 
 
 def _data_labels(data_name: str, pod: str) -> dict[str, str]:
-    return {names.LABEL_RUN: names.run_key(f"data-{data_name}"), names.LABEL_ROLE: pod,
-            names.LABEL_POD: pod, names.LABEL_MANAGED: names.MANAGED_BY}
+    return {
+        names.LABEL_RUN: names.run_key(f"data-{data_name}"),
+        names.LABEL_ROLE: pod,
+        names.LABEL_POD: pod,
+        names.LABEL_MANAGED: names.MANAGED_BY,
+    }
 
 
 VERIFY_PROGRAM = """\
@@ -413,40 +478,78 @@ def verify_pod(cluster: Cluster, *, image: str, data_name: str, name: str) -> di
     `manifest_sha256: <hex>`, the data identity runs record."""
     labels = _data_labels(data_name, "verify")
     container = locked_container(
-        name="verify", image=image,
+        name="verify",
+        image=image,
         command=["python", "-c", VERIFY_PROGRAM, f"{DATA_MOUNT}/{data_name}", "train", "val", "eval"],
-        env=specs.environment(None), mounts=[*base_mounts(specs.HOME), {
-            "name": "data", "mountPath": DATA_MOUNT, "readOnly": True}],
-        memory=HELPER_MEMORY, cpus=1, gpu_resource=None)
-    pod = locked_pod(cluster, container=container, labels=labels, gpu=False,
-                     deadline_s=FETCH_POD_DEADLINE_S,
-                     volumes=[*base_volumes(), {"name": "data", "persistentVolumeClaim": {
-                         "claimName": cluster.data_volume, "readOnly": True}}])
+        env=specs.environment(None),
+        mounts=[*base_mounts(specs.HOME), {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True}],
+        memory=HELPER_MEMORY,
+        cpus=1,
+        gpu_resource=None,
+    )
+    pod = locked_pod(
+        cluster,
+        container=container,
+        labels=labels,
+        gpu=False,
+        deadline_s=FETCH_POD_DEADLINE_S,
+        volumes=[
+            *base_volumes(),
+            {"name": "data", "persistentVolumeClaim": {"claimName": cluster.data_volume, "readOnly": True}},
+        ],
+    )
     pod["metadata"] = {"name": name, "namespace": cluster.namespace, "labels": labels}
     return {"apiVersion": "v1", "kind": "Pod", **pod}
 
 
-def prepare_job(cluster: Cluster, *, profile: str, data_name: str, dataset: str | None,
-                force: bool, name: str) -> dict[str, Any]:
+def prepare_job(
+    cluster: Cluster, *, profile: str, data_name: str, dataset: str | None, force: bool, name: str
+) -> dict[str, Any]:
     """`make prepare` on the cluster: the prepare image writes <data volume>/<data_name>."""
     labels = _data_labels(data_name, "prepare")
-    command = ["python", "-m", "evaluator.prepare", "--profile", profile,
-               *(["--dataset", dataset] if dataset else []), "--out",
-               f"{DATA_MOUNT}/{data_name}", *(["--force"] if force else [])]
+    command = [
+        "python",
+        "-m",
+        "evaluator.prepare",
+        "--profile",
+        profile,
+        *(["--dataset", dataset] if dataset else []),
+        "--out",
+        f"{DATA_MOUNT}/{data_name}",
+        *(["--force"] if force else []),
+    ]
     env = {**specs.environment(None), "HOME": "/tmp", "OVERNIGHT_CACHE_DIR": f"{DATA_MOUNT}/.cache"}
     container = locked_container(
-        name="prepare", image=cluster.image(PREPARE_IMAGE), command=command, env=env,
+        name="prepare",
+        image=cluster.image(PREPARE_IMAGE),
+        command=command,
+        env=env,
         mounts=[*base_mounts(specs.HOME), {"name": "data", "mountPath": DATA_MOUNT}],
-        memory=_memory(PREPARE_MEMORY_GB), cpus=cluster.cpus, gpu_resource=None)
-    template = locked_pod(cluster, container=container, labels=labels, gpu=False, network=True,
-                          volumes=[*base_volumes(), {"name": "data", "persistentVolumeClaim": {
-                              "claimName": cluster.data_volume}}])
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "namespace": cluster.namespace, "labels": labels},
-            "spec": {"backoffLimit": 0, "completions": 1, "parallelism": 1,
-                     "activeDeadlineSeconds": PREPARE_DEADLINE_S,
-                     "ttlSecondsAfterFinished": cluster.ttl_after_finished_s,
-                     "template": template}}
+        memory=_memory(PREPARE_MEMORY_GB),
+        cpus=cluster.cpus,
+        gpu_resource=None,
+    )
+    template = locked_pod(
+        cluster,
+        container=container,
+        labels=labels,
+        gpu=False,
+        network=True,
+        volumes=[*base_volumes(), {"name": "data", "persistentVolumeClaim": {"claimName": cluster.data_volume}}],
+    )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": cluster.namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "completions": 1,
+            "parallelism": 1,
+            "activeDeadlineSeconds": PREPARE_DEADLINE_S,
+            "ttlSecondsAfterFinished": cluster.ttl_after_finished_s,
+            "template": template,
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------

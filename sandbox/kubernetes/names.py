@@ -17,8 +17,16 @@ LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGED_BY = "overnight"
 ANNOTATION_RUN_ID = "overnight.run-id"
 
-__all__ = ["LABEL_POD", "LABEL_ROLE", "LABEL_RUN", "label_value", "object_name", "run_key",
-           "selector", "valid_label_key"]
+__all__ = [
+    "LABEL_POD",
+    "LABEL_ROLE",
+    "LABEL_RUN",
+    "label_value",
+    "object_name",
+    "run_key",
+    "selector",
+    "valid_label_key",
+]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -36,7 +44,7 @@ def run_key(run_id: str) -> str:
     of it plus 8 hex digits of its hash (so 'Tag_1' and 'tag-1' stay apart)."""
     if len(run_id) <= KEY_MAX and _DNS_LABEL.match(run_id):
         return run_id
-    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")[:KEY_MAX - 9].strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")[: KEY_MAX - 9].strip("-")
     return f"{slug}-{_digest(run_id)}" if slug else f"run-{_digest(run_id)}"
 
 

@@ -20,8 +20,7 @@ WATCH_S = 30  # one watch request lasts this long on the server, then it is rene
 RETRIES = 3
 RETRY_S = 1.0
 # Waiting reasons that will not fix themselves: the job cannot start.
-FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-                 "CreateContainerConfigError"}
+FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"}
 
 
 @dataclass
@@ -88,14 +87,19 @@ class PodWatch(threading.Thread):
         failures = 0
         while not self._stop.is_set():
             try:
-                listed = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector,
-                                                       _request_timeout=TIMEOUT)
+                listed = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=self.selector, _request_timeout=TIMEOUT
+                )
                 for pod in listed.items:
                     self._apply("ADDED", pod)
                 stream = watch.Watch().stream(
-                    self.core.list_namespaced_pod, self.namespace, label_selector=self.selector,
-                    resource_version=listed.metadata.resource_version, timeout_seconds=WATCH_S,
-                    _request_timeout=(TIMEOUT[0], WATCH_S + 15))
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.selector,
+                    resource_version=listed.metadata.resource_version,
+                    timeout_seconds=WATCH_S,
+                    _request_timeout=(TIMEOUT[0], WATCH_S + 15),
+                )
                 for event in stream:
                     failures = 0
                     self._apply(event["type"], event["object"])
@@ -108,8 +112,7 @@ class PodWatch(threading.Thread):
                 if status_of(exc) == 410:  # the watch's start is too old: list again
                     continue
                 failures += 1
-                log.warning("pod_watch.error", selector=self.selector, error=message_of(exc),
-                            attempt=failures)
+                log.warning("pod_watch.error", selector=self.selector, error=message_of(exc), attempt=failures)
                 if failures >= RETRIES:
                     with self.changed:
                         self._view.error = message_of(exc)
@@ -126,8 +129,7 @@ class PodWatch(threading.Thread):
             if state is not None and (state.running or state.terminated):
                 view.started_at = view.started_at or now
             phase = pod.status.phase if pod.status else None
-            if kind == "DELETED" or (state is not None and state.terminated) or \
-                    phase in ("Succeeded", "Failed"):
+            if kind == "DELETED" or (state is not None and state.terminated) or phase in ("Succeeded", "Failed"):
                 view.ended_at = view.ended_at or now
             view.gone = view.gone or kind == "DELETED"
             self.changed.notify_all()

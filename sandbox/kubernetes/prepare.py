@@ -30,16 +30,34 @@ from sandbox.logs import last_line
 LOG_MAX = 50 * 2**20
 
 
-def prepare_on_cluster(runner: KubernetesRunner, *, profile: str, data_name: str, image: str,
-                       dataset: str | None = None, force: bool = False, log_path: Path,
-                       say: Callable[[str], None] = print) -> str:
+def prepare_on_cluster(
+    runner: KubernetesRunner,
+    *,
+    profile: str,
+    data_name: str,
+    image: str,
+    dataset: str | None = None,
+    force: bool = False,
+    log_path: Path,
+    say: Callable[[str], None] = print,
+) -> str:
     """Prepare <data volume>/<data_name> unless it is there and checks out; its identity."""
     cluster = runner.cluster
     runner.preflight()
-    if call(f"read PVC {cluster.data_volume}", runner.core.read_namespaced_persistent_volume_claim,
-            cluster.data_volume, runner.ns, missing_ok=True) is None:
-        raise SandboxError(f"no PersistentVolumeClaim {cluster.data_volume} in namespace {runner.ns}: "
-                           "create the data volume first (docs/kubernetes.md)")
+    if (
+        call(
+            f"read PVC {cluster.data_volume}",
+            runner.core.read_namespaced_persistent_volume_claim,
+            cluster.data_volume,
+            runner.ns,
+            missing_ok=True,
+        )
+        is None
+    ):
+        raise SandboxError(
+            f"no PersistentVolumeClaim {cluster.data_volume} in namespace {runner.ns}: "
+            "create the data volume first (docs/kubernetes.md)"
+        )
     if not force:
         try:
             identity = runner.data_manifest(data_name, image)
@@ -49,8 +67,7 @@ def prepare_on_cluster(runner: KubernetesRunner, *, profile: str, data_name: str
             pass
     log_path.parent.mkdir(parents=True, exist_ok=True)
     name = f"overnight-prepare-{names.run_key(data_name)}-{secrets.token_hex(3)}"
-    job = manifests.prepare_job(cluster, profile=profile, data_name=data_name, dataset=dataset,
-                                force=force, name=name)
+    job = manifests.prepare_job(cluster, profile=profile, data_name=data_name, dataset=dataset, force=force, name=name)
     selector = names.selector(job["spec"]["template"]["metadata"]["labels"])
     runner._create(manifests.prepare_egress_policy(cluster), exists_ok=True)
     try:
@@ -58,8 +75,7 @@ def prepare_on_cluster(runner: KubernetesRunner, *, profile: str, data_name: str
         say(f"preparing {data_name} on volume {cluster.data_volume} (Job {name}); log: {log_path}")
         code = _run_to_end(runner, selector, log_path)
         if code != 0:
-            raise SandboxError(f"preparation failed (exit {code}): "
-                               f"{last_line(log_path) or 'see ' + str(log_path)}")
+            raise SandboxError(f"preparation failed (exit {code}): {last_line(log_path) or 'see ' + str(log_path)}")
     finally:
         runner._delete("Job", name)
         runner._delete_pods(selector)
@@ -93,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from controller.settings import SettingsError, load_settings
     from sandbox.kubernetes.runner import make_kubernetes_runner
 
-    parser = argparse.ArgumentParser(prog="python -m sandbox.kubernetes.prepare",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sandbox.kubernetes.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default=None)
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--force", action="store_true")
@@ -102,15 +117,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(profile=args.profile, kube_config=args.kube_config,
-                                 kube_namespace=args.kube_namespace, image=args.image,
-                                 image_registry=args.image_registry, storage_class=args.storage_class)
+        settings = load_settings(
+            profile=args.profile,
+            kube_config=args.kube_config,
+            kube_namespace=args.kube_namespace,
+            image=args.image,
+            image_registry=args.image_registry,
+            storage_class=args.storage_class,
+        )
         runner = make_kubernetes_runner(settings)
         data_name = Path(settings.data_dir).name
         identity = prepare_on_cluster(
-            runner, profile=settings.profile, data_name=data_name, dataset=args.dataset,
-            force=args.force, image=runner.cluster.image(settings.image),
-            log_path=Path(settings.runs_dir) / f"prepare-{data_name}.log")
+            runner,
+            profile=settings.profile,
+            data_name=data_name,
+            dataset=args.dataset,
+            force=args.force,
+            image=runner.cluster.image(settings.image),
+            log_path=Path(settings.runs_dir) / f"prepare-{data_name}.log",
+        )
     except (SandboxError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

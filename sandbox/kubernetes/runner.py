@@ -30,8 +30,8 @@ from typing import Any
 import structlog
 from typing_extensions import override
 
-from sandbox.errors import SandboxError
 from evaluator.hostile import UnsafeFileError, read_regular
+from sandbox.errors import SandboxError
 from sandbox.kubernetes import manifests, names
 from sandbox.kubernetes.api import TIMEOUT, api_client, call, error, status_of
 from sandbox.kubernetes.cluster import Cluster
@@ -105,13 +105,11 @@ class KubernetesRunner(Runner):
         if self._ready:
             return
         try:  # namespaces are cluster-wide: an account limited to the namespace may not read it
-            response: Any = self.core.read_namespace(self.ns, _request_timeout=TIMEOUT,
-                                                     _preload_content=False)
+            response: Any = self.core.read_namespace(self.ns, _request_timeout=TIMEOUT, _preload_content=False)
             response.read()
         except Exception as exc:
             if status_of(exc) == 404:
-                raise SandboxError(f"namespace {self.ns} does not exist: "
-                                   f"kubectl create namespace {self.ns}") from None
+                raise SandboxError(f"namespace {self.ns} does not exist: kubectl create namespace {self.ns}") from None
             if status_of(exc) != 403:
                 raise error(f"namespace {self.ns}", exc) from None
         self.ensure_network_policy()
@@ -121,19 +119,26 @@ class KubernetesRunner(Runner):
         policies = call("list NetworkPolicies", self.net.list_namespaced_network_policy, self.ns).items
         ours = [p for p in policies if p.metadata.name == manifests.DENY_ALL_POLICY]
         if not ours:
-            call("create the deny-all NetworkPolicy", self.net.create_namespaced_network_policy,
-                 self.ns, manifests.network_policy(self.cluster))
+            call(
+                "create the deny-all NetworkPolicy",
+                self.net.create_namespaced_network_policy,
+                self.ns,
+                manifests.network_policy(self.cluster),
+            )
             log.info("network_policy.created", namespace=self.ns)
         elif not _denies_all(ours[0]):
-            raise SandboxError(f"NetworkPolicy {manifests.DENY_ALL_POLICY} in {self.ns} is not "
-                               "deny-all: delete it and the controller makes it again")
+            raise SandboxError(
+                f"NetworkPolicy {manifests.DENY_ALL_POLICY} in {self.ns} is not "
+                "deny-all: delete it and the controller makes it again"
+            )
         for policy in policies:
             if policy.metadata.name == manifests.DENY_ALL_POLICY or _is_prepare_egress(policy):
                 continue
             if policy.spec.ingress or policy.spec.egress:
                 raise SandboxError(
                     f"NetworkPolicy {policy.metadata.name} in namespace {self.ns} allows traffic, "
-                    "and policies add up: give overnight a namespace of its own (--kube-namespace)")
+                    "and policies add up: give overnight a namespace of its own (--kube-namespace)"
+                )
 
     # -- submit --------------------------------------------------------------------------------
 
@@ -159,11 +164,15 @@ class KubernetesRunner(Runner):
             for obj in reversed(created):
                 self._delete(obj["kind"], obj["metadata"]["name"])
             raise
-        state = _Job(spec=job, name=manifests.job_name(job), claim=manifests.output_claim_name(job),
-                     config_map=next((o["metadata"]["name"] for o in objects
-                                      if o["kind"] == "ConfigMap"), None),
-                     selector=manifests.job_selector(job), submitted=time.monotonic(),
-                     consumed=consumed)
+        state = _Job(
+            spec=job,
+            name=manifests.job_name(job),
+            claim=manifests.output_claim_name(job),
+            config_map=next((o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"), None),
+            selector=manifests.job_selector(job),
+            submitted=time.monotonic(),
+            consumed=consumed,
+        )
         with self._lock:
             self._live.add(state.claim)
             for claim in consumed:
@@ -179,11 +188,15 @@ class KubernetesRunner(Runner):
                 fetched = self._fetched.get(os.path.abspath(host))
             if fetched is not None:
                 if fetched.run != names.run_key(job.run_id):
-                    raise SandboxError(f"{job.run_id}: input {path} was fetched from another run; "
-                                       "a cluster serves only the same run's outputs")
+                    raise SandboxError(
+                        f"{job.run_id}: input {path} was fetched from another run; "
+                        "a cluster serves only the same run's outputs"
+                    )
                 if fetched.claim not in self._live:
-                    raise SandboxError(f"{job.run_id}: input {path} is gone from the cluster with its "
-                                       "job: submit the eval job before cancelling the train job")
+                    raise SandboxError(
+                        f"{job.run_id}: input {path} is gone from the cluster with its "
+                        "job: submit the eval job before cancelling the train job"
+                    )
                 inputs[path] = manifests.VolumeInput(claim=fetched.claim, name=fetched.name)
                 consumed.append(fetched.claim)
                 continue
@@ -191,8 +204,9 @@ class KubernetesRunner(Runner):
             try:
                 content = read_regular(source, CONFIG_MAP_MAX)
             except (UnsafeFileError, OSError) as exc:
-                raise SandboxError(f"{job.run_id}: input {host} cannot go to the cluster: {exc} "
-                                   "(a ConfigMap holds at most 1 MiB)") from None
+                raise SandboxError(
+                    f"{job.run_id}: input {host} cannot go to the cluster: {exc} (a ConfigMap holds at most 1 MiB)"
+                ) from None
             inputs[path] = manifests.FileInput(content)
         return inputs, consumed
 
@@ -224,8 +238,10 @@ class KubernetesRunner(Runner):
             while True:
                 view = pods.view()
                 if view.error is not None:
-                    raise SandboxError(f"lost the Kubernetes API while {state.name} ran "
-                                       f"({view.error}); the experiment will be run again")
+                    raise SandboxError(
+                        f"lost the Kubernetes API while {state.name} ran "
+                        f"({view.error}); the experiment will be run again"
+                    )
                 now = time.monotonic()
                 if handle.started_monotonic is None and view.started_at is not None:
                     handle.started_monotonic = view.started_at
@@ -239,7 +255,7 @@ class KubernetesRunner(Runner):
                     log.warning("job.timeout", job=state.name, cap_s=job.cap_s)
                     killed = self._kill(state)
                     break
-                elif (reason := next((r for w in watchers if (r := w.check(handle))), None)):
+                elif reason := next((r for w in watchers if (r := w.check(handle))), None):
                     outcome.killed_for = reason
                     log.warning("job.killed", job=state.name, reason=reason)
                     killed = self._kill(state)
@@ -247,8 +263,7 @@ class KubernetesRunner(Runner):
                 pods.wait_change(self.cluster.tick_s)
             if killed:
                 give_up = time.monotonic() + KILL_WAIT_S
-                while not (view := pods.view()).ended and view.error is None \
-                        and time.monotonic() < give_up:
+                while not (view := pods.view()).ended and view.error is None and time.monotonic() < give_up:
                     pods.wait_change(self.cluster.tick_s)
             view = pods.view()
             self._ended(state, handle, view, outcome)
@@ -265,22 +280,29 @@ class KubernetesRunner(Runner):
         image = state.spec.image
         if waiting is not None and waiting[0] in FATAL_WAITING:
             self._kill(state)
-            raise SandboxError(f"{state.name} cannot start: {waiting[0]} ({_clean(waiting[1])}) "
-                               f"for image {image}: push the images to the registry the cluster "
-                               "pulls from (docs/kubernetes.md)")
+            raise SandboxError(
+                f"{state.name} cannot start: {waiting[0]} ({_clean(waiting[1])}) "
+                f"for image {image}: push the images to the registry the cluster "
+                "pulls from (docs/kubernetes.md)"
+            )
         if now - state.submitted < self.cluster.start_timeout_s:
             return
         self._kill(state)
         bound = f"{self.cluster.start_timeout_s:.0f} s"
         unschedulable = view.unschedulable()
         if unschedulable is not None:
-            hint = (f": no node has a free {self.cluster.gpu_resource_name} (is the NVIDIA device "
-                    "plugin running? kubectl describe nodes)" if state.spec.gpu is not None else "")
-            raise SandboxError(f"{state.name} found no node within {bound}: "
-                               f"{_clean(unschedulable)}{hint}")
+            hint = (
+                f": no node has a free {self.cluster.gpu_resource_name} (is the NVIDIA device "
+                "plugin running? kubectl describe nodes)"
+                if state.spec.gpu is not None
+                else ""
+            )
+            raise SandboxError(f"{state.name} found no node within {bound}: {_clean(unschedulable)}{hint}")
         what = waiting[0] if waiting else (view.pod.status.phase if view.pod else "no pod yet")
-        raise SandboxError(f"{state.name} did not start within {bound} ({what}): "
-                           f"kubectl -n {self.ns} describe pods -l {state.selector}")
+        raise SandboxError(
+            f"{state.name} did not start within {bound} ({what}): "
+            f"kubectl -n {self.ns} describe pods -l {state.selector}"
+        )
 
     def _ended(self, state: _Job, handle: JobHandle, view: PodView, outcome: JobOutcome) -> None:
         ended_at = view.ended_at or time.monotonic()
@@ -293,11 +315,9 @@ class KubernetesRunner(Runner):
                 # Over before the host saw it run: the container's own times (whole seconds).
                 reported = (terminated.finished_at - terminated.started_at).total_seconds()
                 outcome.seconds = max(outcome.seconds, reported)
-        if view.pod is not None and view.pod.status is not None and \
-                view.pod.status.reason == "DeadlineExceeded":
+        if view.pod is not None and view.pod.status is not None and view.pod.status.reason == "DeadlineExceeded":
             outcome.timed_out = True
-        job = call(f"read Job {state.name}", self.batch.read_namespaced_job, state.name, self.ns,
-                   missing_ok=True)
+        job = call(f"read Job {state.name}", self.batch.read_namespaced_job, state.name, self.ns, missing_ok=True)
         conditions = (job.status.conditions or []) if job is not None and job.status else []
         if any(c.reason == "DeadlineExceeded" for c in conditions):
             outcome.timed_out = True  # the API server's deadline fired before the host's
@@ -305,9 +325,15 @@ class KubernetesRunner(Runner):
             state.done.set()
             state.logs.join(LOG_DRAIN_S)
             outcome.log_truncated = state.logs.truncated
-        log.info("job.ended", job=state.name, exit_code=outcome.exit_code,
-                 seconds=round(outcome.seconds, 2), oom=outcome.oom_killed,
-                 timed_out=outcome.timed_out, killed_for=outcome.killed_for)
+        log.info(
+            "job.ended",
+            job=state.name,
+            exit_code=outcome.exit_code,
+            seconds=round(outcome.seconds, 2),
+            oom=outcome.oom_killed,
+            timed_out=outcome.timed_out,
+            killed_for=outcome.killed_for,
+        )
 
     def _kill(self, state: _Job) -> bool:
         """Stop the job now: the Job goes (so no new pod comes) and its pod with no grace."""
@@ -316,8 +342,14 @@ class KubernetesRunner(Runner):
         return True
 
     def _delete_collection(self, selector: str) -> None:
-        response = call("delete pods", self.core.delete_collection_namespaced_pod, self.ns,
-                        label_selector=selector, grace_period_seconds=0, _preload_content=False)
+        response = call(
+            "delete pods",
+            self.core.delete_collection_namespaced_pod,
+            self.ns,
+            label_selector=selector,
+            grace_period_seconds=0,
+            _preload_content=False,
+        )
         if response is not None:
             response.read()
             response.release_conn()
@@ -339,17 +371,26 @@ class KubernetesRunner(Runner):
         receiver = Receiver(Path(dest), name, max_bytes)
         # stream() swaps the client's transport while it runs: give it a client of its own.
         core = k8s.CoreV1Api(k8s.ApiClient(self.api.configuration))
-        socket = call(f"exec the fetch in {pod}", stream, core.connect_get_namespaced_pod_exec,
-                      pod, self.ns, command=fetch_command(state.spec.output_dir, name, max_bytes),
-                      stdout=True, stderr=False, stdin=False, tty=False, _preload_content=False,
-                      binary=True)
+        socket = call(
+            f"exec the fetch in {pod}",
+            stream,
+            core.connect_get_namespaced_pod_exec,
+            pod,
+            self.ns,
+            command=fetch_command(state.spec.output_dir, name, max_bytes),
+            stdout=True,
+            stderr=False,
+            stdin=False,
+            tty=False,
+            _preload_content=False,
+            binary=True,
+        )
         assert socket is not None
         try:
             give_up = time.monotonic() + FETCH_TIMEOUT_S
             while socket.is_open():
                 if time.monotonic() > give_up:
-                    raise SandboxError(f"fetch of {name} from {state.name} took over "
-                                       f"{FETCH_TIMEOUT_S:.0f} s")
+                    raise SandboxError(f"fetch of {name} from {state.name} took over {FETCH_TIMEOUT_S:.0f} s")
                 socket.update(timeout=1)
                 if data := socket.read_all():
                     receiver.feed(data)
@@ -363,17 +404,18 @@ class KubernetesRunner(Runner):
             socket.close()
         with self._lock:
             self._fetched[os.path.abspath(dest)] = _Fetched(
-                run=names.run_key(state.spec.run_id), claim=state.claim, name=name)
+                run=names.run_key(state.spec.run_id), claim=state.claim, name=name
+            )
         log.info("job.fetched", job=state.name, file=name, bytes=size)
         return size
 
     def _require_ended(self, state: _Job) -> None:
-        pods = call(f"list the pods of {state.name}", self.core.list_namespaced_pod, self.ns,
-                    label_selector=state.selector).items
+        pods = call(
+            f"list the pods of {state.name}", self.core.list_namespaced_pod, self.ns, label_selector=state.selector
+        ).items
         for pod in pods:
             statuses = (pod.status.container_statuses or []) if pod.status else []
-            if pod.status.phase not in ("Succeeded", "Failed") and not (
-                    statuses and statuses[0].state.terminated):
+            if pod.status.phase not in ("Succeeded", "Failed") and not (statuses and statuses[0].state.terminated):
                 raise SandboxError(f"{state.name} still runs: fetch its outputs after wait()")
 
     def _fetch_pod(self, state: _Job) -> str:
@@ -399,8 +441,9 @@ class KubernetesRunner(Runner):
                 raise SandboxError(f"pod {pod_name} cannot start: {waiting[0]} ({_clean(waiting[1])})")
             if time.monotonic() > give_up:
                 why = view.unschedulable() or (waiting[0] if waiting else pod.status.phase)
-                raise SandboxError(f"pod {pod_name} did not start within "
-                                   f"{self.cluster.start_timeout_s:.0f} s: {_clean(why)}")
+                raise SandboxError(
+                    f"pod {pod_name} did not start within {self.cluster.start_timeout_s:.0f} s: {_clean(why)}"
+                )
             time.sleep(POLL_S)
 
     # -- cancel and cleanup --------------------------------------------------------------------
@@ -412,8 +455,9 @@ class KubernetesRunner(Runner):
         state = _state(handle)
         state.done.set()  # the log stream ends with the pod
         self._delete("Job", state.name)
-        role_selector = names.selector({names.LABEL_RUN: names.run_key(state.spec.run_id),
-                                        names.LABEL_ROLE: state.spec.role})
+        role_selector = names.selector(
+            {names.LABEL_RUN: names.run_key(state.spec.run_id), names.LABEL_ROLE: state.spec.role}
+        )
         self._delete_pods(role_selector)
         if state.config_map is not None:
             self._delete("ConfigMap", state.config_map)
@@ -421,8 +465,11 @@ class KubernetesRunner(Runner):
             self._live.discard(state.claim)
             for claim in state.consumed:
                 self._consumers.get(claim, set()).discard(state.name)
-            unused = [claim for claim in (state.claim, *state.consumed)
-                      if claim not in self._live and not self._consumers.get(claim)]
+            unused = [
+                claim
+                for claim in (state.claim, *state.consumed)
+                if claim not in self._live and not self._consumers.get(claim)
+            ]
             for claim in unused:
                 self._forget(claim)
         for claim in unused:
@@ -432,8 +479,7 @@ class KubernetesRunner(Runner):
     @override
     def cleanup(self, run_id: str | None = None) -> list[str]:
         """Remove every object of a run (or of every run), found by its label; their names."""
-        selector = names.LABEL_RUN if run_id is None else \
-            names.selector({names.LABEL_RUN: names.run_key(run_id)})
+        selector = names.LABEL_RUN if run_id is None else names.selector({names.LABEL_RUN: names.run_key(run_id)})
         return self.cleanup_selector(selector)
 
     def cleanup_tag(self, tag: str) -> list[str]:
@@ -447,8 +493,10 @@ class KubernetesRunner(Runner):
             self._delete("Job", job.metadata.name)
             removed.append(f"job/{job.metadata.name}")
         removed += self._delete_pods(selector)
-        kinds = (("ConfigMap", self.core.list_namespaced_config_map),
-                 ("PersistentVolumeClaim", self.core.list_namespaced_persistent_volume_claim))
+        kinds = (
+            ("ConfigMap", self.core.list_namespaced_config_map),
+            ("PersistentVolumeClaim", self.core.list_namespaced_persistent_volume_claim),
+        )
         for kind, lister in kinds:
             for obj in call(f"list {kind}s", lister, self.ns, label_selector=selector).items:
                 self._delete(kind, obj.metadata.name)
@@ -474,8 +522,7 @@ class KubernetesRunner(Runner):
             return []
         self._delete_collection(selector)
         give_up = time.monotonic() + GONE_WAIT_S
-        while call("list pods", self.core.list_namespaced_pod, self.ns,
-                   label_selector=selector).items:
+        while call("list pods", self.core.list_namespaced_pod, self.ns, label_selector=selector).items:
             if time.monotonic() > give_up:
                 log.warning("pods.still_there", selector=selector)
                 break
@@ -489,14 +536,15 @@ class KubernetesRunner(Runner):
         its identity (manifest_sha256), or a SandboxError saying to prepare it."""
         self.preflight()
         pod_name = f"overnight-data-{names.run_key(data_name)}-verify-{secrets.token_hex(3)}"
-        code, text = self.run_pod(manifests.verify_pod(self.cluster, image=image,
-                                                       data_name=data_name, name=pod_name))
+        code, text = self.run_pod(manifests.verify_pod(self.cluster, image=image, data_name=data_name, name=pod_name))
         for line in text.splitlines():
             if line.startswith("manifest_sha256: ") and code == 0:
                 return line.split(": ", 1)[1].strip()
         last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), f"exit {code}")
-        raise SandboxError(f"data {data_name} on volume {self.cluster.data_volume}: {_clean(last)}: "
-                           "run `python -m sandbox.kubernetes.prepare`")
+        raise SandboxError(
+            f"data {data_name} on volume {self.cluster.data_volume}: {_clean(last)}: "
+            "run `python -m sandbox.kubernetes.prepare`"
+        )
 
     def run_pod(self, manifest: dict[str, Any]) -> tuple[int | None, str]:
         """Run a helper pod to its end: (exit code, the start of its log). The pod is removed."""
@@ -507,8 +555,16 @@ class KubernetesRunner(Runner):
             while not _finished(pod):
                 time.sleep(POLL_S)
                 pod = call(f"read pod {name}", self.core.read_namespaced_pod, name, self.ns)
-            text = call(f"read the log of {name}", self.core.read_namespaced_pod_log, name,
-                        self.ns, limit_bytes=HELPER_LOG_MAX) or ""
+            text = (
+                call(
+                    f"read the log of {name}",
+                    self.core.read_namespaced_pod_log,
+                    name,
+                    self.ns,
+                    limit_bytes=HELPER_LOG_MAX,
+                )
+                or ""
+            )
             terminated = PodView(pod=pod).terminated()
             return (terminated.exit_code if terminated is not None else None), str(text)
         finally:
@@ -529,8 +585,9 @@ class KubernetesRunner(Runner):
             if status_of(exc) == 409:
                 if exists_ok:
                     return
-                raise SandboxError(f"{kind} {name} already exists (left by an earlier attempt): "
-                                   "python -m controller cleanup") from None
+                raise SandboxError(
+                    f"{kind} {name} already exists (left by an earlier attempt): python -m controller cleanup"
+                ) from None
             raise error(f"create {kind} {name}", exc) from None
 
     def _delete(self, kind: str, name: str) -> None:
@@ -539,16 +596,21 @@ class KubernetesRunner(Runner):
         if kind == "Job":
             extra["propagation_policy"] = "Background"  # else the API orphans the Job's pods
         # The answer (the object, or a Status, depending on kind and server) is not needed.
-        response = call(f"delete {kind} {name}", delete, name, self.ns, missing_ok=True,
-                        _preload_content=False, **extra)
+        response = call(
+            f"delete {kind} {name}", delete, name, self.ns, missing_ok=True, _preload_content=False, **extra
+        )
         if response is not None:
             response.read()
             response.release_conn()
 
 
-_APIS = {"Job": ("batch", "job"), "Pod": ("core", "pod"), "ConfigMap": ("core", "config_map"),
-         "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
-         "NetworkPolicy": ("net", "network_policy")}
+_APIS = {
+    "Job": ("batch", "job"),
+    "Pod": ("core", "pod"),
+    "ConfigMap": ("core", "config_map"),
+    "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
+    "NetworkPolicy": ("net", "network_policy"),
+}
 
 
 def make_kubernetes_runner(settings: Any) -> KubernetesRunner:
@@ -570,15 +632,18 @@ def _denies_all(policy: Any) -> bool:
     spec = policy.spec
     selector = spec.pod_selector
     everyone = selector is None or (not selector.match_labels and not selector.match_expressions)
-    return everyone and set(spec.policy_types or []) >= {"Ingress", "Egress"} \
-        and not spec.ingress and not spec.egress
+    return everyone and set(spec.policy_types or []) >= {"Ingress", "Egress"} and not spec.ingress and not spec.egress
 
 
 def _is_prepare_egress(policy: Any) -> bool:
     selector = policy.spec.pod_selector
-    return policy.metadata.name == manifests.PREPARE_EGRESS_POLICY and selector is not None \
-        and selector.match_labels == {names.LABEL_POD: "prepare"} and not selector.match_expressions \
+    return (
+        policy.metadata.name == manifests.PREPARE_EGRESS_POLICY
+        and selector is not None
+        and selector.match_labels == {names.LABEL_POD: "prepare"}
+        and not selector.match_expressions
         and not policy.spec.ingress
+    )
 
 
 def _clean(text: str) -> str:

@@ -20,28 +20,45 @@ SAMPLE_LABELS = {specs.LABEL_TAG: "sample", "overnight.experiment": "1"}
 SAMPLE_TRAIN_PY = b"# the experiment's train.py (its full text goes here)\n"
 
 
-def sample_jobs(profile_name: str, cluster: Cluster, *, image: str, data_dir: Path,
-                memory_gb: float, seed: int = 0) -> tuple[JobSpec, JobSpec]:
+def sample_jobs(
+    profile_name: str, cluster: Cluster, *, image: str, data_dir: Path, memory_gb: float, seed: int = 0
+) -> tuple[JobSpec, JobSpec]:
     """The train and eval JobSpecs of one experiment of `profile_name` on a GPU (gpu profile)
     or without one, as the orchestrator builds them."""
     profile = get_profile(profile_name)
     limits = Limits.for_profile(profile)
     gpu = 0 if profile.name == "gpu" else None
-    train = specs.train_job(run_id=SAMPLE_RUN_ID, image=cluster.image(image), profile=profile.name, seed=seed,
-                            gpu=gpu, memory_gb=memory_gb, data_dir=data_dir, train_py=Path("train.py"),
-                            limits=limits, labels=SAMPLE_LABELS)
-    evaluation = specs.eval_job(run_id=SAMPLE_RUN_ID, image=cluster.image(image), profile=profile.name, gpu=gpu,
-                                memory_gb=memory_gb, data_dir=data_dir, artifact=Path(layout.ARTIFACT_NAME),
-                                limits=limits, labels=SAMPLE_LABELS)
+    train = specs.train_job(
+        run_id=SAMPLE_RUN_ID,
+        image=cluster.image(image),
+        profile=profile.name,
+        seed=seed,
+        gpu=gpu,
+        memory_gb=memory_gb,
+        data_dir=data_dir,
+        train_py=Path("train.py"),
+        limits=limits,
+        labels=SAMPLE_LABELS,
+    )
+    evaluation = specs.eval_job(
+        run_id=SAMPLE_RUN_ID,
+        image=cluster.image(image),
+        profile=profile.name,
+        gpu=gpu,
+        memory_gb=memory_gb,
+        data_dir=data_dir,
+        artifact=Path(layout.ARTIFACT_NAME),
+        limits=limits,
+        labels=SAMPLE_LABELS,
+    )
     return train, evaluation
 
 
-def sample_manifests(profile_name: str, cluster: Cluster, *, image: str, data_dir: Path,
-                     memory_gb: float) -> list[dict[str, Any]]:
-    train, evaluation = sample_jobs(profile_name, cluster, image=image, data_dir=data_dir,
-                                    memory_gb=memory_gb)
-    artifact = manifests.VolumeInput(claim=manifests.output_claim_name(train),
-                                     name=layout.ARTIFACT_NAME)
+def sample_manifests(
+    profile_name: str, cluster: Cluster, *, image: str, data_dir: Path, memory_gb: float
+) -> list[dict[str, Any]]:
+    train, evaluation = sample_jobs(profile_name, cluster, image=image, data_dir=data_dir, memory_gb=memory_gb)
+    artifact = manifests.VolumeInput(claim=manifests.output_claim_name(train), name=layout.ARTIFACT_NAME)
     return [
         manifests.network_policy(cluster),
         *manifests.job_objects(train, cluster, {specs.TRAIN_PY: manifests.FileInput(SAMPLE_TRAIN_PY)}),

@@ -14,8 +14,14 @@ import torch
 from evaluator import run_context, submit
 
 CASE = "docker_socket"
-PATHS = ["/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock",
-         "/var/run/containerd/containerd.sock", "/run/podman/podman.sock", "/run/user/1000/docker.sock"]
+PATHS = [
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/podman/podman.sock",
+    "/run/user/1000/docker.sock",
+]
 SKIP = ("/proc", "/sys", "/dev")
 
 

@@ -33,8 +33,9 @@ def attempt(fn):
 
 def run(command):
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
-                              check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": type(exc).__name__}
     return {"exit": done.returncode, "out": (done.stdout + done.stderr).strip()[-200:]}
@@ -58,8 +59,11 @@ for root in ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/lib"):
                 pass
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 report(
-    uid=os.getuid(), euid=os.geteuid(),
-    cap_eff=status["CapEff"].strip(), cap_bnd=status["CapBnd"].strip(), no_new_privs=status["NoNewPrivs"].strip(),
+    uid=os.getuid(),
+    euid=os.geteuid(),
+    cap_eff=status["CapEff"].strip(),
+    cap_bnd=status["CapBnd"].strip(),
+    no_new_privs=status["NoNewPrivs"].strip(),
     setuid0=attempt(lambda: os.setuid(0)),
     unshare_user=syscall_result(libc.unshare(CLONE_NEWUSER)),
     unshare_mount=syscall_result(libc.unshare(CLONE_NEWNS)),

@@ -30,18 +30,33 @@ def try_write(path, text):
 
 
 fake = {
-    "status": "ok", "reason": None, "profile": run_context().profile.name, "val_bpb": FAKE_BPB,
-    "val_loss_nats": 0.0001, "tokens": 4096, "bytes": 16384,
+    "status": "ok",
+    "reason": None,
+    "profile": run_context().profile.name,
+    "val_bpb": FAKE_BPB,
+    "val_loss_nats": 0.0001,
+    "tokens": 4096,
+    "bytes": 16384,
     "probe": {"passed": True, "checks": 12, "max_abs_diff": 0.0, "tolerance": 0.0001, "failure": None},
-    "eval_seconds": 0.1, "manifest_sha256": "0" * 64, "artifact_sha256": "0" * 64,
+    "eval_seconds": 0.1,
+    "manifest_sha256": "0" * 64,
+    "artifact_sha256": "0" * 64,
 }
 # What `python -m evaluator.score` prints, and the ledger's line format, with the fake number.
 print(f"val_bpb: {FAKE_BPB:.6f}\nval_loss_nats: 0.000100\ntokens: 4096\nbytes: 16384", flush=True)
 print(f"0000000\t{FAKE_BPB:.6f}\t0.0\tkeep\tfake row", flush=True)
 home = os.path.expanduser("~")
-targets = ["/out/score.json", "/out/score/score.json", "/out/../score/score.json", "/score/score.json",
-           "/tmp/score.json", f"{home}/score.json", "/work/score.json", "/data/score.json",
-           "/artifact/score.json"]
+targets = [
+    "/out/score.json",
+    "/out/score/score.json",
+    "/out/../score/score.json",
+    "/score/score.json",
+    "/tmp/score.json",
+    f"{home}/score.json",
+    "/work/score.json",
+    "/data/score.json",
+    "/artifact/score.json",
+]
 report(fake_bpb=FAKE_BPB, writes={t: try_write(t, json.dumps(fake)) for t in targets})
 
 if __name__ == "__main__":  # alone it is a whole train.py: it ends like the honest seed

@@ -27,15 +27,15 @@ for _path in (REPO_ROOT, REPO_ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from controller_fakes import _maybe_hang
-from controller_fakes import make_repo as make_toy_repo
+from controller_fakes import _maybe_hang  # noqa: E402 (after the sys.path set-up above)
+from controller_fakes import make_repo as make_toy_repo  # noqa: E402 (after the sys.path set-up above)
 
-from controller.agents.base import BaseAgent, Proposal, ProposalContext, Usage
-from controller.ledger import LedgerRow
-from controller.loop import LoopDeps, NightLoop
-from controller.records import RunRecord
-from controller.settings import load_settings
-from tests.adversarial.night import LIMITS, MEMORY_LIMIT_GB
+from controller.agents.base import BaseAgent, Proposal, ProposalContext, Usage  # noqa: E402 (after the sys.path set-up above)
+from controller.ledger import LedgerRow  # noqa: E402 (after the sys.path set-up above)
+from controller.loop import LoopDeps, NightLoop  # noqa: E402 (after the sys.path set-up above)
+from controller.records import RunRecord  # noqa: E402 (after the sys.path set-up above)
+from controller.settings import load_settings  # noqa: E402 (after the sys.path set-up above)
+from tests.adversarial.night import LIMITS, MEMORY_LIMIT_GB  # noqa: E402 (after the sys.path set-up above)
 
 HONEST_SEED = REPO_ROOT / "tests" / "adversarial" / "honest_seed.py"
 PROFILE = "test"
@@ -90,8 +90,12 @@ class FaultObserver:
     gives a person (e.g. to restore the data once the loop has said it cannot use it). Blocks at
     OVERNIGHT_TEST_HANG like the controller tests' observer; `echo` prints the messages."""
 
-    def __init__(self, at: dict[tuple[int, str], Hook] | None = None,
-                 on_say: Callable[[str], None] | None = None, echo: bool = False) -> None:
+    def __init__(
+        self,
+        at: dict[tuple[int, str], Hook] | None = None,
+        on_say: Callable[[str], None] | None = None,
+        echo: bool = False,
+    ) -> None:
         self.at = dict(at or {})
         self.on_say = on_say
         self.echo = echo
@@ -137,25 +141,42 @@ class NightSpec:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def build_night(spec: NightSpec, *, agent: Any = None, observer: Any = None, runner: Callable | None = None,
-                remove_orphans: Callable[[str], object] | None = None,
-                sleep: Callable[[float], None] = fast_sleep) -> NightLoop:
+def build_night(
+    spec: NightSpec,
+    *,
+    agent: Any = None,
+    observer: Any = None,
+    runner: Callable | None = None,
+    remove_orphans: Callable[[str], object] | None = None,
+    sleep: Callable[[float], None] = fast_sleep,
+) -> NightLoop:
     from controller.cli import remove_tag_containers
     from evaluator.manifest import manifest_sha256
     from sandbox.experiment import run_experiment
 
     settings = load_settings(
-        tag=spec.tag, profile=PROFILE, agent="search", repo=spec.repo,
-        runs_dir=spec.runs_dir or spec.repo / "runs", worktrees_dir=spec.repo / "worktrees",
-        data_dir=spec.data_dir, max_experiments=spec.max_experiments, max_fix_attempts=0,
+        tag=spec.tag,
+        profile=PROFILE,
+        agent="search",
+        repo=spec.repo,
+        runs_dir=spec.runs_dir or spec.repo / "runs",
+        worktrees_dir=spec.repo / "worktrees",
+        data_dir=spec.data_dir,
+        max_experiments=spec.max_experiments,
+        max_fix_attempts=0,
         memory_limit_gb=MEMORY_LIMIT_GB,
         # Each fault is timed to a phase of one experiment: one experiment at a time, no proposal
         # prepared during a run, one baseline run.
-        **{"overlap": False, "calibration_runs": 1, **spec.settings})
+        **{"overlap": False, "calibration_runs": 1, **spec.settings},
+    )
     deps = LoopDeps(
-        agent=agent or StepsAgent(spec.steps), runner=runner or functools.partial(run_experiment, limits=LIMITS),
-        observer=observer or FaultObserver(), remove_orphans=remove_orphans or remove_tag_containers,
-        manifest_sha256=manifest_sha256(spec.data_dir), sleep=sleep)
+        agent=agent or StepsAgent(spec.steps),
+        runner=runner or functools.partial(run_experiment, limits=LIMITS),
+        observer=observer or FaultObserver(),
+        remove_orphans=remove_orphans or remove_tag_containers,
+        manifest_sha256=manifest_sha256(spec.data_dir),
+        sleep=sleep,
+    )
     return NightLoop(settings, deps)
 
 
@@ -273,7 +294,7 @@ def engine_socket() -> str:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not host.startswith("unix://"):
         raise RuntimeError(f"the engine proxy needs a Unix-socket DOCKER_HOST, not {host}")
-    return host[len("unix://"):]
+    return host[len("unix://") :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,9 +306,13 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args()
     config = json.loads(args.config.read_text())
-    spec = NightSpec(repo=Path(config["repo"]), tag=config["tag"], data_dir=Path(config["data_dir"]),
-                     max_experiments=int(config["max_experiments"]),
-                     steps={int(k): int(v) for k, v in config.get("steps", {}).items()} or None)
+    spec = NightSpec(
+        repo=Path(config["repo"]),
+        tag=config["tag"],
+        data_dir=Path(config["data_dir"]),
+        max_experiments=int(config["max_experiments"]),
+        steps={int(k): int(v) for k, v in config.get("steps", {}).items()} or None,
+    )
     summary = build_night(spec, observer=FaultObserver(echo=True)).run()
     print(json.dumps({"reason": summary.reason, "rows": len(summary.rows)}), flush=True)
     return 0

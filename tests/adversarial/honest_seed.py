@@ -16,7 +16,7 @@ model = torch.nn.Embedding(vocab, vocab)  # logits of the next token = row of th
 if STEPS:
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     batches = train_batches(context.data_dir, 8, context.profile.seq_len, seed=context.seed)
-    for step, (x, y, _) in zip(range(STEPS), batches):
+    for step, (x, y, _) in zip(range(STEPS), batches, strict=False):
         loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         optimizer.zero_grad()
         loss.backward()

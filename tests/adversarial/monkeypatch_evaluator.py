@@ -39,7 +39,8 @@ def try_write(path, text, mode="w"):
 # profile with fewer eval tokens, a manifest check that accepts anything.
 evaluator.score.cross_entropy_totals = lambda *a, **k: evaluator.score.Totals(0.0, 1, 10**9)
 evaluator.probe.run_probe = lambda *a, **k: evaluator.probe.ProbeResult(
-    passed=True, checks=99, max_abs_diff=0.0, tolerance=1.0)
+    passed=True, checks=99, max_abs_diff=0.0, tolerance=1.0
+)
 evaluator.score.run_probe = evaluator.probe.run_probe
 profile = evaluator.profiles.PROFILES["test"]
 evaluator.profiles.PROFILES["test"] = dataclasses.replace(profile, eval_tokens=profile.eval_batch_tokens)
@@ -54,10 +55,12 @@ writes = {
     f"{root}/evaluator/score.py": try_write(f"{root}/evaluator/score.py", evil, "a"),
     f"{root}/evaluator/profiles.py": try_write(f"{root}/evaluator/profiles.py", evil, "a"),
     f"{root}/sitecustomize.py": try_write(f"{root}/sitecustomize.py", evil),
-    f"{home}/.local/lib/{site}/site-packages/evaluator/__init__.py":
-        try_write(f"{home}/.local/lib/{site}/site-packages/evaluator/__init__.py", evil),
-    f"{sys.prefix}/lib/{site}/site-packages/zz_evil.pth":
-        try_write(f"{sys.prefix}/lib/{site}/site-packages/zz_evil.pth", "import os\n"),
+    f"{home}/.local/lib/{site}/site-packages/evaluator/__init__.py": try_write(
+        f"{home}/.local/lib/{site}/site-packages/evaluator/__init__.py", evil
+    ),
+    f"{sys.prefix}/lib/{site}/site-packages/zz_evil.pth": try_write(
+        f"{sys.prefix}/lib/{site}/site-packages/zz_evil.pth", "import os\n"
+    ),
     "/tmp/sitecustomize.py": try_write("/tmp/sitecustomize.py", evil),
 }
 os.environ["PYTHONPATH"] = "/tmp:" + os.environ.get("PYTHONPATH", "")

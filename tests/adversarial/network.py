@@ -47,8 +47,10 @@ def resolve(name):
 
 report(
     interfaces=sorted(os.listdir("/sys/class/net")),
-    tcp={f"{h}:{p}": tcp(h, p) for h, p in (("1.1.1.1", 443), ("8.8.8.8", 53), ("172.17.0.1", 22),
-                                              ("172.17.0.1", 80), ("10.0.0.1", 80))},
+    tcp={
+        f"{h}:{p}": tcp(h, p)
+        for h, p in (("1.1.1.1", 443), ("8.8.8.8", 53), ("172.17.0.1", 22), ("172.17.0.1", 80), ("10.0.0.1", 80))
+    },
     udp={"8.8.8.8:53": udp("8.8.8.8", 53)},
     resolve={n: resolve(n) for n in ("example.com", "huggingface.co", "api.anthropic.com")},
 )

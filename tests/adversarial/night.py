@@ -40,8 +40,9 @@ CANARY_KEY = "sk-ant-canary-0f9e8d7c6b5a"  # must never reach a container
 HOOK_MARKER = "hook-ran"
 
 # Tiny caps so the timeout, disk and log cases end in seconds; an honest run here takes ~5 s.
-LIMITS = Limits.for_profile(get_profile(PROFILE), train_budget_s=10.0, eval_cap_s=60.0,
-                            out_max_bytes=64 * MiB, log_max_bytes=1 * MiB)
+LIMITS = Limits.for_profile(
+    get_profile(PROFILE), train_budget_s=10.0, eval_cap_s=60.0, out_max_bytes=64 * MiB, log_max_bytes=1 * MiB
+)
 MEMORY_LIMIT_GB = 1.0
 
 
@@ -57,11 +58,15 @@ class Refusal:
 
 
 def _git(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "agent", "GIT_AUTHOR_EMAIL": "agent@example.org",
-           "GIT_COMMITTER_NAME": "agent", "GIT_COMMITTER_EMAIL": "agent@example.org"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "agent",
+        "GIT_AUTHOR_EMAIL": "agent@example.org",
+        "GIT_COMMITTER_NAME": "agent",
+        "GIT_COMMITTER_EMAIL": "agent@example.org",
+    }
     # Hooks off: the hooks planted below must only be able to fire on the controller's own git calls.
-    subprocess.run(["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
 def _touch_train_py(train_py: Path) -> None:
@@ -141,7 +146,7 @@ def _memoriser_in_comments(wt: Path, train_py: Path) -> None:
     import zlib
 
     packed = base64.b64encode(zlib.compress(public_val_text(120_000).encode(), 9)).decode()
-    lines = "\n".join("# " + packed[i:i + 96] for i in range(0, min(len(packed), 40_000), 96))
+    lines = "\n".join("# " + packed[i : i + 96] for i in range(0, min(len(packed), 40_000), 96))
     train_py.write_text(train_py.read_text() + "\n" + lines + "\n")
 
 
@@ -154,7 +159,9 @@ def _memoriser_in_numbers(wt: Path, train_py: Path) -> None:
 
 
 REFUSALS: tuple[Refusal, ...] = (
-    Refusal("edit_evaluator", _edit_evaluator, "files other than programs/default/train.py changed: evaluator/score.py"),
+    Refusal(
+        "edit_evaluator", _edit_evaluator, "files other than programs/default/train.py changed: evaluator/score.py"
+    ),
     Refusal("new_file", _new_file, "files other than programs/default/train.py changed: programs/default/helper.py"),
     Refusal("staged_other_file", _staged_other, "files other than programs/default/train.py changed: .gitignore"),
     Refusal("ignored_file", _ignored_file, "files other than programs/default/train.py changed: runs/"),
@@ -173,8 +180,11 @@ HOOKS = ("pre-commit", "commit-msg", "post-commit", "post-checkout", "reference-
 
 
 def plant_hooks(wt: Path) -> Path:
-    common = Path(subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=wt, check=True,
-                                 capture_output=True, text=True).stdout.strip())
+    common = Path(
+        subprocess.run(
+            ["git", "rev-parse", "--git-common-dir"], cwd=wt, check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
     hooks = (wt / common).resolve() / "hooks"
     hooks.mkdir(exist_ok=True)
     marker = hooks.parent / HOOK_MARKER
@@ -218,8 +228,10 @@ class CaseAgent(BaseAgent):
             train_py.write_text(step.run.train_py())
             if step.run.label == "probes":
                 plant_hooks(worktree)
-        return Proposal(description=step.description or (step.run.label if step.run else step.refusal.label),
-                        usage=Usage(api_calls=1))
+        return Proposal(
+            description=step.description or (step.run.label if step.run else step.refusal.label),
+            usage=Usage(api_calls=1),
+        )
 
     def observe(self, n: int, val_bpb: float | None, status: str) -> None:
         pass
@@ -276,9 +288,11 @@ def tree_digest(root: Path) -> str:
 
 
 def run_folder_digest(run_dir: Path) -> dict[str, str]:
-    return {name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
-            for name in ("train.py", "train.log", "eval.log", "score.json", "run.json")
-            if (run_dir / name).is_file()}
+    return {
+        name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
+        for name in ("train.py", "train.log", "eval.log", "score.json", "run.json")
+        if (run_dir / name).is_file()
+    }
 
 
 @dataclass
@@ -362,15 +376,25 @@ def run_night(workdir: Path, data_dir: Path) -> NightResult:
     from sandbox.experiment import run_experiment
 
     repo = make_repo(workdir / "repo")
-    settings = load_settings(tag=TAG, profile=PROFILE, agent="search", repo=repo, runs_dir=repo / "runs",
-                             worktrees_dir=repo / "worktrees", data_dir=data_dir,
-                             max_experiments=len(RUNS), max_fix_attempts=0, memory_limit_gb=MEMORY_LIMIT_GB,
-                             # One case after another: the plan is a fixed script, so a proposal prepared
-                             # during a run (and re-asked after a keep) would shift every later case.
-                             overlap=False, calibration_runs=1,
-                             # Honest cases score the seed's exact value: a tie must not move the best
-                             # (shorter code wins ties by default), so each case is judged against the seed.
-                             simpler_wins_ties=False)
+    settings = load_settings(
+        tag=TAG,
+        profile=PROFILE,
+        agent="search",
+        repo=repo,
+        runs_dir=repo / "runs",
+        worktrees_dir=repo / "worktrees",
+        data_dir=data_dir,
+        max_experiments=len(RUNS),
+        max_fix_attempts=0,
+        memory_limit_gb=MEMORY_LIMIT_GB,
+        # One case after another: the plan is a fixed script, so a proposal prepared
+        # during a run (and re-asked after a keep) would shift every later case.
+        overlap=False,
+        calibration_runs=1,
+        # Honest cases score the seed's exact value: a tie must not move the best
+        # (shorter code wins ties by default), so each case is judged against the seed.
+        simpler_wins_ties=False,
+    )
     agent = CaseAgent(plan())
     baseline: dict[str, dict[str, str]] = {}
 
@@ -379,9 +403,14 @@ def run_night(workdir: Path, data_dir: Path) -> NightResult:
             baseline["folder"] = run_folder_digest(Ledger(settings.tag_dir).run_dir(0, record.commit))
 
     recorder = Recorder(on_finished)
-    deps = LoopDeps(agent=agent, runner=functools.partial(run_experiment, limits=LIMITS), observer=recorder,
-                    remove_orphans=remove_tag_containers, manifest_sha256=manifest_sha256(data_dir),
-                    sleep=lambda s: None)
+    deps = LoopDeps(
+        agent=agent,
+        runner=functools.partial(run_experiment, limits=LIMITS),
+        observer=recorder,
+        remove_orphans=remove_tag_containers,
+        manifest_sha256=manifest_sha256(data_dir),
+        sleep=lambda s: None,
+    )
     before = fingerprints(data_dir)
     started = time.monotonic()
     old_key = os.environ.get("ANTHROPIC_API_KEY")
@@ -405,9 +434,17 @@ def run_night(workdir: Path, data_dir: Path) -> NightResult:
         assert record is not None
         runs[labels[n]] = CaseRun(by_label[labels[n]], n, row, record, ledger.row_run_dir(n, row))
     result = NightResult(
-        repo=repo, tag_dir=settings.tag_dir, data_dir=data_dir, rows=rows, runs=runs,
-        refused=[text for _, text in recorder.messages if " refused: " in text], agent=agent,
-        recorder=recorder, seconds=seconds, fingerprints_before=before, fingerprints_after=fingerprints(data_dir),
+        repo=repo,
+        tag_dir=settings.tag_dir,
+        data_dir=data_dir,
+        rows=rows,
+        runs=runs,
+        refused=[text for _, text in recorder.messages if " refused: " in text],
+        agent=agent,
+        recorder=recorder,
+        seconds=seconds,
+        fingerprints_before=before,
+        fingerprints_after=fingerprints(data_dir),
         baseline_folder_before=baseline.get("folder", {}),
         baseline_folder_after=run_folder_digest(runs["baseline"].run_dir),
         hook_marker=repo / ".git" / HOOK_MARKER,

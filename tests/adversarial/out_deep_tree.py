@@ -17,8 +17,8 @@ os.chdir("/out")
 depth = 0
 try:
     for depth in range(1, 3001):
-        os.mkdir("level-%04d" % depth)
-        os.chdir("level-%04d" % depth)
+        os.mkdir(f"level-{depth:04d}")
+        os.chdir(f"level-{depth:04d}")
     with open("junk.bin", "wb") as fh:
         fh.write(os.urandom(1 << 20))
 except OSError as exc:

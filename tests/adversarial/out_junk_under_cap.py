@@ -18,8 +18,9 @@ with open("/out/junk.bin", "wb") as fh:
     while written + len(block) <= target:
         fh.write(block)
         written += len(block)
-print("ADVERSARIAL " + json.dumps({"case": "out_junk_under_cap", "junk_bytes": written, "free_before": free}),
-      flush=True)
+print(
+    "ADVERSARIAL " + json.dumps({"case": "out_junk_under_cap", "junk_bytes": written, "free_before": free}), flush=True
+)
 context = run_context()
 vocab = context.profile.vocab_size
 torch.manual_seed(0)

@@ -27,8 +27,9 @@ facts = {
     "char_device": attempt(lambda: os.mknod("/out/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))),
     "symlink": attempt(lambda: os.symlink("/etc/shadow", "/out/shadow")),
     "odd_name": attempt(lambda: open("/out/\x1b[31mkeep\x1b[0m\nforged", "w").write("x")),
-    "locked_folder": attempt(lambda: (os.mkdir("/out/locked"), open("/out/locked/f", "w").write("x"),
-                                      os.chmod("/out/locked", 0))),
+    "locked_folder": attempt(
+        lambda: (os.mkdir("/out/locked"), open("/out/locked/f", "w").write("x"), os.chmod("/out/locked", 0))
+    ),
 }
 print("ADVERSARIAL " + json.dumps({"case": "out_special_files", **facts}), flush=True)
 context = run_context()

@@ -31,9 +31,17 @@ data = str(run_context().data_dir)
 manifest = json.load(open(f"{data}/manifest.json"))
 val_names = [name for name in manifest.get("files", {}) if name.startswith(("val/", "eval/"))]
 candidates = [f"{data}/{name}" for name in val_names]
-candidates += [f"{data}/val", f"{data}/train/../val/shard_00000.bin", "/data/val/shard_00000.bin",
-               "/val/shard_00000.bin", "/score/../data/val/shard_00000.bin", "/artifact/model.pt2",
-               "/data/eval/scored.bin", "/data/eval/spare.bin", f"{data}/train/../eval/scored.bin"]
+candidates += [
+    f"{data}/val",
+    f"{data}/train/../val/shard_00000.bin",
+    "/data/val/shard_00000.bin",
+    "/val/shard_00000.bin",
+    "/score/../data/val/shard_00000.bin",
+    "/artifact/model.pt2",
+    "/data/eval/scored.bin",
+    "/data/eval/spare.bin",
+    f"{data}/train/../eval/scored.bin",
+]
 opened = {path: try_read(path) for path in candidates}
 report(
     manifest_val_files=val_names,

@@ -39,8 +39,14 @@ for dirpath, dirnames, filenames in os.walk(stdlib):
     if TEST_DIRS & set(os.path.relpath(dirpath, stdlib).split(os.sep)):
         stdlib_tests += [os.path.join(dirpath, f) for f in filenames if f.endswith(".py")]
 mounts = [line.split()[3:5] for line in open("/proc/self/mountinfo")]
-report(shards=sorted(shards), manifests=sorted(manifests), stdlib=stdlib, stdlib_test_files=len(stdlib_tests),
-       stdlib_test_examples=stdlib_tests[:5], mounts=mounts)
+report(
+    shards=sorted(shards),
+    manifests=sorted(manifests),
+    stdlib=stdlib,
+    stdlib_test_files=len(stdlib_tests),
+    stdlib_test_examples=stdlib_tests[:5],
+    mounts=mounts,
+)
 
 if __name__ == "__main__":  # alone it is a whole train.py: it ends like the honest seed
     vocab = run_context().profile.vocab_size
