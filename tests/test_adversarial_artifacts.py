@@ -171,6 +171,7 @@ def test_models_that_read_the_future_or_other_rows_are_rejected(eval_set, tmp_pa
     assert record.probe is not None and record.probe.max_abs_diff > 0.1
 
 
+@pytest.mark.slow  # scores the leaking model five times (20-30 s)
 def test_a_model_that_peeks_only_after_one_token_is_caught_every_time(eval_set, trigger: int, tmp_path: Path) -> None:
     """A sparse leak is caught only where a cut falls right after the trigger: the probe must test
     enough positions that an agent retrying such a model night after night does not get one in."""

@@ -21,6 +21,7 @@ def bare_seed_run(test_data_dir: Path, seed_train_py: Path, tmp_path_factory) ->
     return run_bare(spec)
 
 
+@pytest.mark.slow  # trains and scores the seed (about a minute on 2 busy cores)
 def test_seed_trains_and_scores_below_a_unigram_model(bare_seed_run, test_data_dir):
     assert bare_seed_run.status == "ok", bare_seed_run.reason
     score = bare_seed_run.score

@@ -71,6 +71,7 @@ def test_the_train_log_is_read_into_phases() -> None:
     assert log.tokens_per_s == pytest.approx(4 * 32 * 2048)
 
 
+@pytest.mark.slow  # a whole tiny experiment with a cold and a warm compile (1-2 minutes)
 def test_the_tiny_cpu_bench_prints_its_table_and_lines_that_match_its_score(
     test_data_dir: Path, tmp_path: Path
 ) -> None:
