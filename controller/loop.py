@@ -372,9 +372,13 @@ class NightLoop:
         self._queue_pending()
         waits = _backoff()
         storage_failures = unexpected = 0
+        recover = False  # after a storage error: re-read the records, as a resume would
         while True:
             rows_before = len(self.rows)
             try:
+                if recover:
+                    self._recover()
+                    recover = False
                 progressed = self._tick()
             except (InfrastructureError, AgentFatalError, SetupError, KeyboardInterrupt):
                 raise
@@ -386,6 +390,7 @@ class NightLoop:
                         f"{storage_failures} tries: free some disk, then resume"
                     ) from None
                 self._storage_error(exc, next(waits))
+                recover = True  # until the records are re-read without an error, nothing else runs
                 continue
             except Exception as exc:
                 unexpected = unexpected + 1 if len(self.rows) == rows_before else 1
@@ -449,13 +454,14 @@ class NightLoop:
             f"cannot write under {self.s.tag_dir}: {exc.strerror or exc}; retrying in {delay:.0f}s", "error"
         )
         self._wait(delay)
-        try:
-            self.ledger.repair()
-            self._drain()
-            self._reconcile()
-            self._queue_pending()
-        except OSError:
-            pass  # still failing: the next step fails the same way and waits longer
+
+    def _recover(self) -> None:
+        """Take the night up again after a storage error, as a resume after kill -9 would. An
+        OSError here (the disk still full) is another storage error: said, waited for, retried."""
+        self.ledger.repair()
+        self._drain()
+        self._reconcile()
+        self._queue_pending()
 
     def _unexpected(self, exc: Exception) -> None:
         """A bug or hostile input nobody foresaw, while proposing, running or recording: the

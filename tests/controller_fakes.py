@@ -387,9 +387,18 @@ def cli_with_fakes(argv: list[str], script: dict, run_seconds: float = 0.0) -> i
         time.sleep(run_seconds)
         return fake(spec)
 
-    cli.make_backend = lambda settings: None  # no engine: the fake runner below stands in for it
-    cli.make_runner = lambda settings, backend=None: runner
-    cli.make_agent_for = lambda settings: ScriptedAgent(script)
-    cli.current_image_id = lambda settings, backend=None: "sha256:fake"
-    cli.remove_tag_containers = lambda tag, backend=None: []
-    return cli.main(argv)
+    fakes = {
+        "make_backend": lambda settings: None,  # no engine: the fake runner below stands in for it
+        "make_runner": lambda settings, backend=None: runner,
+        "make_agent_for": lambda settings: ScriptedAgent(script),
+        "current_image_id": lambda settings, backend=None: "sha256:fake",
+        "remove_tag_containers": lambda tag, backend=None: [],
+    }
+    real = {name: getattr(cli, name) for name in fakes}
+    for name, fake_fn in fakes.items():
+        setattr(cli, name, fake_fn)
+    try:
+        return cli.main(argv)
+    finally:  # in-process callers (tests) must not leave the CLI faked for the next module
+        for name, fn in real.items():
+            setattr(cli, name, fn)
