@@ -404,9 +404,10 @@ def fill(mount: Path, log: Path) -> Path:
 def test_a_full_disk_in_the_runs_folder_pauses_the_night_and_loses_nothing(
     images, test_data_dir: Path, tmp_path: Path
 ) -> None:
-    """The disk fills twice: while the controller writes its journal (proposing #1), and while the
-    sandbox sets up a run folder (training #2); its own log is on the same disk. Each time the
-    night says so, waits, and goes on once space is freed; no row is lost."""
+    """The disk fills twice: while the controller writes its journal (proposing #1), and while it
+    records #2's decision after the run (the run's folder and record are written by then); its own
+    log is on the same disk. Each time the night says so, waits, and goes on once space is freed
+    (re-reading its records as a resume would); no row is lost or doubled."""
     repo = make_repo(tmp_path / "repo")
     tag = "diskfull"
     runs = repo / "runs"
@@ -423,7 +424,7 @@ def test_a_full_disk_in_the_runs_folder_pauses_the_night_and_loses_nothing(
 
     with small_disk(runs):
         configure_logging(runs / tag)  # as `python -m controller overnight` does: its log is on the full disk too
-        observer = FaultObserver(at={(1, "proposing"): fill_disk, (2, "training"): fill_disk}, on_say=on_say)
+        observer = FaultObserver(at={(1, "proposing"): fill_disk, (2, "recorded"): fill_disk}, on_say=on_say)
         loop = build_night(
             NightSpec(repo=repo, tag=tag, data_dir=test_data_dir, max_experiments=2, settings={"hours": 0.1}),
             observer=observer,
