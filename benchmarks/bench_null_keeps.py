@@ -115,7 +115,8 @@ def main() -> int:
     if kept_loop != replay.kept_new:
         print(
             f"note: the loop kept {sum(kept_loop)}, the replay of the new rule {sum(replay.kept_new)} "
-            "(with several slots the loop decides in completion order, against the best at that time)"
+            "(the loop also weighs the paired eval-row noise of rowloss.bin, which this replay lacks, "
+            "and with several slots decides in completion order)"
         )
     print(f"agree_with_replay: {'yes' if kept_loop == replay.kept_new else 'no'}")
     print(f"wall_s: {night.wall_s:.0f}")
