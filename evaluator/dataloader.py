@@ -13,6 +13,7 @@ that preparation stored in eval/ (evaluator.prepare), which only the eval contai
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_right, insort
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -202,6 +203,18 @@ def eval_data(data_dir: Path, profile: Profile) -> EvalData:
     scored = scored.reshape(profile.eval_batches, B, T + 1)
     spare = spare.reshape(PROBE_SPARE_BATCHES, B, T + 1)
     return EvalData(inputs=scored[..., :-1].copy(), targets=scored[..., 1:].copy(), spare=spare[..., :-1].copy())
+
+
+def distinct_rows(rows: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The rows of a stream whose tokens were not seen in an earlier row (repeated boilerplate is
+    drawn at most once, so no eval row is scored twice and a probe's spare row is never a scored
+    one). Keeps a 16-byte digest per distinct row."""
+    seen: set[bytes] = set()
+    for row in rows:
+        digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+        if digest not in seen:
+            seen.add(digest)
+            yield row
 
 
 def sample_rows(rows: Iterator[np.ndarray], k: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:

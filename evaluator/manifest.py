@@ -76,7 +76,7 @@ class EvalEntry(BaseModel):
     rows: int = Field(ge=1)  # scored rows (eval/scored.bin)
     spare_rows: int = Field(ge=0)  # probe rows (eval/spare.bin)
     row_tokens: int = Field(ge=2)  # seq_len + 1
-    drawn_from: int = Field(ge=1)  # packed val rows the sample was drawn from
+    drawn_from: int = Field(ge=1)  # distinct packed val rows the sample was drawn from
 
 
 class Manifest(BaseModel):

@@ -42,6 +42,7 @@ import structlog
 import tiktoken
 
 from evaluator.dataloader import (
+    distinct_rows,
     load_shards,
     packed_rows,
     sample_rows,
@@ -218,13 +219,15 @@ def _build(
 
 
 def write_eval_sample(root: Path, profile: Profile, bos: int, rng: np.random.Generator | None = None) -> EvalEntry:
-    """Draw the scored rows and the probe's spare rows from all packed val rows with a secret."""
+    """Draw the scored rows and the probe's spare rows from all distinct packed val rows with a secret."""
     shards = load_shards(root, VAL_DIR)
     spans = shard_documents(shards, bos)
     scored_n, spare_n = profile.eval_rows, spare_rows_needed(profile)
     rng = rng or np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
     try:
-        rows, drawn_from = sample_rows(packed_rows(shards, spans, profile.seq_len + 1), scored_n + spare_n, rng)
+        rows, drawn_from = sample_rows(
+            distinct_rows(packed_rows(shards, spans, profile.seq_len + 1)), scored_n + spare_n, rng
+        )
     except ValueError as exc:
         raise PrepareError(
             f"{exc}: profile {profile.name!r} scores {scored_n} rows of "

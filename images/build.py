@@ -76,7 +76,8 @@ from sandbox import specs  # noqa: E402
 
 IMAGES = REPO / "images"
 WHEELHOUSE = IMAGES / ".wheelhouse"
-SMOKE_STAMP = IMAGES / ".smoke-passed"  # the evaluator image id (and device) the smoke test last passed on
+SMOKE_STAMPS_KEPT = 32
+SMOKE_STAMP = IMAGES / ".smoke-passed"  # one "image-id device" line per evaluator image the smoke test passed on
 REQUIREMENTS = IMAGES / "requirements.txt"
 SMOKE_SCRIPT = IMAGES / "smoke.py"
 
@@ -472,8 +473,9 @@ def build_all(mode: str, base_image: str | None, verbose: bool, only_through: st
                      network="host")
     device = smoke_device(smoke)
     evaluator_id = client.images.get(tags.evaluator).id
-    passed = SMOKE_STAMP.read_text().strip() if SMOKE_STAMP.exists() else ""
-    if passed == f"{evaluator_id} {device}" and not force_smoke:
+    passed = SMOKE_STAMP.read_text().splitlines() if SMOKE_STAMP.exists() else []
+    stamp = f"{evaluator_id} {device}"
+    if stamp in passed and not force_smoke:
         log(f"smoke test: passed before for exactly this image ({evaluator_id[:19]}) on {device}")
         return base
     result = smoke_test(client, tags.evaluator, device)
@@ -481,7 +483,8 @@ def build_all(mode: str, base_image: str | None, verbose: bool, only_through: st
         f"{result.compile_s:.1f} s, export {result.export_s:.1f} s, load {result.load_s:.1f} s, "
         f"{result.wall_s:.1f} s in all")
     print(f"smoke_s: {result.wall_s:.1f}", flush=True)
-    SMOKE_STAMP.write_text(f"{evaluator_id} {device}\n")
+    kept = [line for line in passed if line != stamp][-(SMOKE_STAMPS_KEPT - 1):]  # other prefixes' images too
+    SMOKE_STAMP.write_text("".join(f"{line}\n" for line in [*kept, stamp]))
     return base
 
 

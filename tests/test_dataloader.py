@@ -9,6 +9,7 @@ import pytest
 from evaluator import layout
 from evaluator.dataloader import (
     NotEnoughValidationData,
+    distinct_rows,
     eval_data,
     load_documents,
     load_shards,
@@ -127,3 +128,11 @@ def test_train_batches_cover_epochs(test_data_dir):
     assert torch.equal(x[:, 1:], y[:, :-1]) and epoch == 0
     again = train_batches(test_data_dir, batch_size=4, seq_len=64, seed=0)
     assert torch.equal(next(again)[0], x)
+
+
+def test_repeated_rows_are_drawn_at_most_once():
+    stream = [np.full(8, i % 5) for i in range(40)] + [np.arange(8)]
+    rows = list(distinct_rows(iter(stream)))
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4, 0] and np.array_equal(rows[-1], np.arange(8))
+    sample, seen = sample_rows(distinct_rows(iter(stream)), 6, np.random.default_rng(0))
+    assert seen == 6 and len({r.tobytes() for r in sample}) == 6
