@@ -52,7 +52,7 @@ $(VENV)/.host: pyproject.toml
 	touch $@
 
 # torch on the host is only for development and tests (the bare runner); the loop does not need it.
-$(VENV)/.dev: $(VENV)/.host
+$(VENV)/.dev: $(VENV)/.host pyproject.toml
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[train,dev]"
 	touch $@
@@ -143,7 +143,7 @@ test: setup-host $(VENV)/.dev images
 # Every test that needs no Docker engine (the docker marker is set in tests/conftest.py for any
 # test that uses the engine's fixtures): no images, no engine, a few minutes at most.
 unit: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not docker and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto -m "not docker and not slow" $(PYTEST_ARGS)
 
 # ruff (lint and format check) and mypy, configured in pyproject.toml.
 LINT_PATHS = controller sandbox evaluator tests benchmarks
