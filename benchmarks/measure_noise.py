@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from controller.noise import decide, paired_eval_se, pooled_noise  # noqa: E402
 from evaluator import layout  # noqa: E402
 from evaluator.artifact import load_artifact  # noqa: E402
-from evaluator.dataloader import eval_batches  # noqa: E402
+from evaluator.dataloader import eval_data  # noqa: E402
 from evaluator.profiles import get_profile  # noqa: E402
 from evaluator.records import ScoreRecord  # noqa: E402
 from evaluator.rowloss import ROWLOSS_FILE, RowLosses, profile_rows, read_rowloss, row_totals, write_rowloss  # noqa: E402
@@ -40,7 +40,7 @@ from sandbox.result import ExperimentSpec  # noqa: E402
 
 def rows_of(artifact: Path, data_dir: Path, profile_name: str) -> RowLosses:
     profile = get_profile(profile_name)
-    raw = eval_batches(data_dir, profile)
+    raw = eval_data(data_dir, profile)
     data = eval_tensors(raw.inputs, raw.targets, raw.spare, profile)
     table = token_byte_table(load_token_bytes(data_dir), profile.vocab_size)
     model = load_artifact(artifact, profile.eval_batch_size, profile.seq_len)
