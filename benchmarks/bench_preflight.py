@@ -14,8 +14,8 @@ to stop (a crash, no export, a refused op, a non-causal model). Prints grep-able
     preflight_<profile>_<case>_s: <seconds>       a broken proposal, and its verdict on the line before
     preflight_share_max: <fraction>               the largest of them / that profile's train budget
 
-The target is a share under 0.15 of a gpu-profile experiment. On a machine without a GPU this
-measures the cpu (and test) profiles; the preflight itself always runs on CPU, so the gpu
+The goal: each broken case stopped in under 0.15 of the `cpu` budget. On a machine without a GPU
+this measures the cpu (and test) profiles; the preflight itself always runs on CPU, so the gpu
 profile's preflight (the night's shapes: 2048 tokens x 32 rows on CPU) must be measured on the
 GPU host's CPUs.
 """
