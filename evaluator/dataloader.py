@@ -206,12 +206,14 @@ def eval_data(data_dir: Path, profile: Profile) -> EvalData:
 
 
 def distinct_rows(rows: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """The rows of a stream whose tokens were not seen in an earlier row (repeated boilerplate is
-    drawn at most once, so no eval row is scored twice and a probe's spare row is never a scored
-    one). Keeps a 16-byte digest per distinct row."""
+    """The rows of a stream whose model input (every token but the last) was not seen in an earlier
+    row: repeated boilerplate is drawn at most once, so no eval row is scored twice and a probe's
+    spare row is never a scored one. Keyed on the input, not the whole row: two packed rows can
+    share their first T tokens and differ only in the last (the stdlib split has such pairs).
+    Keeps a 16-byte digest per distinct input."""
     seen: set[bytes] = set()
     for row in rows:
-        digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+        digest = hashlib.blake2b(row[:-1].tobytes(), digest_size=16).digest()
         if digest not in seen:
             seen.add(digest)
             yield row

@@ -136,3 +136,22 @@ def test_repeated_rows_are_drawn_at_most_once():
     assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4, 0] and np.array_equal(rows[-1], np.arange(8))
     sample, seen = sample_rows(distinct_rows(iter(stream)), 6, np.random.default_rng(0))
     assert seen == 6 and len({r.tobytes() for r in sample}) == 6
+
+
+def test_rows_that_differ_only_in_their_last_token_are_one_input():
+    first = np.arange(8)
+    last_differs = np.concatenate([np.arange(7), [99]])
+    rows = list(distinct_rows(iter([first, last_differs, np.arange(1, 9)])))
+    assert len(rows) == 2 and np.array_equal(rows[0], first) and rows[1][0] == 1
+
+
+def test_no_spare_input_is_a_scored_input_for_any_draw(test_data_dir):
+    """Every secret draw, not only the one prepared: the sample comes from distinct inputs."""
+    from evaluator.tokenizer import bos_id
+
+    shards = load_shards(test_data_dir, "val")
+    spans = shard_documents(shards, bos_id(test_data_dir))
+    T = get_profile("test").seq_len
+    rows = list(distinct_rows(packed_rows(shards, spans, T + 1)))
+    assert len({r[:-1].tobytes() for r in rows}) == len(rows)
+    assert len(rows) < sum(1 for _ in packed_rows(shards, spans, T + 1))  # the split does repeat
