@@ -3,12 +3,11 @@
     python benchmarks/bench_null_keeps.py [--profile cpu] [--proposals 20] [--slots 2] [--improvement]
     python benchmarks/bench_null_keeps.py --profile test --proposals 3 --slots 1   # the tiny version
 
-The real loop (calibration runs of the baseline, the keep rule, confirmation runs) over the real
-sandbox; every proposal is a no-op: a reworded comment and a changed random seed, alternating. Any
-keep is a false keep. The scores the night measured (each proposal's first run and its
-confirmations) are then replayed under the old rule (keep when the first run is strictly below
-the best so far) and the new one (controller.noise), as benchmarks/sim_null_keeps.py does; the
-new rule's replay must agree with what the loop decided. With --improvement, one more proposal is
+The real loop (calibration runs of the baseline, the keep rule, confirmation runs alongside the
+best) over the real sandbox; every proposal is a no-op: a reworded comment and a changed random
+seed, alternating. Any keep is a false keep. The old rule (keep when the first run is strictly
+below the best's first run so far) is applied to the same first runs, in experiment order; the
+new rule's keeps are what the loop decided. With --improvement, one more proposal is
 a real change (--improvement-edit OLD NEW, repeatable; default: every learning rate tripled, measured
 better on cpu by benchmarks/measure_noise.py, see docs/noise.md), and the line `improvement_kept:`
 says whether the night kept it.
@@ -32,8 +31,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from night_kit import ThinkingAgent, all_records, comment_only, run_night, seed_only  # noqa: E402
 
 from controller.logs import configure_quiet  # noqa: E402
-from controller.noise import replay_night  # noqa: E402
-from evaluator.profiles import get_profile  # noqa: E402
 
 # The real change of --improvement: every learning rate of the seed tripled. Measured on `cpu`
 # (benchmarks/measure_noise.py --runs 3, docs/noise.md): val_bpb 2.463 +/- 0.029 against the
@@ -62,7 +59,7 @@ def main() -> int:
         help="a text replacement in the seed (repeat for several; default: every learning rate tripled)",
     )
     p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--json", type=Path, default=None, help="write the scores (sim_null_keeps.py --scores)")
+    p.add_argument("--json", type=Path, default=None, help="write every run's score, in order, to this file")
     args = p.parse_args()
     configure_quiet()
     data_dir = (args.data_dir or REPO / "data" / args.profile).resolve()
@@ -109,8 +106,8 @@ def main() -> int:
     )
     records = {r.n: r for r in all_records(night.tag_dir)}
 
-    def scores(n: int) -> list[float]:
-        return [r.val_bpb for r in records[n].replicates if r.val_bpb is not None and not r.preflight]
+    def scores(n: int) -> list[float]:  # the experiment's own runs
+        return [r.val_bpb for r in records[n].own_replicates if r.val_bpb is not None and not r.preflight]
 
     improvements = [n for n in records if records[n].description.startswith("improvement")]
     nulls = [n for n in sorted(records) if n > 0 and records[n].kind == "proposal" and n not in improvements]
@@ -120,26 +117,30 @@ def main() -> int:
             f"the baseline did not score ({records[0].status}: {records[0].reason}): nothing to compare "
             "against; is the machine busy? (`make logs RUN=0` in the bench's checkout)"
         )
-    firsts = [scores(n) for n in nulls if scores(n)]
-    replay = replay_night(baseline, firsts, deterministic=get_profile(args.profile).max_steps is not None)
-    kept_loop = [records[n].status == "keep" for n in nulls if scores(n)]
-    runs = sum(len(scores(n)) for n in records)
+    scored = [n for n in nulls if scores(n)]
+    best_old, kept_old = baseline[0], 0
+    for n in scored:  # the old rule on the same first runs
+        if scores(n)[0] < best_old:
+            best_old, kept_old = scores(n)[0], kept_old + 1
+    kept_new = sum(records[n].status == "keep" for n in scored)
+    runs = sum(1 for rec in records.values() for r in rec.replicates if r.val_bpb is not None and not r.preflight)
+    alongside = sum(1 for rec in records.values() for r in rec.replicates if r.of_commit and r.val_bpb is not None)
     experiments = sum(1 for n in records if scores(n))
     if args.json:
-        args.json.write_text(json.dumps({"baseline": baseline, "proposals": firsts}) + "\n")
-    print(f"noise: baseline runs {', '.join(f'{s:.4f}' for s in baseline)}")
-    if kept_loop != replay.kept_new:
-        print(
-            f"note: the loop kept {sum(kept_loop)}, the replay of the new rule {sum(replay.kept_new)} "
-            "(the loop also weighs the paired eval-row noise of rowloss.bin, which this replay lacks, "
-            "and with several slots decides in completion order)"
+        timeline = sorted(
+            (r.finished.isoformat(), n, r.k, r.of_commit is not None, r.val_bpb)
+            for n, rec in records.items()
+            for r in rec.replicates
+            if r.val_bpb is not None
         )
-    print(f"agree_with_replay: {'yes' if kept_loop == replay.kept_new else 'no'}")
+        args.json.write_text(json.dumps({"runs": timeline}) + "\n")
+    print(f"noise: baseline runs {', '.join(f'{s:.4f}' for s in baseline)}")
     print(f"wall_s: {night.wall_s:.0f}")
-    print(f"proposals: {len(firsts)}")
+    print(f"proposals: {len(scored)}")
     print(f"runs: {runs}")
-    print(f"false_keep_old: {replay.false_keep_old:.2f}")
-    print(f"false_keep_new: {sum(kept_loop) / len(kept_loop) if kept_loop else 0.0:.2f}")
+    print(f"runs_alongside: {alongside}")
+    print(f"false_keep_old: {kept_old / len(scored) if scored else 0.0:.2f}")
+    print(f"false_keep_new: {kept_new / len(scored) if scored else 0.0:.2f}")
     print(f"extra_runs: {(runs - experiments) / runs if runs else 0.0:.2f}")
     if args.improvement:
         rec = records[improvements[0]] if improvements else None

@@ -109,7 +109,10 @@ class Quiet:
 
     def finished(self, record: RunRecord, best: Any) -> None:
         self.records.append(record)
-        runs = ", ".join(f"{r.val_bpb:.4f}" if r.val_bpb is not None else r.status for r in record.replicates)
+        runs = ", ".join(
+            ("best " if r.of_commit else "") + (f"{r.val_bpb:.4f}" if r.val_bpb is not None else r.status)
+            for r in record.replicates
+        )
         print(f"[{self.label}] #{record.n} {record.status} ({runs}) {record.description}", flush=True)
 
     def say(self, text: str, level: str = "info") -> None:

@@ -104,6 +104,7 @@ LOG_TAIL_BYTES = 6000
 FAILURES_SHOWN = 5
 BACKOFF_START_S = 10.0
 BACKOFF_CAP_S = 600.0
+ALONGSIDE_SEEDS = 1_000_000  # seeds of the best's runs alongside a candidate start here (+ 1000 n + k)
 INFRA_ATTEMPTS = 6  # tries of one experiment through an infrastructure error (~10 min of backoff)
 STORAGE_ATTEMPTS = 6  # tries through errors writing the controller's own records
 UNEXPECTED_LIMIT = 5  # unexpected errors in a row without a row written: something is systematically broken
@@ -659,10 +660,12 @@ class NightLoop:
         return found
 
     def _remember_runs(self, commit: str, replicates: list[ReplicateRecord]) -> None:
-        values = [r.val_bpb for r in replicates if r.status == "ok" and r.val_bpb is not None]
+        """Pool an experiment's scored runs by the commit each measured (the best's runs alongside
+        a candidate go to the best), in the order they finished."""
         self.runs_of.setdefault(commit, [])
-        for value in values:
-            self.runs_of[commit].append(value)
+        for r in sorted(replicates, key=lambda r: r.finished):
+            if r.status == "ok" and r.val_bpb is not None:
+                self.runs_of.setdefault(r.of_commit or commit, []).append(r.val_bpb)
 
     def _save_journal(self) -> None:
         with self.lock:
@@ -1069,7 +1072,7 @@ class NightLoop:
             if pending is None:
                 continue
             slot = st.free.pop(0)
-            run_dir = self.ledger.run_dir(task.n, pending.commit, task.k)
+            run_dir = self.ledger.run_dir(task.n, pending.commit_of(task.k), task.k)
             if not _only_preflight(run_dir):  # a half run of an interrupted controller: kept aside
                 self.ledger.set_aside(run_dir, _stamp())
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -1101,12 +1104,20 @@ class NightLoop:
         except OSError as exc:  # a view only: never stops the night
             self.log.warning("slots_write_failed", error=str(exc))
 
+    def _seed(self, pending: Pending, k: int) -> int:
+        """The controller's seed for run k: the night's seed + k, and for a run of the best
+        alongside a candidate a seed no other run of the night uses."""
+        if k in pending.alongside:
+            return self.s.seed + ALONGSIDE_SEEDS + 1_000 * pending.n + k
+        return self.s.seed + k
+
     def _spec(self, pending: Pending, k: int, slot: Slot | None, preflight: bool = False) -> ExperimentSpec:
-        run_dir = self.ledger.run_dir(pending.n, pending.commit, k)
+        commit = pending.commit_of(k)
+        run_dir = self.ledger.run_dir(pending.n, commit, k)
         train_py = run_dir / "train.py"
         run_dir.mkdir(parents=True, exist_ok=True)
         if not train_py.exists():
-            train_py.write_bytes(git.file_at(self.repo, pending.commit, self.train_rel))
+            train_py.write_bytes(git.file_at(self.repo, commit, self.train_rel))
         labels = {LABEL_TAG: self.s.tag, "overnight.experiment": str(pending.n), "overnight.replicate": str(k)}
         return ExperimentSpec(
             run_id=f"{self.s.tag}-{pending.n:04d}" + (f"-r{k}" if k else "") + ("-pre" if preflight else ""),
@@ -1117,7 +1128,7 @@ class NightLoop:
             image=self.s.image,
             gpu=slot.gpu if slot is not None else None,
             cpuset=slot.cpuset if slot is not None else None,
-            seed=self.s.seed + k,
+            seed=self._seed(pending, k),
             vram_cap_gb=self.s.vram_cap_gb,
             memory_limit_gb=self.s.container_memory_gb,
             labels=labels,
@@ -1188,13 +1199,15 @@ class NightLoop:
         preflight: bool = False,
     ) -> None:
         score = result.score
+        of_commit = pending.alongside.get(task.k)
         replicate = ReplicateRecord(
             k=task.k,
-            seed=self.s.seed + task.k,
+            of_commit=of_commit,
+            seed=self._seed(pending, task.k),
             status=result.status,
             reason=_reason(result),
             val_bpb=result.val_bpb,
-            run_dir=self.ledger.run_dir(pending.n, pending.commit, task.k).name,
+            run_dir=self.ledger.run_dir(pending.n, pending.commit_of(task.k), task.k).name,
             slot=slot.index if slot is not None else None,
             memory_gb=0.0 if result.status == "crash" else result.peak_memory_gb,
             memory_kind=result.memory_kind,
@@ -1225,7 +1238,7 @@ class NightLoop:
         (confirmation) run. Decisions are made in completion order."""
         if len(pending.replicates) < pending.wanted and not any(r.preflight for r in pending.replicates):
             return
-        ok = [r for r in pending.replicates if r.status == "ok" and r.val_bpb is not None]
+        ok = [r for r in pending.own_replicates if r.status == "ok" and r.val_bpb is not None]
         if not ok:
             first = min(pending.replicates, key=lambda r: r.k)
             self._finalize(pending, status=first.status)
@@ -1241,15 +1254,27 @@ class NightLoop:
             return
         decision = self._rule(pending, ok, best_row, best_commit, best_values)
         if decision.verdict == "confirm":
-            pending.wanted += 1
-            self._save_journal()
-            self.d.observer.say(f"#{pending.n}: {decision.text}")
-            self._enqueue(pending, max(r.k for r in pending.replicates) + 1)
+            self._confirm(pending, best_commit, decision)
             return
         if decision.verdict == "keep" and pending.parent != best_commit:
             self._merge_onto_best(pending, decision, best_commit)
             return
         self._finalize(pending, status=decision.verdict, decision=decision)
+
+    def _confirm(self, pending: Pending, best_commit: str, decision: NoiseDecision) -> None:
+        """A confirmation step: a run of the best alongside the candidate's (its first run, or
+        from the second step on, one more run of the candidate next to it). Both run at the
+        first free slots, ahead of first runs, so that a drift of the machine hits both."""
+        k = max(r.k for r in pending.replicates) + 1
+        if any(r.of_commit == best_commit for r in pending.replicates):
+            self._enqueue(pending, k)  # one more run of the candidate
+            pending.wanted += 1
+            k += 1
+        pending.alongside[k] = best_commit
+        pending.wanted += 1
+        self._save_journal()
+        self.d.observer.say(f"#{pending.n}: {decision.text}")
+        self._enqueue(pending, k)
 
     def _rule(
         self,
@@ -1259,14 +1284,30 @@ class NightLoop:
         best_commit: str,
         best_values: list[float],
     ) -> NoiseDecision:
+        """The rule on the candidate's runs: against the runs of the best made alongside them
+        when it has some (paired in time), else against the best's latest runs. Runs alongside a
+        former best (another candidate was kept meanwhile) count against its confirmation steps."""
         noise = self._noise()
-        se_eval = self._paired_se(pending, ok, best_row, best_commit)
+        settings = self.s.rule()
+        alongside = [r for r in pending.replicates if r.of_commit is not None and r.status == "ok"]
+        paired = [r for r in alongside if r.of_commit == best_commit and r.val_bpb is not None]
+        stale = len(alongside) + sum(r.of_commit is not None and r.status != "ok" for r in pending.replicates)
+        stale -= len(paired)  # runs alongside a former best, or alongside runs that failed
+        if stale:
+            settings = settings.model_copy(update={"max_confirm": max(0, settings.max_confirm - stale)})
+        se_eval = self._paired_se(pending, ok, best_row, paired)
         simpler = is_simpler(
             code_size(git.file_at(self.repo, pending.commit, self.train_rel).decode("utf-8", "replace")),
             code_size(git.file_at(self.repo, best_commit, self.train_rel).decode("utf-8", "replace")),
         )
         return decide_rule(
-            [r.val_bpb for r in ok if r.val_bpb is not None], best_values, noise, self.s.rule(), se_eval, simpler
+            [r.val_bpb for r in ok if r.val_bpb is not None],
+            best_values[-settings.anchor_runs :],
+            noise,
+            settings,
+            se_eval,
+            simpler,
+            alongside=[r.val_bpb for r in paired if r.val_bpb is not None],
         )
 
     def _noise(self) -> NoiseEstimate:
@@ -1287,15 +1328,20 @@ class NightLoop:
         return None if noise.deterministic else noise.sigma
 
     def _paired_se(
-        self, pending: Pending, ok: list[ReplicateRecord], best_row: LedgerRow | None, best_commit: str
+        self,
+        pending: Pending,
+        ok: list[ReplicateRecord],
+        best_row: LedgerRow | None,
+        alongside: list[ReplicateRecord],
     ) -> float | None:
-        """The eval-sampling SE from the per-row losses of both sides (None when some are missing:
-        the bare runner, or records from before they existed)."""
+        """The eval-sampling SE from the per-row losses of both sides: the candidate's runs against
+        the best's runs alongside them, or the best's own runs (None when some are missing: the
+        bare runner, or records from before they existed)."""
         rows = profile_rows(self.profile)
-        best_runs: list[ReplicateRecord] = []
-        if best_row is not None:
+        best_runs: list[ReplicateRecord] = list(alongside)
+        if not best_runs and best_row is not None:
             record = self.ledger.read_record(best_row.n, best_row.commit)
-            best_runs = [r for r in (record.replicates if record else []) if r.status == "ok"]
+            best_runs = [r for r in (record.own_replicates if record else []) if r.status == "ok"]
         try:
             cand = [read_rowloss(self.s.tag_dir / r.run_dir / ROWLOSS_FILE, rows) for r in ok]
             best = [read_rowloss(self.s.tag_dir / r.run_dir / ROWLOSS_FILE, rows) for r in best_runs]
@@ -1375,7 +1421,7 @@ class NightLoop:
         record = self._run_record(pending, status, decision, note)
         self.ledger.write_record(record)
         self._hook(n, "decided-record")
-        ok = [r for r in pending.replicates if r.status == "ok" and r.val_bpb is not None]
+        ok = [r for r in pending.own_replicates if r.status == "ok" and r.val_bpb is not None]
         first = min(pending.replicates, key=lambda r: r.k) if pending.replicates else None
         row = LedgerRow(
             commit=commit[:7],
@@ -1386,7 +1432,9 @@ class NightLoop:
             n=n,
             runs=len(ok) if status in ("keep", "discard") else 0,
             delta=decision.short if decision is not None else "-",
-            train_s=statistics.fmean([r.train_seconds for r in pending.replicates]) if pending.replicates else 0.0,
+            train_s=(
+                statistics.fmean([r.train_seconds for r in pending.own_replicates]) if pending.own_replicates else 0.0
+            ),
             slot=first.slot if first is not None else None,
         )
         old_best = self._best_commit()
@@ -1417,7 +1465,7 @@ class NightLoop:
 
     def _run_record(self, pending: Pending, status: str, decision: NoiseDecision | None, note: str | None) -> RunRecord:
         replicates = sorted(pending.replicates, key=lambda r: r.k)
-        ok = [r.val_bpb for r in replicates if r.status == "ok" and r.val_bpb is not None]
+        ok = [r.val_bpb for r in replicates if r.status == "ok" and r.val_bpb is not None and r.of_commit is None]
         first = replicates[0] if replicates else None
         proposal = pending.proposal
         run_dir = self.ledger.run_dir(pending.n, pending.commit)

@@ -30,7 +30,7 @@ import io
 import math
 import statistics
 import tokenize
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -293,8 +293,11 @@ class RuleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     keep_z: float = Field(default=2.0, gt=0)  # keep when delta < -t(keep_z) se: one-sided 2.3% per look
-    confirm_z: float = Field(default=1.0, ge=0)  # grey zone down to -t(confirm_z) se gets a confirmation
-    max_confirm: int = Field(default=1, ge=0, le=10)  # confirmation runs per candidate at most
+    confirmed_z: float = Field(default=1.5, gt=0)  # after a first run passed t(confirm_z): keep at t(confirmed_z)
+    confirm_z: float = Field(default=1.0, ge=0)  # a first run below -t(confirm_z) se gets a confirmation
+    keep_at_once_z: float = Field(default=4.0, gt=0)  # a first run is kept unconfirmed only this far below
+    max_confirm: int = Field(default=1, ge=0, le=10)  # confirmation steps per candidate at most
+    anchor_runs: int = Field(default=3, ge=1)  # a first run is compared with the best's latest runs
     min_delta: float = Field(default=0.0, ge=0)  # absolute margin in bpb a keep must also pass
     simpler_wins_ties: bool = True  # simpler code is kept when its mean is not worse (delta <= 0)
 
@@ -315,12 +318,14 @@ class Decision(BaseModel):
     se_eval: float | None = None  # paired eval-sampling SE, when per-row losses were given
     df: int | None = None  # degrees of freedom behind the margin; None = normal (nothing estimated)
     simpler: bool = False
+    alongside: bool = False  # n_best counts runs of the best made alongside the candidate's (paired in time)
 
     @property
     def text(self) -> str:
         """One line for a person or an agent, e.g.
-        'delta -0.0007 +/- 0.0011 (2 runs vs 3): within noise'."""
+        'delta -0.0007 +/- 0.0011 (2 runs vs 2 alongside): within noise'."""
         runs = f"{self.n_candidate} run{'s' if self.n_candidate != 1 else ''} vs {self.n_best}"
+        runs += " alongside" if self.alongside else ""
         if self.se is None:
             return f"delta {self.delta:+.6f} ({runs}): {self.reason}"
         d = _decimals(self.se)
@@ -328,9 +333,10 @@ class Decision(BaseModel):
 
     @property
     def short(self) -> str:
-        """A compact TSV cell: delta+/-se and runs averaged, e.g. '-0.000700+/-0.001100 2v3'."""
+        """A compact TSV cell: delta+/-se and runs averaged, e.g. '-0.000700+/-0.001100 2v3'
+        ('2a2': against 2 runs of the best made alongside)."""
         se = f"{self.se:.6f}" if self.se is not None else "na"
-        return f"{self.delta:+.6f}+/-{se} {self.n_candidate}v{self.n_best}"
+        return f"{self.delta:+.6f}+/-{se} {self.n_candidate}{'a' if self.alongside else 'v'}{self.n_best}"
 
 
 def _decimals(se: float) -> int:
@@ -341,8 +347,9 @@ def _decimals(se: float) -> int:
 
 
 R_BETTER = "better beyond noise"
+R_BETTER_AT_ONCE = "far better beyond noise"
 R_SIMPLER = "equal within noise, simpler code"
-R_GREY = "within noise: confirmation run"
+R_GREY = "maybe better: confirmation alongside the best"
 R_WITHIN = "within noise"
 R_NOT_BETTER = "not better"
 R_UNKNOWN_CONFIRM = "noise not measured yet: confirmation run"
@@ -356,20 +363,29 @@ def decide(
     settings: RuleSettings | None = None,
     se_eval: float | None = None,
     simpler: bool = False,
+    alongside: Sequence[float] = (),
 ) -> Decision:
     """keep | discard | confirm for a candidate (its val_bpb runs so far) against the incumbent
-    best (its runs). `noise` should already pool the candidate's own runs when it has several.
-    Confirmations are offered while the candidate has at most max_confirm extra runs and the
-    training noise is not exact (a deterministic re-run would repeat the same number)."""
+    best. `noise` should already pool every replicated commit, the candidate's own included.
+
+    First look (`alongside` empty): `best` holds the best's latest runs (settings.anchor_runs),
+    made at another time than the candidate's, so a drift of the machine's speed between them is
+    part of delta. A first run is only kept at once beyond t(keep_at_once_z) se; one below
+    -t(confirm_z) se gets a confirmation: a run of the best alongside it.
+    Confirmed (`alongside` holds runs of the best made next to the candidate's runs, as many
+    confirmation steps as it holds): delta is the candidate's mean minus theirs, so a drift both
+    saw cancels; keep beyond t(keep_z) se, confirm again while steps are left, else discard."""
     s = settings or RuleSettings()
     cand, inc = _finite(candidate, "candidate scores"), _finite(best, "incumbent scores")
-    if not cand or not inc:
+    paired = _finite(alongside, "runs of the best alongside")
+    against = paired or inc
+    if not cand or not against:
         raise NoiseError("the rule needs at least one run of the candidate and one of the incumbent")
     if se_eval is not None and not (math.isfinite(se_eval) and se_eval >= 0):
         raise NoiseError("se_eval must be a finite number >= 0")
-    n_c, n_b = len(cand), len(inc)
-    delta = math.fsum(cand) / n_c - math.fsum(inc) / n_b
-    can_confirm = n_c <= s.max_confirm and not noise.exact
+    n_c, n_b = len(cand), len(against)
+    delta = math.fsum(cand) / n_c - math.fsum(against) / n_b
+    can_confirm = len(paired) < s.max_confirm and not noise.exact
     simpler = simpler and s.simpler_wins_ties
 
     def verdict(v: Verdict, reason: str, se: float | None, keep_below: float | None, df: int | None) -> Decision:
@@ -385,6 +401,7 @@ def decide(
             se_eval=se_eval,
             df=df,
             simpler=simpler,
+            alongside=bool(paired),
         )
 
     if not noise.known:
@@ -398,9 +415,16 @@ def decide(
     df: int | None = None
     if train_var > 0 and noise.df > 0:  # Welch-Satterthwaite: only the training term is estimated from few runs
         df = max(1, int((train_var + eval_var) ** 2 / (train_var**2 / noise.df)))
-    keep_below = -max(s.min_delta, t_multiplier(s.keep_z, df) * se)
+    keep_below = -max(s.min_delta, t_multiplier(s.confirmed_z if paired else s.keep_z, df) * se)
     grey_below = -t_multiplier(s.confirm_z, df) * se
+    at_once_below = -max(s.min_delta, t_multiplier(s.keep_at_once_z, df) * se)
 
+    if not paired and can_confirm:  # a first look: only a far better run skips its confirmation
+        if delta < at_once_below:
+            return verdict("keep", R_BETTER_AT_ONCE, se, at_once_below, df)
+        if delta < grey_below or (simpler and delta <= -grey_below):
+            return verdict("confirm", R_GREY, se, at_once_below, df)
+        return verdict("discard", R_WITHIN if delta < 0 else R_NOT_BETTER, se, at_once_below, df)
     if delta < keep_below:
         return verdict("keep", R_BETTER, se, keep_below, df)
     if simpler:
@@ -516,7 +540,7 @@ def error_bars(
 
 
 # ---------------------------------------------------------------------------------------------
-# Replaying a night: the old rule and the new one on the same scores
+# A night of the old rule and the new one, on the same runs
 
 
 @dataclass
@@ -525,7 +549,7 @@ class NightReplay:
     kept_old: list[bool]
     kept_new: list[bool]
     runs_old: int  # one baseline run + one run per proposal
-    runs_new: int  # calibration runs + every run the new rule asked for
+    runs_new: int  # calibration runs + every run the new rule asked for (runs of the best alongside too)
     decisions: list[Decision] = field(default_factory=list)  # the new rule's final decision per proposal
 
     @property
@@ -543,6 +567,15 @@ class NightReplay:
         calibration runs of the baseline included)."""
         return (self.runs_new - self.runs_old) / self.runs_new if self.runs_new else 0.0
 
+    def add(self, other: NightReplay) -> None:
+        """Pool another night into this one (rates over every proposal)."""
+        self.proposals += other.proposals
+        self.kept_old += other.kept_old
+        self.kept_new += other.kept_new
+        self.runs_old += other.runs_old
+        self.runs_new += other.runs_new
+        self.decisions += other.decisions
+
     def summary_lines(self) -> list[str]:
         return [
             f"false_keep_old: {self.false_keep_old:.2f}",
@@ -551,61 +584,57 @@ class NightReplay:
         ]
 
 
-def replay_night(
-    baseline: Sequence[float],
-    proposals: Sequence[Sequence[float]],
+BASELINE = -1  # the commit number of the baseline in simulate_night
+
+
+def simulate_night(
+    calibration: int,
+    proposals: int,
+    run: Callable[[int], float],
     settings: RuleSettings | None = None,
     deterministic: bool = False,
     se_eval: float | None = None,
 ) -> NightReplay:
-    """Replay both rules on one night's scores. `baseline`: the calibration runs of the baseline
-    (the old rule uses the first). `proposals[i]`: proposal i's runs in the order they ran, its
-    first run then its confirmation runs; the old rule sees only the first. The new rule pools the
-    noise the way the loop should: every commit with >= 2 runs, the candidate's own included.
-    Raises NoiseError when the new rule asks for more runs of a proposal than were given."""
+    """One night, one run at a time, decided by both rules. `run(i)` is the val_bpb of a fresh run
+    of proposal i (BASELINE: the baseline), called in the order the runs happen, so a simulated
+    machine can drift in time. The new rule runs as the loop does: `calibration` baseline runs,
+    then per proposal its first run against the best's latest runs, and for a confirmation one run
+    of the best alongside (and, from the second step on, one more of the candidate). The first look
+    pools the noise over every commit's runs, whenever they ran (a drift of the machine is in
+    it, as it is in that delta); a confirmed decision pools it over runs made together (the
+    calibration, one candidate's runs, the best's runs alongside one candidate), as the loop's
+    `noise_together` does. The old rule keeps a first run strictly below
+    the best's first run."""
     s = settings or RuleSettings()
-    base = _finite(baseline, "baseline scores")
-    if not base:
+    if calibration < 1:
         raise NoiseError("the night needs at least one baseline run")
-    best_old = base[0]
-    kept_old: list[bool] = []
-    for i, runs in enumerate(proposals):
-        if not runs:
-            raise NoiseError(f"proposal {i} has no score")
-        kept_old.append(float(runs[0]) < best_old)
-        if kept_old[-1]:
-            best_old = float(runs[0])
-
-    groups: dict[str, list[float]] = {"baseline": base}
-    best = "baseline"
-    kept_new: list[bool] = []
-    decisions: list[Decision] = []
-    runs_new = len(base)
-    for i, runs in enumerate(proposals):
-        scores = _finite(runs, f"proposal {i}")
-        used = scores[:1]
-        name = f"proposal-{i}"
-        groups[name] = used
+    runs: dict[int, list[float]] = {BASELINE: _finite([run(BASELINE) for _ in range(calibration)], "baseline")}
+    together: dict[str, list[float]] = {"calibration": list(runs[BASELINE])}  # runs made at one time
+    best, best_old = BASELINE, runs[BASELINE][0]
+    night = NightReplay(proposals=proposals, kept_old=[], kept_new=[], runs_old=1 + proposals, runs_new=calibration)
+    for i in range(proposals):
+        runs[i] = _finite([run(i)], f"proposal {i}")
+        together[f"{i}"] = runs[i]
+        night.kept_old.append(runs[i][0] < best_old)
+        if night.kept_old[-1]:
+            best_old = runs[i][0]
+        alongside: list[float] = []
+        together[f"{i}-best"] = alongside
         while True:
-            noise = NoiseEstimate.for_deterministic_profile() if deterministic else pooled_noise(groups)
-            d = decide(used, groups[best], noise, s, se_eval=se_eval)
+            if deterministic:
+                noise = NoiseEstimate.for_deterministic_profile()
+            else:
+                noise = pooled_noise({str(k): v for k, v in runs.items()})
+            d = decide(runs[i], runs[best][-s.anchor_runs :], noise, s, se_eval=se_eval, alongside=alongside)
             if d.verdict != "confirm":
                 break
-            if len(used) >= len(scores):
-                raise NoiseError(
-                    f"proposal {i} needs confirmation run {len(used) + 1} but only {len(scores)} scores were given"
-                )
-            used.append(scores[len(used)])
-        runs_new += len(used)
-        kept_new.append(d.verdict == "keep")
-        decisions.append(d)
+            if alongside:
+                runs[i].append(float(run(i)))
+            alongside.append(float(run(best)))
+            runs[best].append(alongside[-1])
+        night.runs_new += len(runs[i]) + len(alongside)
+        night.kept_new.append(d.verdict == "keep")
+        night.decisions.append(d)
         if d.verdict == "keep":
-            best = name
-    return NightReplay(
-        proposals=len(proposals),
-        kept_old=kept_old,
-        kept_new=kept_new,
-        runs_old=1 + len(proposals),
-        runs_new=runs_new,
-        decisions=decisions,
-    )
+            best = i
+    return night

@@ -36,12 +36,15 @@ class Timings(BaseModel):
 
 
 class ReplicateRecord(BaseModel):
-    """One run of an experiment's commit (replicate.json in its folder): the first run, a
-    calibration run of the baseline, or a confirmation run with a fresh seed."""
+    """One run of an experiment (replicate.json in its folder): the first run, a calibration run
+    of the baseline, a confirmation run of the candidate with a fresh seed, or a run of the best
+    made alongside the candidate's (`of_commit`: the best's commit) so that a drift of the
+    machine's speed cancels in the comparison."""
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int  # 0 = the first run; 1.. the later runs of the same commit
+    k: int  # 0 = the first run; 1.. the later runs of the experiment
+    of_commit: str | None = None  # None: the experiment's own commit; else the best run alongside it
     seed: int  # chosen by the controller: the night's seed + k
     status: RunStatus
     reason: str | None = None
@@ -96,10 +99,15 @@ class RunRecord(BaseModel):
     train_exit_code: int | None = None
     eval_exit_code: int | None = None
     slot: int | None = None  # the slot its first run used
-    replicates: list[ReplicateRecord] = Field(default_factory=list)  # every run of this commit
+    replicates: list[ReplicateRecord] = Field(default_factory=list)  # every run, the best's alongside too
     decision: NoiseDecision | None = None  # the keep rule's evidence (scored experiments)
     started: dt.datetime
     finished: dt.datetime
+
+    @property
+    def own_replicates(self) -> list[ReplicateRecord]:
+        """The runs of this experiment's own commit (not the best's runs alongside it)."""
+        return [r for r in self.replicates if r.of_commit is None]
 
 
 class FixDeclinedRecord(BaseModel):
@@ -149,7 +157,17 @@ class Pending(BaseModel):
     merge_of: int | None = None
     wanted: int = 1  # runs it needs before it can be decided (calibration, confirmations)
     replicates: list[ReplicateRecord] = Field(default_factory=list)  # its runs that finished
+    alongside: dict[int, str] = Field(default_factory=dict)  # run k -> the best's commit it measures
     started: dt.datetime = Field(default_factory=utcnow)
+
+    @property
+    def own_replicates(self) -> list[ReplicateRecord]:
+        """The runs of this experiment's own commit (not the best's runs alongside it)."""
+        return [r for r in self.replicates if r.of_commit is None]
+
+    def commit_of(self, k: int) -> str:
+        """The commit run k measures: the best's for a run alongside, else the experiment's."""
+        return self.alongside.get(k, self.commit)
 
 
 class Journal(BaseModel):

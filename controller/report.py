@@ -126,8 +126,11 @@ def point_errors(tag_dir: Path, rows: list[LedgerRow]) -> PointErrors:
             continue
         if get_profile(record.profile).max_steps is not None:
             return PointErrors(source="deterministic profile: no run-to-run noise")
-        values = [r.val_bpb for r in record.replicates if r.status == "ok" and r.val_bpb is not None]
+        values = [r.val_bpb for r in record.own_replicates if r.status == "ok" and r.val_bpb is not None]
         groups.setdefault(record.commit, []).extend(values)
+        for r in record.replicates:  # runs of the best alongside this one: replicates of the best
+            if r.of_commit is not None and r.status == "ok" and r.val_bpb is not None:
+                groups.setdefault(r.of_commit, []).append(r.val_bpb)
         if len(values) >= 2:
             try:
                 summary = summarize(values)

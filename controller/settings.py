@@ -75,9 +75,12 @@ class Settings(BaseSettings):
     overlap: bool = True  # the agent prepares the next proposal while the slots train
     preflight: bool | None = None  # a CPU check before a proposal takes a slot (default: on for gpu)
     calibration_runs: int = Field(default=3, ge=1, le=20)  # baseline runs at night start (time budgets)
-    keep_z: float = Field(default=2.0, gt=0)  # keep when better than the incumbent by t(keep_z) standard errors
-    confirm_z: float = Field(default=1.0, ge=0)  # grey zone down to t(confirm_z) SE gets a confirmation run
-    max_confirmations: int = Field(default=1, ge=0, le=10)  # confirmation runs per candidate at most
+    keep_z: float = Field(default=2.0, gt=0)  # unconfirmed: keep when better than the best by t(keep_z) SE
+    confirmed_z: float = Field(default=1.5, gt=0)  # confirmed: keep when better than the best alongside by this
+    confirm_z: float = Field(default=1.0, ge=0)  # a first run better by t(confirm_z) SE gets a confirmation
+    keep_at_once_z: float = Field(default=4.0, gt=0)  # a first run better by t(keep_at_once_z) SE is kept at once
+    max_confirmations: int = Field(default=1, ge=0, le=10)  # confirmation steps per candidate at most
+    anchor_runs: int = Field(default=3, ge=1, le=20)  # a first run is compared with the best's latest runs
     min_delta: float = Field(default=0.0, ge=0)  # an absolute margin in bpb a keep must also pass
     simpler_wins_ties: bool = True  # equal within noise and simpler code (fewer lines and tokens) is kept
     verify_runs: int = Field(default=0, ge=0, le=20)  # at the night's end: runs each of the baseline and the best
@@ -186,8 +189,11 @@ class Settings(BaseSettings):
 
         return RuleSettings(
             keep_z=self.keep_z,
+            confirmed_z=self.confirmed_z,
             confirm_z=self.confirm_z,
+            keep_at_once_z=self.keep_at_once_z,
             max_confirm=self.max_confirmations,
+            anchor_runs=self.anchor_runs,
             min_delta=self.min_delta,
             simpler_wins_ties=self.simpler_wins_ties,
         )

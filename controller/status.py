@@ -149,7 +149,7 @@ class ConsoleObserver:
         self.slots[state.index] = (state, time.monotonic())
 
     def finished(self, record: RunRecord, best: LedgerRow | None) -> None:
-        ok = [r for r in record.replicates if r.status == "ok" and r.val_bpb is not None]
+        ok = [r for r in record.own_replicates if r.status == "ok" and r.val_bpb is not None]
         row = LedgerRow(
             record.commit[:7],
             record.val_bpb or 0.0,

@@ -332,9 +332,9 @@ def tag_noise(ledger: Ledger, rows: list[LedgerRow], replays: list[ReplayRecord]
         except LedgerError:
             continue
         if record is not None:
-            groups.setdefault(record.commit, []).extend(
-                r.val_bpb for r in record.replicates if r.status == "ok" and r.val_bpb is not None
-            )
+            for r in record.replicates:  # a run alongside another experiment counts for the commit it ran
+                if r.status == "ok" and r.val_bpb is not None:
+                    groups.setdefault(r.of_commit or record.commit, []).append(r.val_bpb)
     for rep in replays:
         if rep.status == "ok" and rep.replayed_val_bpb is not None:
             groups.setdefault(rep.commit, []).append(rep.replayed_val_bpb)

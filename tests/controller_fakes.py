@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +133,15 @@ def _maybe_hang(phase: str, n: int) -> None:
 class FakeRunner:
     """Scores train.py from its constants. Markers in the source: CRASH, TIMEOUT, REJECT."""
 
-    def __init__(self, fail_first: int = 0, delays: dict[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        fail_first: int = 0,
+        delays: dict[int, float] | None = None,
+        shift: Callable[[ExperimentSpec, int], float] | None = None,
+        interrupt_at: tuple[int, int] | None = None,
+    ) -> None:
+        self.shift = shift  # (spec, runs so far) -> added to val_bpb: noise, or a drift of the machine
+        self.interrupt_at = interrupt_at  # (experiment, replicate) whose run is a Ctrl-C of the controller
         self.specs: list[ExperimentSpec] = []
         self.fail_first = fail_first  # raise ConnectionError this many times (engine down)
         self.delays = delays or {}  # experiment number -> seconds its run takes
@@ -151,6 +160,8 @@ class FakeRunner:
 
     def _run(self, spec: ExperimentSpec) -> ExperimentResult:
         n = int(spec.labels.get("overnight.experiment", "-1"))
+        if self.interrupt_at == (n, int(spec.labels.get("overnight.replicate", "0"))):
+            raise KeyboardInterrupt
         if self.delays.get(n):
             time.sleep(self.delays[n])
         if self.fail_first > 0:
@@ -179,7 +190,8 @@ class FakeRunner:
             (run_dir / "eval.log").write_text("probe failed\n")
             (run_dir / "score.json").write_text(score.model_dump_json())
             return ExperimentResult(**base, status="rejected", reason=score.reason, score=score, eval_exit_code=3)
-        score = ScoreRecord(status="ok", profile=spec.profile, val_bpb=toy_score(source), tokens=100, bytes=400)
+        value = toy_score(source) + (self.shift(spec, len(self.specs)) if self.shift else 0.0)
+        score = ScoreRecord(status="ok", profile=spec.profile, val_bpb=value, tokens=100, bytes=400)
         (run_dir / "eval.log").write_text("scored\n")
         (run_dir / "score.json").write_text(score.model_dump_json())
         return ExperimentResult(**base, status="ok", score=score, eval_exit_code=0, image_id="sha256:fake")
@@ -272,7 +284,7 @@ class HangObserver:
         self.messages.append(text)
 
 
-def build_loop(repo: Path, tag: str, script: dict, max_experiments: int | None, **settings):
+def build_loop(repo: Path, tag: str, script: dict, max_experiments: int | None, runner=None, **settings):
     from controller.loop import LoopDeps, NightLoop
     from controller.settings import load_settings
     from controller.slots import Slot
@@ -292,7 +304,7 @@ def build_loop(repo: Path, tag: str, script: dict, max_experiments: int | None, 
         }
     )
     agent = ScriptedAgent(script)
-    runner = FakeRunner()
+    runner = runner or FakeRunner()
     observer = HangObserver()
     deps = LoopDeps(
         agent=agent,
@@ -354,7 +366,7 @@ def check_consistent(repo: Path, tag: str) -> list:
         expected_dirs.add(ledger.row_run_dir(row.n, row).name)
         expected_dirs.update(r.run_dir for r in record.replicates)
         if row.scored:
-            ok = [r.val_bpb for r in record.replicates if r.status == "ok" and r.val_bpb is not None]
+            ok = [r.val_bpb for r in record.own_replicates if r.status == "ok" and r.val_bpb is not None]
             assert len(ok) == row.runs >= 1 and abs(sum(ok) / len(ok) - row.val_bpb) < 1e-6  # val_bpb was measured
     commits = [refs[row.n] for row in rows]
     assert len(set(commits[1:])) == len(commits[1:])  # no commit decided twice
