@@ -1541,9 +1541,12 @@ def _only_preflight(run_dir: Path) -> bool:
 
 def _run_label(pending: Pending, k: int) -> str:
     """What a run is, in a few words: 'baseline, calibration run 2/3', 'confirmation run 2',
-    'merge of #7', 'fix 1 of #5: <description>', or the proposal's description."""
+    'the best (abc1234) alongside #5', 'merge of #7', 'fix 1 of #5: <description>', or the
+    proposal's description."""
     if pending.kind == "baseline":
         return f"baseline, calibration run {k + 1}/{pending.wanted}" if pending.wanted > 1 else "baseline"
+    if k in pending.alongside:
+        return f"the best ({pending.alongside[k][:7]}) alongside #{pending.n}"
     description = clean_line(pending.proposal.description if pending.proposal else pending.kind, 60)
     if k > 0:
         return f"confirmation run {k + 1}: {description}"

@@ -9,17 +9,23 @@ Two sources of noise separate a candidate's val_bpb from the incumbent's:
 - eval-sampling noise: the eval rows are a sample of the validation text. `paired_eval_se` gives
   the standard error of the difference over rows, paired on identical tokens (evaluator.rowloss).
 
-`decide` compares the mean of the candidate's runs with the mean of the incumbent's:
+`decide` compares a candidate with the incumbent best in two steps:
 
-    delta = mean(candidate) - mean(best)          (negative = candidate better)
-    se^2  = sigma^2 (1/n_c + 1/n_b) + se_eval^2
-    keep     when delta < -max(min_delta, t(keep_z) se)
-    confirm  when -t(keep_z) se <= delta < -t(confirm_z) se and confirmations are left
-    discard  otherwise
+    first look:  delta = its first run - mean(the best's latest runs)
+                 keep at once  delta < -t(keep_at_once_z) se      (far beyond noise)
+                 confirm       delta < -t(confirm_z) se           (maybe better)
+                 discard       otherwise
+    confirmed:   delta = mean(candidate) - mean(the best's runs made alongside the candidate's)
+                 keep          delta < -max(min_delta, t(confirmed_z) se)
+                 discard       otherwise (or one more step, while steps are left)
+    se^2 = sigma^2 (1/n_c + 1/n_b) + se_eval^2
 
-t(z) is the Student t quantile at the one-sided level of z (normal: 2 -> 97.7%), for the degrees of
-freedom of the noise estimate, so a noise estimate from few runs widens the margin instead of
-letting noise through. docs/noise.md gives the defaults, why, and the simulated rates.
+A first look compares runs made at different times, so a drift of the machine's speed between
+them is in delta; a confirmation runs the best next to the candidate, so a drift both saw
+cancels. t(z) is the Student t quantile at the one-sided level of z (normal: 2 -> 97.7%), for the
+degrees of freedom of the noise estimate, so a noise estimate from few runs widens the margin
+instead of letting noise through. docs/noise.md gives the defaults, why, and the simulated and
+measured rates.
 Torch-free and scipy-free: the host has neither.
 """
 
@@ -293,7 +299,7 @@ class RuleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     keep_z: float = Field(default=2.0, gt=0)  # keep when delta < -t(keep_z) se: one-sided 2.3% per look
-    confirmed_z: float = Field(default=1.5, gt=0)  # after a first run passed t(confirm_z): keep at t(confirmed_z)
+    confirmed_z: float = Field(default=1.65, gt=0)  # after a first run passed t(confirm_z): keep at t(confirmed_z)
     confirm_z: float = Field(default=1.0, ge=0)  # a first run below -t(confirm_z) se gets a confirmation
     keep_at_once_z: float = Field(default=4.0, gt=0)  # a first run is kept unconfirmed only this far below
     max_confirm: int = Field(default=1, ge=0, le=10)  # confirmation steps per candidate at most

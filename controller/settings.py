@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     preflight: bool | None = None  # a CPU check before a proposal takes a slot (default: on for gpu)
     calibration_runs: int = Field(default=3, ge=1, le=20)  # baseline runs at night start (time budgets)
     keep_z: float = Field(default=2.0, gt=0)  # unconfirmed: keep when better than the best by t(keep_z) SE
-    confirmed_z: float = Field(default=1.5, gt=0)  # confirmed: keep when better than the best alongside by this
+    confirmed_z: float = Field(default=1.65, gt=0)  # confirmed: keep when better than the best alongside by this
     confirm_z: float = Field(default=1.0, ge=0)  # a first run better by t(confirm_z) SE gets a confirmation
     keep_at_once_z: float = Field(default=4.0, gt=0)  # a first run better by t(keep_at_once_z) SE is kept at once
     max_confirmations: int = Field(default=1, ge=0, le=10)  # confirmation steps per candidate at most

@@ -44,6 +44,7 @@ def test_a_drifted_no_op_is_confirmed_alongside_the_best_and_discarded(repo: Pat
     alongside = runner.specs[4]
     assert Path(alongside.train_py).read_bytes() == baseline_py  # the best ran, not the candidate
     assert Path(alongside.run_dir).name == f"0001-{rows[0].commit}-r1"
+    assert alongside.run_id == "t1-0001-r1"
     assert alongside.seed not in {s.seed for s in runner.specs[:4]}  # a fresh seed
     record = Ledger(repo / "runs" / "t1").read_record(1, rows[1].commit)
     assert record is not None and record.decision is not None
