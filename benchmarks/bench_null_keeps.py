@@ -13,7 +13,11 @@ better on cpu by benchmarks/measure_noise.py, see docs/noise.md), and the line `
 says whether the night kept it.
 
 Ends with grep-able lines: `false_keep_old:`, `false_keep_new:`, `extra_runs:` (runs beyond one
-per experiment, calibration included, as a share of all runs), `runs:`, `proposals:`.
+per experiment, calibration and the best's runs alongside included, as a share of all runs, over
+the baseline and the no-ops: the null night), `runs:`, `runs_alongside:`, `proposals:`; with
+--improvement also `extra_runs_with_improvement:` (the whole night, the improvement's own
+confirmation included) and `improvement_kept:`. --report DIR prints them again for a finished
+bench's --workdir without running anything.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def main() -> int:
         help="a text replacement in the seed (repeat for several; default: every learning rate tripled)",
     )
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--report", type=Path, default=None, help="a finished bench's --workdir: print its numbers again")
     p.add_argument("--json", type=Path, default=None, help="write every run's score, in order, to this file")
     args = p.parse_args()
     configure_quiet()
@@ -92,19 +97,24 @@ def main() -> int:
 
     cores = [str(c) for c in sorted(os.sched_getaffinity(0))]
     cpusets = cores[: args.slots] if args.slots > 1 else [",".join(cores)]
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-null-keeps-"))
-    night = run_night(
-        work,
-        label="null",
-        profile=args.profile,
-        data_dir=data_dir,
-        agent=ThinkingAgent(0.0, edit, describe),
-        cpusets=cpusets,
-        overlap=True,
-        max_experiments=total,
-        calibration_runs=args.calibration_runs,
-    )
-    records = {r.n: r for r in all_records(night.tag_dir)}
+    if args.report is not None:
+        tag_dir, wall_s = args.report / "null" / "runs" / "null", None
+        if not tag_dir.is_dir():
+            sys.exit(f"{args.report} holds no finished bench night (no null/runs/null/)")
+    else:
+        night = run_night(
+            args.workdir or Path(tempfile.mkdtemp(prefix="bench-null-keeps-")),
+            label="null",
+            profile=args.profile,
+            data_dir=data_dir,
+            agent=ThinkingAgent(0.0, edit, describe),
+            cpusets=cpusets,
+            overlap=True,
+            max_experiments=total,
+            calibration_runs=args.calibration_runs,
+        )
+        tag_dir, wall_s = night.tag_dir, night.wall_s
+    records = {r.n: r for r in all_records(tag_dir)}
 
     def scores(n: int) -> list[float]:  # the experiment's own runs
         return [r.val_bpb for r in records[n].own_replicates if r.val_bpb is not None and not r.preflight]
@@ -123,9 +133,14 @@ def main() -> int:
         if scores(n)[0] < best_old:
             best_old, kept_old = scores(n)[0], kept_old + 1
     kept_new = sum(records[n].status == "keep" for n in scored)
-    runs = sum(1 for rec in records.values() for r in rec.replicates if r.val_bpb is not None and not r.preflight)
-    alongside = sum(1 for rec in records.values() for r in rec.replicates if r.of_commit and r.val_bpb is not None)
-    experiments = sum(1 for n in records if scores(n))
+
+    def runs_of(ns: list[int]) -> int:  # every scored run the new rule spent on them, the best's alongside too
+        return sum(1 for n in ns for r in records[n].replicates if r.val_bpb is not None and not r.preflight)
+
+    null_night = [0, *scored]  # the night the goal is about: the baseline and the no-ops
+    runs, runs_all = runs_of(null_night), runs_of(sorted(records))
+    alongside = sum(1 for n in null_night for r in records[n].replicates if r.of_commit and r.val_bpb is not None)
+    experiments, experiments_all = len(null_night), sum(1 for n in records if scores(n))
     if args.json:
         timeline = sorted(
             (r.finished.isoformat(), n, r.k, r.of_commit is not None, r.val_bpb)
@@ -135,13 +150,17 @@ def main() -> int:
         )
         args.json.write_text(json.dumps({"runs": timeline}) + "\n")
     print(f"noise: baseline runs {', '.join(f'{s:.4f}' for s in baseline)}")
-    print(f"wall_s: {night.wall_s:.0f}")
+    if wall_s is not None:
+        print(f"wall_s: {wall_s:.0f}")
     print(f"proposals: {len(scored)}")
     print(f"runs: {runs}")
     print(f"runs_alongside: {alongside}")
     print(f"false_keep_old: {kept_old / len(scored) if scored else 0.0:.2f}")
     print(f"false_keep_new: {kept_new / len(scored) if scored else 0.0:.2f}")
     print(f"extra_runs: {(runs - experiments) / runs if runs else 0.0:.2f}")
+    if args.improvement:  # the improvement's own confirmation is the cost of a real keep, shown apart
+        print(f"runs_with_improvement: {runs_all}")
+        print(f"extra_runs_with_improvement: {(runs_all - experiments_all) / runs_all if runs_all else 0.0:.2f}")
     if args.improvement:
         rec = records[improvements[0]] if improvements else None
         kept = rec is not None and rec.status == "keep"

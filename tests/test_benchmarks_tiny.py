@@ -73,3 +73,7 @@ def test_the_null_keeps_bench_replays_both_rules_on_the_night_it_ran(
     assert int(got["runs_alongside"]) == 0, got  # a step budget repeats itself: nothing to confirm
     assert 0.0 <= float(got["false_keep_new"]) <= 1.0 and 0.0 <= float(got["false_keep_old"]) <= 1.0, got
     assert float(got["extra_runs"]) == 0.0, got  # one calibration run and no noise: no run beyond the first
+    data = str(test_data_dir)
+    again = _bench("bench_null_keeps.py", "--profile", "test", "--data-dir", data, "--report", str(tmp_path))
+    keys = ("runs", "false_keep_old", "false_keep_new", "extra_runs")
+    assert {k: again[k] for k in keys} == {k: got[k] for k in keys}  # --report re-reads the night, runs nothing
