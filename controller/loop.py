@@ -1289,10 +1289,11 @@ class NightLoop:
         former best (another candidate was kept meanwhile) count against its confirmation steps."""
         noise = self._noise()
         settings = self.s.rule()
-        alongside = [r for r in pending.replicates if r.of_commit is not None and r.status == "ok"]
-        paired = [r for r in alongside if r.of_commit == best_commit and r.val_bpb is not None]
-        stale = len(alongside) + sum(r.of_commit is not None and r.status != "ok" for r in pending.replicates)
-        stale -= len(paired)  # runs alongside a former best, or alongside runs that failed
+        paired = [
+            r for r in pending.replicates if r.of_commit == best_commit and r.status == "ok" and r.val_bpb is not None
+        ]
+        # runs alongside a former best, and runs alongside that failed, use up confirmation steps
+        stale = sum(r.of_commit is not None for r in pending.replicates) - len(paired)
         if stale:
             settings = settings.model_copy(update={"max_confirm": max(0, settings.max_confirm - stale)})
         se_eval = self._paired_se(pending, ok, best_row, paired)

@@ -380,7 +380,9 @@ def decide(
     -t(confirm_z) se gets a confirmation: a run of the best alongside it.
     Confirmed (`alongside` holds runs of the best made next to the candidate's runs, as many
     confirmation steps as it holds): delta is the candidate's mean minus theirs, so a drift both
-    saw cancels; keep beyond t(keep_z) se, confirm again while steps are left, else discard."""
+    saw cancels; keep beyond t(confirmed_z) se, confirm again while steps are left, else discard.
+    With no confirmation left at a first look (max_confirm 0, or a deterministic profile) the
+    margin is t(keep_z)."""
     s = settings or RuleSettings()
     cand, inc = _finite(candidate, "candidate scores"), _finite(best, "incumbent scores")
     paired = _finite(alongside, "runs of the best alongside")
