@@ -80,14 +80,30 @@ images: setup-host $(VENV)/.host
 
 # The one-off compose job (the only container with a network) writes data/$(PROFILE); with
 # BACKEND=kubernetes a prepare Job writes <data volume>/$(PROFILE) on the cluster instead.
+# DATASET= or VAL= as parquet:<folder>/<pattern> on this machine: the folder is mounted read-only
+# into the job (at /in/dataset, /in/val) and the job reads the same pattern there.
+parquet_dir = $(abspath $(dir $(patsubst parquet:%,%,$(1))))
+parquet_in = $(if $(filter parquet:%,$(1)),parquet:/in/$(2)/$(notdir $(patsubst parquet:%,%,$(1))),$(1))
+parquet_mount = $(if $(filter parquet:%,$(1)),-v "$(call parquet_dir,$(1)):/in/$(2):ro")
+parquet_bad = $(or $(findstring *,$(1)),$(findstring ?,$(1)),$(findstring [,$(1)),$(if $(wildcard $(1)/.),,missing))
+parquet_check = $(if $(filter parquet:%,$(1)),$(if $(call parquet_bad,$(call parquet_dir,$(1))),$(error make prepare: \
+  $(call parquet_dir,$(1)) is not a folder here ($(2)=parquet:<folder>/<pattern>, a folder without wildcards))))
+ifneq ($(filter prepare,$(MAKECMDGOALS)),)
+ifeq ($(ON_CLUSTER),)
+  $(call parquet_check,$(DATASET),DATASET)
+  $(call parquet_check,$(VAL),VAL)
+endif
+endif
 prepare: $(if $(ON_CLUSTER),$(VENV)/.host,images)
 ifneq ($(ON_CLUSTER),)
 	@test -z "$(VAL)" || { echo "make prepare: VAL= is not supported with BACKEND=kubernetes yet"; exit 2; }
 	$(PY) -m sandbox.kubernetes.prepare --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
 else
 	mkdir -p data
-	OVERNIGHT_UID=$$(id -u) OVERNIGHT_GID=$$(id -g) $(COMPOSE) -p overnight run --rm prepare \
-	  --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(VAL),--val $(VAL)) --out /data/$(PROFILE)
+	OVERNIGHT_UID=$$(id -u) OVERNIGHT_GID=$$(id -g) $(COMPOSE) -p overnight run --rm \
+	  $(call parquet_mount,$(DATASET),dataset) $(call parquet_mount,$(VAL),val) prepare --profile $(PROFILE) \
+	  $(if $(DATASET),--dataset '$(call parquet_in,$(DATASET),dataset)') $(if $(VAL),--val '$(call parquet_in,$(VAL),val)') \
+	  --out /data/$(PROFILE)
 endif
 
 # Prepare on the host (development): the host Python's stdlib test suite is the validation text.
