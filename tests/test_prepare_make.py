@@ -64,10 +64,8 @@ def test_a_parquet_folder_that_is_not_there_is_a_clear_error_before_anything_run
     done = make_prepare(tmp_path, f"{setting}=parquet:{folder}/*.parquet", timeout=60)
     assert done.returncode != 0
     assert time.monotonic() - started < 10  # no image build, no container
-    assert (
-        f"make prepare: {folder} is not a folder here ({setting}=parquet:<folder>/<pattern>, a folder without wildcards)"
-        in done.stderr
-    )
+    wanted = f"{setting}=parquet:<folder>/<pattern>, a folder without wildcards"
+    assert f"make prepare: {folder} is not a folder here ({wanted})" in done.stderr
     assert "build.py" not in done.stdout
     assert not (tmp_path / "data").exists()
 
