@@ -100,10 +100,10 @@ ifneq ($(ON_CLUSTER),)
 	$(PY) -m sandbox.kubernetes.prepare --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
 else
 	mkdir -p data
-	OVERNIGHT_UID=$$(id -u) OVERNIGHT_GID=$$(id -g) $(COMPOSE) -p overnight run --rm \
-	  $(call parquet_mount,$(DATASET),dataset) $(call parquet_mount,$(VAL),val) prepare --profile $(PROFILE) \
-	  $(if $(DATASET),--dataset '$(call parquet_in,$(DATASET),dataset)') $(if $(VAL),--val '$(call parquet_in,$(VAL),val)') \
-	  --out /data/$(PROFILE)
+	OVERNIGHT_UID=$$(id -u) OVERNIGHT_GID=$$(id -g) $(COMPOSE) -p overnight \
+	  $(strip run --rm $(call parquet_mount,$(DATASET),dataset) $(call parquet_mount,$(VAL),val) prepare) \
+	  $(strip --profile $(PROFILE) $(if $(DATASET),--dataset '$(call parquet_in,$(DATASET),dataset)') \
+	  $(if $(VAL),--val '$(call parquet_in,$(VAL),val)') --out /data/$(PROFILE))
 endif
 
 # Prepare on the host (development): the host Python's stdlib test suite is the validation text.
