@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import textwrap
 import threading
 from collections.abc import Callable
@@ -70,3 +71,12 @@ def in_background(fn: Callable[[], ExperimentResult]) -> tuple[threading.Thread,
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def host_venv(dest: Path) -> Path:
+    """A virtualenv for make that is this interpreter's (no pip install into the shared one)."""
+    (dest / "bin").mkdir(parents=True)
+    (dest / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (dest / "bin" / "python").chmod(0o755)
+    (dest / ".host").touch()  # newer than the copy's pyproject.toml: make installs nothing
+    return dest

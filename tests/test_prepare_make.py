@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from sandbox_support import host_venv
 
 from evaluator.manifest import read_manifest, verify_manifest
 
@@ -22,15 +22,6 @@ except ImportError:  # tests/ imported as a package
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
-
-
-def host_venv(dest: Path) -> Path:
-    """A virtualenv for make that is this interpreter's (make installs nothing)."""
-    (dest / "bin").mkdir(parents=True)
-    (dest / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    (dest / "bin" / "python").chmod(0o755)
-    (dest / ".host").touch()  # newer than pyproject.toml
-    return dest
 
 
 def make_prepare(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:

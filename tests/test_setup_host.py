@@ -13,13 +13,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sandbox_support import host_venv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "setup-host"
@@ -516,15 +516,6 @@ def copy_checkout(dest: Path) -> Path:
         ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "checkout"],
     ):
         subprocess.run(cmd, cwd=dest, check=True)
-    return dest
-
-
-def host_venv(dest: Path) -> Path:
-    """A virtualenv for make that is this interpreter's (no pip install into the shared one)."""
-    (dest / "bin").mkdir(parents=True)
-    (dest / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    (dest / "bin" / "python").chmod(0o755)
-    (dest / ".host").touch()  # newer than the copy's pyproject.toml: make installs nothing
     return dest
 
 
